@@ -1,0 +1,81 @@
+# inference-fleet: every target bootstraps what it needs from a fresh clone.
+#   make demo   - the main job on the local stack (emulators + real tritonserver on CPU)
+#   make test   - lint-infra + the whole pytest suite (unit and integration)
+PYTHON ?= python3.11
+VENV := .venv
+TRITON_VENV := .venv-triton
+TRAIN_VENV := .venv-train
+PY := $(VENV)/bin/python
+PIP_FLAGS := --quiet --disable-pip-version-check
+
+.PHONY: all venv triton-venv test demo lint format typecheck check lint-infra bench chaos simulate train devstack-up devstack-down clean
+
+all: test
+
+# The product's venv: the worker, the client, emulators, test and lint tools.
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install $(PIP_FLAGS) --upgrade pip
+	$(VENV)/bin/pip install $(PIP_FLAGS) -e '.[dev]'
+	touch $@
+venv: $(VENV)/.installed
+
+# tritonserver (CPU build with the python backend) ships in the nvidia-pytriton wheel, which pins
+# numpy<2, so it lives in a venv of its own; the python-backend model imports onnxruntime from it.
+$(TRITON_VENV)/.installed: scripts/requirements-triton.txt
+	$(PYTHON) -m venv $(TRITON_VENV)
+	$(TRITON_VENV)/bin/pip install $(PIP_FLAGS) --upgrade pip
+	$(TRITON_VENV)/bin/pip install $(PIP_FLAGS) -r scripts/requirements-triton.txt
+	touch $@
+triton-venv: $(TRITON_VENV)/.installed
+
+test: venv triton-venv lint-infra
+	$(PY) -m pytest -q
+
+demo: venv triton-venv
+	$(PY) scripts/demo
+
+lint: venv
+	$(VENV)/bin/ruff check worker tests scripts
+	$(VENV)/bin/ruff format --check worker tests
+
+format: venv
+	$(VENV)/bin/ruff format worker tests
+	$(VENV)/bin/ruff check --fix worker tests
+
+typecheck: venv
+	$(VENV)/bin/mypy
+
+check: lint typecheck test
+
+lint-infra: venv
+	scripts/lint-infra
+
+bench: venv triton-venv
+	$(PY) scripts/bench
+
+chaos: venv triton-venv
+	$(PY) scripts/chaos
+
+simulate: venv
+	$(PY) scripts/simulate
+
+# Training is not part of `make test`: the trained ONNX model is committed (small) with this recipe.
+$(TRAIN_VENV)/.installed: scripts/requirements-train.txt
+	$(PYTHON) -m venv $(TRAIN_VENV)
+	$(TRAIN_VENV)/bin/pip install $(PIP_FLAGS) --upgrade pip
+	$(TRAIN_VENV)/bin/pip install $(PIP_FLAGS) -r scripts/requirements-train.txt
+	$(TRAIN_VENV)/bin/pip install $(PIP_FLAGS) --no-deps -e .
+	touch $@
+train: $(TRAIN_VENV)/.installed
+	$(TRAIN_VENV)/bin/python scripts/train_model.py
+
+devstack-up: venv triton-venv
+	$(PY) scripts/devstack up
+
+devstack-down: venv
+	$(PY) scripts/devstack down
+
+clean:
+	-$(PY) scripts/devstack down
+	rm -rf $(VENV) $(TRITON_VENV) $(TRAIN_VENV) .devstack .pytest_cache .mypy_cache .ruff_cache
