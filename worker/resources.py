@@ -39,6 +39,7 @@ class FleetResources:
     results_topic: str
     dead_letter_topic: str
     dead_letter_subscription: str
+    dead_letter_handler_subscription: str
     lanes: tuple[Lane, ...]
     inputs_bucket_suffix: str
     results_bucket_suffix: str
@@ -75,6 +76,7 @@ def load_resources(path: Path | str | None = None) -> FleetResources:
         results_topic=raw["topics"]["results"],
         dead_letter_topic=raw["topics"]["dead_letter"],
         dead_letter_subscription=raw["dead_letter_subscription"],
+        dead_letter_handler_subscription=raw["dead_letter_handler_subscription"],
         lanes=tuple(Lane(**lane) for lane in raw["lanes"]),
         inputs_bucket_suffix=raw["buckets"]["inputs"],
         results_bucket_suffix=raw["buckets"]["results"],
