@@ -157,6 +157,28 @@ class PubSubUnavailable(TransientError):
     code = "PUBSUB_UNAVAILABLE"
 
 
+# --- client side (raised by worker.client before or while publishing; never sent to a worker) --------
+class ClientInputInvalid(FleetError):
+    """A local file, manifest line, URI or option is bad; nothing was published."""
+
+    code = "CLIENT_INPUT_INVALID"
+
+    def __init__(self, message: str, *, problems: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.problems = problems or (message,)
+
+
+class PublishIncomplete(FleetError):
+    """Publishing failed part-way; the error lists exactly which job ids were and were not published."""
+
+    code = "PUBLISH_INCOMPLETE"
+
+    def __init__(self, message: str, *, published: tuple[str, ...], unpublished: tuple[str, ...]) -> None:
+        super().__init__(message)
+        self.published = published
+        self.unpublished = unpublished
+
+
 PERMANENT_ERRORS: tuple[type[PermanentError], ...] = (
     MalformedJob,
     MessageTooLarge,
