@@ -35,6 +35,7 @@ from google.cloud import pubsub_v1
 from google.protobuf import duration_pb2
 from PIL import Image, ImageDraw
 
+from worker.devstack.admin_http import AdminClient
 from worker.resources import load_resources
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -833,8 +834,19 @@ class RunTopology:
             self.dead_letter_handler_subscription,
         )
 
-    def create(self, stack: StackEnv, *, max_delivery_attempts: int | None = None) -> None:
-        """Create the topics and subscriptions with the official clients, as Terraform would."""
+    def create(
+        self,
+        stack: StackEnv,
+        *,
+        max_delivery_attempts: int | None = None,
+        time_divisor: float | None = None,
+    ) -> None:
+        """Create the topics and subscriptions with the official clients, as Terraform would.
+
+        ``time_divisor`` labels the lane subscriptions so the local emulator divides their ack deadlines
+        and retry backoffs (``devstack-time-divisor``): a kill -9'd worker's leases come back sooner.
+        """
+        labels = {"devstack-time-divisor": f"{time_divisor:g}"} if time_divisor else {}
         resources = load_resources()
         publisher = pubsub_v1.PublisherClient()
         subscriber = pubsub_v1.SubscriberClient()
@@ -848,6 +860,7 @@ class RunTopology:
                         "name": stack.subscription_path(lanes[lane.name]),
                         "topic": stack.topic_path(self.jobs_topic),
                         "filter": lane.filter,
+                        "labels": labels,
                         "ack_deadline_seconds": lane.ack_deadline_s,
                         "retry_policy": {
                             "minimum_backoff": duration_pb2.Duration(seconds=lane.retry_min_backoff_s),
@@ -889,6 +902,18 @@ def stack_for_run(stack: StackEnv, topology: RunTopology) -> StackEnv:
     values = dict(stack.values)
     values.update(topology.env())
     return StackEnv(values)
+
+
+def delivery_stats(admin_url: str | None, subscriptions: Iterable[str]) -> dict[str, dict[str, Any]]:
+    """Per-subscription delivery counters from the Pub/Sub emulator's admin ``/stats`` (empty if absent)."""
+    if not admin_url:
+        return {}
+    try:
+        stats = AdminClient(admin_url).stats(messages=1)
+    except OSError:
+        return {}
+    subs: dict[str, dict[str, Any]] = stats.get("subscriptions", {})
+    return {name: subs[name] for name in subscriptions if name in subs}
 
 
 def upload(storage_client: Any, bucket: str, name: str, data: bytes, content_type: str) -> str:
