@@ -1,0 +1,417 @@
+"""Unit tests of the client's pure parts: manifests, targets, validation, parsing, publish bookkeeping.
+
+No network: where a FleetClient is needed, its Pub/Sub and GCS clients are small fakes that record calls,
+so "nothing was published" is checked, not assumed.
+"""
+
+from __future__ import annotations
+
+import json
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from worker import client as sdk
+from worker import client_cli
+from worker.cli import EXIT_USAGE, main
+from worker.errors import ClientInputInvalid, PublishIncomplete
+
+SETTINGS = sdk.ClientSettings(
+    project="p",
+    jobs_topic="fleet-jobs",
+    results_topic="fleet-results",
+    dead_letter_hold_subscription="fleet-dead-letter-hold",
+    input_bucket="p-fleet-inputs",
+    results_bucket="p-fleet-results",
+)
+PNG = b"\x89PNG\r\n\x1a\n" + b"\0" * 32
+
+
+class FakePublisher:
+    """Records publishes; the n-th publish (0-based) in ``fail_at`` gets a failed future."""
+
+    def __init__(self, fail_at: frozenset[int] = frozenset()) -> None:
+        self.published: list[tuple[str, bytes, dict[str, str]]] = []
+        self.fail_at = fail_at
+
+    def publish(self, topic: str, data: bytes, **attributes: str) -> Future[str]:
+        future: Future[str] = Future()
+        if len(self.published) in self.fail_at:
+            future.set_exception(RuntimeError("publish refused"))
+        else:
+            future.set_result(str(len(self.published)))
+        self.published.append((topic, data, attributes))
+        return future
+
+
+class FakeSubscriber:
+    def __init__(self) -> None:
+        self.created: list[dict[str, Any]] = []
+        self.deleted: list[str] = []
+
+    def create_subscription(self, request: dict[str, Any]) -> None:
+        self.created.append(request)
+
+    def delete_subscription(self, request: dict[str, Any]) -> None:
+        self.deleted.append(request["subscription"])
+
+
+class NoStorage:
+    def bucket(self, name: str) -> Any:
+        raise AssertionError("storage must not be touched")
+
+
+def fake_client(publisher: FakePublisher | None = None) -> sdk.FleetClient:
+    return sdk.FleetClient(
+        SETTINGS,
+        publisher=publisher or FakePublisher(),
+        subscriber=FakeSubscriber(),
+        storage_client=NoStorage(),
+    )
+
+
+def write_manifest(path: Path, *lines: Any) -> Path:
+    path.write_text("\n".join(line if isinstance(line, str) else json.dumps(line) for line in lines) + "\n")
+    return path
+
+
+# --- manifests ------------------------------------------------------------------------------------------
+
+
+def test_manifest_lines_become_requests_with_local_paths_relative_to_the_manifest(tmp_path: Path) -> None:
+    (tmp_path / "a.png").write_bytes(PNG)
+    manifest = write_manifest(
+        tmp_path / "jobs.jsonl",
+        {"job_id": "a", "input": "a.png", "priority": "interactive", "analyses": ["classify"]},
+        "",
+        {
+            "job_id": "b",
+            "input_uri": "gs://bucket/b.png",
+            "params": {"dpi": 300},
+            "attributes": {"team": "x"},
+        },
+    )
+
+    requests = sdk.read_manifest(manifest)
+
+    assert [r.job_id for r in requests] == ["a", "b"]
+    assert requests[0].input == str(tmp_path / "a.png")
+    assert requests[0].priority == "interactive" and requests[0].analyses == ("classify",)
+    assert requests[1].priority == "batch" and requests[1].attributes == {"team": "x"}
+    assert requests[1].origin == f"{manifest}:3"
+    assert all(r.may_be_answered for r in requests)
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ("{not json", "invalid JSON"),
+        ('["a list"]', "must be a JSON object"),
+        ({"input_uri": "gs://b/o"}, "job_id is required"),
+        ({"job_id": "a/b", "input_uri": "gs://b/o"}, "must match"),
+        ({"job_id": "..", "input_uri": "gs://b/o"}, "must match"),
+        ({"job_id": "a"}, "exactly one of"),
+        ({"job_id": "a", "input": "x.png", "input_uri": "gs://b/o"}, "exactly one of"),
+        ({"job_id": "a", "input_uri": "http://b/o"}, "is not gs://bucket/object"),
+        ({"job_id": "a", "input_uri": "gs://b/o", "colour": 1}, "unknown key(s) colour"),
+        ({"job_id": "a", "input_uri": "gs://b/o", "analyses": "classify"}, "analyses must be a list"),
+        ({"job_id": "a", "input_uri": "gs://b/o", "attributes": {"k": 1}}, "attributes must be"),
+    ],
+)
+def test_each_bad_manifest_line_is_reported_with_file_and_line(
+    tmp_path: Path, line: Any, message: str
+) -> None:
+    manifest = write_manifest(tmp_path / "jobs.jsonl", {"job_id": "ok", "input_uri": "gs://b/o"}, line)
+
+    with pytest.raises(ClientInputInvalid) as caught:
+        sdk.read_manifest(manifest)
+
+    assert f"{manifest}:2: " in str(caught.value)
+    assert message in str(caught.value)
+    assert "nothing was published" in str(caught.value)
+
+
+def test_duplicate_job_id_names_both_lines(tmp_path: Path) -> None:
+    manifest = write_manifest(
+        tmp_path / "jobs.jsonl",
+        {"job_id": "a", "input_uri": "gs://b/1"},
+        {"job_id": "b", "input_uri": "gs://b/2"},
+        {"job_id": "a", "input_uri": "gs://b/3"},
+    )
+
+    with pytest.raises(ClientInputInvalid, match=r"jobs.jsonl:3: duplicate job_id 'a' \(first on line 1\)"):
+        sdk.read_manifest(manifest)
+
+
+def test_every_problem_in_a_manifest_is_listed_not_only_the_first(tmp_path: Path) -> None:
+    manifest = write_manifest(
+        tmp_path / "m.jsonl", "{", {"job_id": "a"}, {"job_id": "b", "input_uri": "gs://b/o"}
+    )
+
+    with pytest.raises(ClientInputInvalid) as caught:
+        sdk.read_manifest(manifest)
+
+    assert [p.split(": ")[0] for p in caught.value.problems] == [f"{manifest}:1", f"{manifest}:2"]
+
+
+def test_unreadable_non_utf8_and_empty_manifests(tmp_path: Path) -> None:
+    with pytest.raises(ClientInputInvalid, match="cannot read manifest"):
+        sdk.read_manifest(tmp_path / "missing.jsonl")
+    bad = tmp_path / "latin1.jsonl"
+    bad.write_bytes(b'{"job_id": "caf\xe9", "input_uri": "gs://b/o"}\n')
+    with pytest.raises(ClientInputInvalid, match=r"latin1.jsonl:1: line is not UTF-8"):
+        sdk.read_manifest(bad)
+    empty = write_manifest(tmp_path / "empty.jsonl", "")
+    with pytest.raises(ClientInputInvalid, match="manifest has no jobs"):
+        sdk.read_manifest(empty)
+
+
+# --- targets and preparation -----------------------------------------------------------------------------
+
+
+def test_targets_expand_directories_recursively_and_skip_hidden_files(tmp_path: Path) -> None:
+    (tmp_path / "d" / "sub").mkdir(parents=True)
+    (tmp_path / "d" / "a.png").write_bytes(PNG)
+    (tmp_path / "d" / "sub" / "b.png").write_bytes(PNG)
+    (tmp_path / "d" / ".hidden.png").write_bytes(PNG)
+
+    requests = sdk.requests_from_targets([str(tmp_path / "d"), "gs://bucket/x.png"], priority="interactive")
+
+    assert [Path(r.input).name for r in requests] == ["a.png", "b.png", "x.png"]
+    assert {r.priority for r in requests} == {"interactive"}
+    assert len({r.job_id for r in requests}) == 3
+    assert not any(r.may_be_answered for r in requests)
+
+
+def test_missing_target_is_a_usage_error(tmp_path: Path) -> None:
+    with pytest.raises(ClientInputInvalid, match=r"nope.png: no such file or directory"):
+        sdk.requests_from_targets([str(tmp_path / "nope.png")])
+
+
+def test_identical_content_gets_one_content_addressed_object(tmp_path: Path) -> None:
+    (tmp_path / "a.PNG").write_bytes(PNG)
+    (tmp_path / "b.png").write_bytes(PNG)
+    requests = sdk.requests_from_targets([str(tmp_path / "a.PNG"), str(tmp_path / "b.png")])
+
+    prepared = sdk.prepare_jobs(requests, settings=SETTINGS, client_id="c-1")
+
+    uploads = {job.upload.object_name for job in prepared if job.upload}
+    assert len(uploads) == 1
+    (name,) = uploads
+    assert name.startswith("uploads/sha256/") and name.endswith(".png")
+    body = json.loads(prepared[0].data)
+    assert body["input_uri"] == f"gs://p-fleet-inputs/{name}"
+    assert prepared[0].attributes == {"priority": "batch", "job_id": body["job_id"], "client_id": "c-1"}
+
+
+@pytest.mark.parametrize(
+    ("entry", "message"),
+    [
+        ({"job_id": "a", "input": "missing.png"}, "missing.png does not exist"),
+        ({"job_id": "a", "input_uri": "gs://b"}, "INPUT_URI_INVALID"),
+        ({"job_id": "a", "input_uri": "gs://B/o"}, "INPUT_URI_INVALID"),
+        ({"job_id": "a", "input_uri": "gs://bucket/o", "priority": "urgent"}, "UNKNOWN_PRIORITY"),
+        ({"job_id": "a", "input_uri": "gs://bucket/o", "analyses": ["ocr"]}, "UNKNOWN_ANALYSIS"),
+        ({"job_id": "a", "input_uri": "gs://bucket/o", "deadline": "tomorrow"}, "SCHEMA_INVALID"),
+        ({"job_id": "a", "input_uri": "gs://bucket/o", "params": [1]}, "SCHEMA_INVALID"),
+        (
+            {"job_id": "a", "input_uri": "gs://bucket/o", "attributes": {"client_id": "x"}},
+            "set by the client",
+        ),
+        ({"job_id": "a", "input_uri": "gs://bucket/o", "params": {"pad": "x" * 70_000}}, "MESSAGE_TOO_LARGE"),
+    ],
+)
+def test_invalid_jobs_are_rejected_by_the_workers_parser_before_anything_is_published(
+    tmp_path: Path, entry: dict[str, Any], message: str
+) -> None:
+    manifest = write_manifest(tmp_path / "jobs.jsonl", {"job_id": "ok", "input_uri": "gs://bucket/o"}, entry)
+    publisher = FakePublisher()
+    client = fake_client(publisher)
+
+    with pytest.raises(ClientInputInvalid) as caught:
+        client.submit(sdk.read_manifest(manifest))
+
+    assert f"{manifest}:2: " in str(caught.value) and message in str(caught.value)
+    assert publisher.published == []
+    assert client._subscriber.created == []  # not even the results subscription was created
+
+
+def test_a_directory_given_as_a_manifest_input_is_rejected(tmp_path: Path) -> None:
+    (tmp_path / "dir").mkdir()
+    manifest = write_manifest(tmp_path / "jobs.jsonl", {"job_id": "a", "input": "dir"})
+
+    with pytest.raises(ClientInputInvalid, match="is not a regular file"):
+        sdk.prepare_jobs(sdk.read_manifest(manifest), settings=SETTINGS, client_id="c-1")
+
+
+# --- publishing --------------------------------------------------------------------------------------------
+
+
+def remote_requests(count: int) -> list[sdk.JobRequest]:
+    return [sdk.JobRequest(f"j{i}", f"gs://bucket/o{i}.png", may_be_answered=False) for i in range(count)]
+
+
+def test_submit_opens_the_filtered_subscription_then_publishes_one_message_per_job() -> None:
+    publisher = FakePublisher()
+    client = fake_client(publisher)
+
+    receipt = client.submit(remote_requests(3))
+
+    assert receipt.published == ("j0", "j1", "j2")
+    (created,) = client._subscriber.created
+    assert created["filter"] == f'attributes.client_id = "{client.client_id}"'
+    assert created["topic"] == "projects/p/topics/fleet-results"
+    assert {attrs["client_id"] for _, _, attrs in publisher.published} == {client.client_id}
+    assert publisher.published[0][0] == "projects/p/topics/fleet-jobs"
+    client.close()
+    assert client._subscriber.deleted == [client.subscription_path]  # ephemeral: cleaned up
+
+
+def test_a_durable_client_keeps_its_subscription() -> None:
+    client = sdk.FleetClient(
+        SETTINGS,
+        client_id="cli-me",
+        publisher=FakePublisher(),
+        subscriber=FakeSubscriber(),
+        storage_client=NoStorage(),
+    )
+    with client:
+        client.submit(remote_requests(1))
+    assert client.subscription_id == "fleet-results-client-cli-me"
+    assert client._subscriber.deleted == []
+
+
+def test_publish_failure_midway_names_exactly_the_published_and_unpublished_jobs() -> None:
+    client = fake_client(FakePublisher(fail_at=frozenset({1, 3})))
+
+    with pytest.raises(PublishIncomplete) as caught:
+        client.submit(remote_requests(5))
+
+    assert caught.value.published == ("j0", "j2", "j4")
+    assert caught.value.unpublished == ("j1", "j3")
+    assert "published 3 of 5" in str(caught.value)
+
+
+def test_bad_client_ids_are_refused() -> None:
+    with pytest.raises(ClientInputInvalid):
+        sdk.FleetClient(SETTINGS, client_id="Has Spaces")
+
+
+# --- parsing ---------------------------------------------------------------------------------------------
+
+
+def test_notifications_and_result_objects_become_outcomes() -> None:
+    data = json.dumps(
+        {
+            "job_id": "a",
+            "status": "failed",
+            "result_uri": "gs://r/results/a.json",
+            "error": {"code": "X", "message": "m"},
+        }
+    ).encode()
+    outcome = sdk.outcome_from_notification(data, {"job_id": "a", "status": "failed"})
+    assert outcome == sdk.JobOutcome("a", "failed", "gs://r/results/a.json", "X", "m")
+    assert sdk.outcome_from_notification(b"not json", {}) is None
+    assert (
+        sdk.outcome_from_notification(json.dumps({"job_id": None, "status": "failed"}).encode(), {}) is None
+    )
+
+    result = sdk.outcome_from_result(
+        {"job_id": "b", "status": "succeeded", "error": None}, "gs://r/results/b.json"
+    )
+    assert result.succeeded and result.result_uri == "gs://r/results/b.json"
+
+
+def test_replay_ids_stay_valid_job_ids() -> None:
+    assert sdk.replay_job_id("drawing-7", 2) == "drawing-7.replay-2"
+    long_id = sdk.replay_job_id("x" * 128, 1)
+    assert len(long_id) == 128 and long_id.endswith(".replay-1")
+
+
+# --- environment -----------------------------------------------------------------------------------------
+
+
+def test_devstack_env_fills_only_missing_variables(tmp_path: Path) -> None:
+    env_file = tmp_path / ".devstack" / "env"
+    env_file.parent.mkdir()
+    env_file.write_text(
+        "# written by scripts/devstack\n"
+        "export PUBSUB_EMULATOR_HOST=127.0.0.1:4001\n"
+        "export GOOGLE_CLOUD_PROJECT='local-project'\n"
+        "export FLEET_JOBS_TOPIC=fleet-jobs\n"
+    )
+    environ = {"GOOGLE_CLOUD_PROJECT": "real-project"}
+    (tmp_path / "sub").mkdir()
+
+    used = sdk.apply_devstack_env(environ, start=tmp_path / "sub")
+
+    assert used == env_file
+    assert environ == {
+        "GOOGLE_CLOUD_PROJECT": "real-project",
+        "PUBSUB_EMULATOR_HOST": "127.0.0.1:4001",
+        "FLEET_JOBS_TOPIC": "fleet-jobs",
+    }
+    settings = sdk.ClientSettings.from_env(environ)
+    assert settings.input_bucket == "real-project-fleet-inputs"
+    assert sdk.ClientSettings.from_env(environ, project="other").results_bucket == "other-fleet-results"
+
+
+def test_no_project_is_a_usage_error() -> None:
+    with pytest.raises(ClientInputInvalid, match="GOOGLE_CLOUD_PROJECT"):
+        sdk.ClientSettings.from_env({})
+
+
+# --- the CLI on bad input ----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def no_network(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CLI must fail on bad input before it creates any subscription or publisher."""
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the CLI reached the network on bad input")
+
+    monkeypatch.setattr(sdk.FleetClient, "open", refuse)
+    monkeypatch.setattr(sdk.FleetClient, "_publisher_client", refuse)
+    monkeypatch.setenv("GOOGLE_CLOUD_PROJECT", "local-project")
+    monkeypatch.setenv("FLEET_DEVSTACK_ENV", "/nonexistent")
+
+
+def test_cli_bad_manifest_exits_2_naming_file_and_line(
+    tmp_path: Path, no_network: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    manifest = write_manifest(
+        tmp_path / "jobs.jsonl",
+        {"job_id": "a", "input_uri": "gs://bucket/o"},
+        {"job_id": "a", "input_uri": "gs://b/2"},
+    )
+
+    assert main(["submit", str(manifest)]) == EXIT_USAGE
+
+    assert f"{manifest}:2: duplicate job_id 'a'" in capsys.readouterr().err
+
+
+def test_cli_missing_input_file_in_json_mode(
+    tmp_path: Path, no_network: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    manifest = write_manifest(tmp_path / "jobs.jsonl", {"job_id": "a", "input": "gone.png"})
+
+    assert main(["submit", "--json", str(manifest)]) == EXIT_USAGE
+
+    error = json.loads(capsys.readouterr().out)["error"]
+    assert error["code"] == "CLIENT_INPUT_INVALID"
+    assert error["problems"] == [f"{manifest}:1: input file {tmp_path / 'gone.png'} does not exist"]
+
+
+def test_cli_bad_uri_argument_and_bad_status_id(no_network: None, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["submit", "gs://no-object"]) == EXIT_USAGE
+    assert "INPUT_URI_INVALID" in capsys.readouterr().err
+    assert main(["status", "bad/id"]) == EXIT_USAGE
+    assert main(["dlq", "replay"]) == EXIT_USAGE
+
+
+def test_default_client_id_is_a_valid_durable_id(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("FLEET_CLIENT_ID", raising=False)
+    assert sdk.check_client_id(client_cli.default_client_id()).startswith("cli-")
