@@ -1,0 +1,246 @@
+# Inputs of the inference-fleet module. Every default lives here; main.tf never invents one.
+# The fleet simulator reads the autoscaler_* defaults with python-hcl2: keep them plain literals.
+
+variable "project_id" {
+  description = "Project that hosts the fleet (topics, buckets, VMs)."
+  type        = string
+}
+
+variable "region" {
+  description = "Region of the instance groups, subnetwork, NAT and buckets."
+  type        = string
+}
+
+variable "container_image" {
+  description = "The worker container image (the one line a user sets), e.g. `asia-northeast1-docker.pkg.dev/my-project/fleet/worker:1.4.0`. Its entrypoint is the `fleet` command."
+  type        = string
+
+  validation {
+    condition     = length(trimspace(var.container_image)) > 0 && !can(regex("\\s", var.container_image))
+    error_message = "container_image must be a non-empty image reference without whitespace."
+  }
+}
+
+variable "zones" {
+  description = "Zones of the region that offer the GPU. Empty lets the regional MIG choose zones in the region, which fails for zones without the accelerator, so set this for GPU types that are not everywhere."
+  type        = list(string)
+  default     = []
+}
+
+variable "machine_type" {
+  description = "Machine type of the workers. The default is an accelerator-optimized type that carries one NVIDIA L4, so `gpu` stays null."
+  type        = string
+  default     = "g2-standard-8"
+}
+
+variable "gpu" {
+  description = "GPU attached with `guest_accelerator` for general-purpose machine types (e.g. `{ type = \"nvidia-tesla-t4\", count = 1 }` with `n1-standard-8`). Null for accelerator-optimized machine types (g2, a2, a3), which carry their GPUs."
+  type = object({
+    type  = string
+    count = optional(number, 1)
+  })
+  default = null
+}
+
+variable "image_family" {
+  description = "Image family built by packer/ (`fleet-worker`). The module resolves it to one image at plan time, so a new image changes the template and rolls out."
+  type        = string
+  default     = "fleet-worker"
+}
+
+variable "image_project" {
+  description = "Project that holds the image family; null means project_id."
+  type        = string
+  default     = null
+}
+
+variable "boot_disk" {
+  description = "Boot disk of each worker (size in GB and disk type)."
+  type = object({
+    size_gb = optional(number, 100)
+    type    = optional(string, "pd-balanced")
+  })
+  default = {}
+}
+
+variable "worker" {
+  description = "Worker settings passed as FLEET_* environment variables through instance metadata. Null leaves the worker's own default (worker/settings.py). `drain_budget_s` must stay below the image's `docker stop -t` (25 s), itself below the 30 s spot notice."
+  type = object({
+    pipeline_slots         = optional(number)
+    max_batch_size         = optional(number)
+    max_batch_delay_ms     = optional(number)
+    preprocess_processes   = optional(number)
+    max_processing_s       = optional(number)
+    drain_budget_s         = optional(number, 20)
+    triton_outage_exit_s   = optional(number)
+    log_level              = optional(string, "INFO")
+    allowed_input_buckets  = optional(list(string), [])
+    extra_env              = optional(map(string), {})
+    dead_letter_handler_vm = optional(bool, true)
+  })
+  default = {}
+
+  validation {
+    condition     = var.worker.drain_budget_s == null || (var.worker.drain_budget_s > 0 && var.worker.drain_budget_s <= 22)
+    error_message = "worker.drain_budget_s must be in (0, 22]: the image stops the container with `docker stop -t 25` and spot VMs get 30 s."
+  }
+
+  validation {
+    condition     = alltrue([for k in keys(var.worker.extra_env) : can(regex("^FLEET_[A-Z0-9_]+$", k))])
+    error_message = "worker.extra_env keys must be FLEET_* names."
+  }
+}
+
+variable "autoscaler_max_replicas" {
+  description = "Upper bound of the spot worker group."
+  type        = number
+  default     = 10
+}
+
+variable "autoscaler_cooldown_period_s" {
+  description = "Autoscaler initialisation period in seconds: how long a new VM is given (boot, Triton load) before its effect on the backlog is counted."
+  type        = number
+  default     = 120
+}
+
+variable "autoscaler_backlog_per_vm" {
+  description = "Per-lane `single_instance_assignment`: undelivered messages one VM is expected to absorb. The group size is the largest of ceil(backlog / assignment) over the lanes."
+  type        = map(number)
+  default = {
+    interactive = 10
+    batch       = 100
+  }
+}
+
+variable "autoscaler_dead_letter_backlog_per_vm" {
+  description = "`single_instance_assignment` for the dead-letter handler subscription: any dead-letter backlog brings up one VM (whose handler answers it) even when the job lanes are empty."
+  type        = number
+  default     = 1000
+}
+
+variable "autoscaler_scale_in_max_replicas" {
+  description = "`scale_in_control`: at most this many VMs removed within one time window."
+  type        = number
+  default     = 2
+}
+
+variable "autoscaler_scale_in_time_window_s" {
+  description = "`scale_in_control` time window in seconds."
+  type        = number
+  default     = 600
+}
+
+variable "scaling_schedules" {
+  description = "Scheduled minimum group sizes (e.g. weekday daytime); outside them the group can reach zero."
+  type = map(object({
+    min_required_replicas = number
+    schedule              = string
+    duration_s            = number
+    time_zone             = string
+  }))
+  default = {
+    weekday-daytime = {
+      min_required_replicas = 1
+      schedule              = "0 9 * * MON-FRI"
+      duration_s            = 36000
+      time_zone             = "Asia/Tokyo"
+    }
+  }
+
+  validation {
+    condition     = alltrue([for s in values(var.scaling_schedules) : s.duration_s >= 300])
+    error_message = "scaling_schedules duration_s must be at least 300 (the autoscaler's minimum)."
+  }
+}
+
+variable "on_demand_fallback" {
+  description = "A second, on-demand group for spot stock-outs. It scales on the age of the oldest unacked message per lane (`single_instance_assignment` = stall_age_s), so it stays at zero while the spot group keeps up and grows only when jobs stall."
+  type = object({
+    enabled      = optional(bool, false)
+    max_replicas = optional(number, 2)
+    stall_age_s  = optional(map(number), { interactive = 300, batch = 3600 })
+  })
+  default = {}
+}
+
+variable "update_policy_type" {
+  description = "MIG update policy: PROACTIVE replaces running VMs with the new template (they drain first); OPPORTUNISTIC applies it only to VMs created later."
+  type        = string
+  default     = "PROACTIVE"
+
+  validation {
+    condition     = contains(["PROACTIVE", "OPPORTUNISTIC"], var.update_policy_type)
+    error_message = "update_policy_type must be PROACTIVE or OPPORTUNISTIC."
+  }
+}
+
+variable "network" {
+  description = "Network of the workers. With `create = true` the module makes a VPC and subnetwork with Private Google Access and Cloud NAT; otherwise it uses `subnetwork` (self link), which must already have Private Google Access."
+  type = object({
+    create        = optional(bool, true)
+    subnetwork    = optional(string)
+    subnet_cidr   = optional(string, "10.64.0.0/24")
+    enable_nat    = optional(bool, true)
+    allow_iap_ssh = optional(bool, true)
+  })
+  default = {}
+
+  validation {
+    condition     = var.network.create || var.network.subnetwork != null
+    error_message = "network.subnetwork is required when network.create is false."
+  }
+}
+
+variable "kms_key_name" {
+  description = "Cloud KMS key (projects/…/cryptoKeys/…) for CMEK on the buckets and topics; null uses Google-managed keys."
+  type        = string
+  default     = null
+}
+
+variable "bucket_retention_days" {
+  description = "Lifecycle: objects are deleted this many days after creation (inputs, results, engines)."
+  type = object({
+    inputs  = optional(number, 30)
+    results = optional(number, 90)
+    engines = optional(number, 365)
+  })
+  default = {}
+}
+
+variable "force_destroy_buckets" {
+  description = "Let `terraform destroy` delete non-empty buckets (for test projects only)."
+  type        = bool
+  default     = false
+}
+
+variable "artifact_registry_repositories" {
+  description = "Artifact Registry repositories the workers pull from; the worker service account gets reader on each (and nothing project-wide)."
+  type = list(object({
+    location   = string
+    repository = string
+    project    = optional(string)
+  }))
+  default = []
+}
+
+variable "alerts" {
+  description = "Alert thresholds and where alerts go. `oldest_unacked_age_s` is per lane; `failures_per_5min` counts failed jobs from the worker's logs."
+  type = object({
+    notification_channels = optional(list(string), [])
+    oldest_unacked_age_s  = optional(map(number), { interactive = 300, batch = 3600 })
+    failures_per_5min     = optional(number, 10)
+  })
+  default = {}
+}
+
+variable "enable_apis" {
+  description = "Enable the Google APIs the fleet uses (never disabled on destroy)."
+  type        = bool
+  default     = true
+}
+
+variable "labels" {
+  description = "Labels added to every labelled resource."
+  type        = map(string)
+  default     = {}
+}
