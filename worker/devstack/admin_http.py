@@ -24,6 +24,7 @@ def make_handler(routes: Mapping[tuple[str, str], Route], prefix: str = "") -> t
 
     class _Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+        disable_nagle_algorithm = True
 
         def _dispatch(self, method: str) -> None:
             parsed = urlparse(self.path)
