@@ -1,0 +1,779 @@
+"""The job pipeline: pull -> fetch -> preprocess -> micro-batch -> infer -> write once -> notify -> ack.
+
+Ports are Protocols (fakes in unit tests, real adapters wired by ``worker.app``). One asyncio event loop
+runs everything: a job is a task, not a thread; blocking libraries sit behind fixed pools owned by their
+adapters. Each stage that queues (input fetch, preprocess, inference) serves interactive work first.
+
+Decisions: a job handler returns ``Ack`` or ``Nack``; the ``Settler`` applies them in batches and the
+``Leases`` owner renews deadlines while jobs run (worker/intake.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import concurrent.futures
+import contextlib
+import json
+import multiprocessing
+import os
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Protocol, TypeVar
+
+import numpy as np
+import numpy.typing as npt
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt
+
+from worker import contracts, errors, policy
+from worker.contracts import Delivery, Job, Notification, Rejection, Timeline
+from worker.intake import Ack, Decision, JobSource, Leases, Nack, Settler
+from worker.settings import WorkerSettings
+from worker.telemetry import Metrics, get_logger, timed_call, trace_from_attributes
+
+log = get_logger("worker.pipeline")
+FloatArray = npt.NDArray[np.float32]
+T = TypeVar("T")
+
+EXIT_OK = 0
+EXIT_TRITON_OUTAGE = 3
+
+
+# --- ports ------------------------------------------------------------------------------------------
+
+
+class InputStore(Protocol):
+    async def read_input(self, bucket: str, name: str, *, max_bytes: int) -> bytes: ...
+
+
+class ResultStore(Protocol):
+    def result_uri(self, name: str) -> str: ...
+
+    async def create_result(self, name: str, data: bytes) -> bool: ...
+
+    async def read_result(self, name: str) -> bytes | None: ...
+
+
+class Model(Protocol):
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def version(self) -> str: ...
+
+    async def ready(self) -> bool: ...
+
+    async def infer(self, batch: FloatArray, *, interactive: bool) -> tuple[FloatArray, FloatArray]: ...
+
+
+class Notifier(Protocol):
+    async def publish(self, notification: Notification) -> str: ...
+
+
+class Preprocessor(Protocol):
+    async def __call__(self, data: bytes) -> FloatArray: ...
+
+
+Postprocess = Callable[[FloatArray, FloatArray, tuple[str, ...]], dict[str, Any]]
+
+
+# --- helpers ----------------------------------------------------------------------------------------
+
+
+async def with_retries(call: Callable[[], Awaitable[T]], *, attempts: int) -> T:
+    """Bounded in-process retries of transient errors (tenacity); the last error propagates."""
+    async for attempt in AsyncRetrying(
+        retry=retry_if_exception_type(errors.TransientError),
+        stop=stop_after_attempt(max(1, attempts)),
+        wait=lambda state: policy.backoff_s(state.attempt_number, base_s=0.2, cap_s=3.0),
+        reraise=True,
+    ):
+        with attempt:
+            return await call()
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+class PriorityLimiter:
+    """At most ``capacity`` holders; waiting interactive work is admitted before waiting batch work."""
+
+    def __init__(self, capacity: int) -> None:
+        self._free = capacity
+        self._waiters: tuple[collections.deque[asyncio.Future[None]], ...] = (
+            collections.deque(),
+            collections.deque(),
+        )
+
+    async def acquire(self, *, interactive: bool) -> None:
+        if self._free > 0 and not self._waiters[0] and not self._waiters[1]:
+            self._free -= 1
+            return
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters[0 if interactive else 1].append(future)
+        try:
+            await future
+        except asyncio.CancelledError:
+            if future.done() and not future.cancelled():
+                self.release()  # admitted and cancelled in the same tick: hand the slot on
+            raise
+
+    def release(self) -> None:
+        for queue in self._waiters:
+            while queue:
+                future = queue.popleft()
+                if not future.done():
+                    future.set_result(None)
+                    return
+        self._free += 1
+
+
+@dataclass(slots=True)
+class _Pending:
+    tensor: FloatArray
+    interactive: bool
+    enqueued: float
+    future: asyncio.Future[tuple[FloatArray, FloatArray, float]]
+
+
+class Batcher:
+    """Micro-batches tensors into Triton requests: full batch, ``max_delay_ms``, or interactive work."""
+
+    def __init__(
+        self,
+        model: Model,
+        health: Health,
+        *,
+        max_size: int,
+        max_delay_ms: float,
+        retries: int,
+        max_concurrent: int = 2,
+    ) -> None:
+        self._model = model
+        self._health = health
+        self._max_size = max_size
+        self._max_delay_ms = max_delay_ms
+        self._retries = retries
+        self._interactive: collections.deque[_Pending] = collections.deque()
+        self._batch: collections.deque[_Pending] = collections.deque()
+        self._wake = asyncio.Event()
+        self._slots = asyncio.Semaphore(max_concurrent)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.batches = 0
+
+    def submit(
+        self, tensor: FloatArray, *, interactive: bool
+    ) -> asyncio.Future[tuple[FloatArray, FloatArray, float]]:
+        future: asyncio.Future[tuple[FloatArray, FloatArray, float]] = (
+            asyncio.get_running_loop().create_future()
+        )
+        if self._health.outage:
+            future.set_exception(errors.InferenceUnavailable("triton outage"))
+            return future
+        (self._interactive if interactive else self._batch).append(
+            _Pending(tensor, interactive, time.monotonic(), future)
+        )
+        self._wake.set()
+        return future
+
+    async def run(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._interactive or self._batch:
+                oldest = min(
+                    (q[0].enqueued for q in (self._interactive, self._batch) if q), default=time.monotonic()
+                )
+                age_ms = (time.monotonic() - oldest) * 1000.0
+                queued = len(self._interactive) + len(self._batch)
+                if not policy.batch_due(
+                    queued=queued,
+                    has_interactive=bool(self._interactive),
+                    oldest_age_ms=age_ms,
+                    max_size=self._max_size,
+                    max_delay_ms=self._max_delay_ms,
+                ):
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._wake.wait(), (self._max_delay_ms - age_ms) / 1000.0)
+                    self._wake.clear()
+                    continue
+                await self._slots.acquire()
+                items, take_i, take_b = policy.form_batch(
+                    self._interactive, self._batch, max_size=self._max_size
+                )
+                for _ in range(take_i):
+                    self._interactive.popleft()
+                for _ in range(take_b):
+                    self._batch.popleft()
+                items = [p for p in items if not p.future.done()]
+                task = asyncio.create_task(self._dispatch(items))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+
+    async def _dispatch(self, items: list[_Pending]) -> None:
+        try:
+            if items:
+                await self._infer_into(items)
+        finally:
+            self._slots.release()
+
+    async def _infer_into(self, items: list[_Pending]) -> None:
+        batch = np.stack([p.tensor for p in items]) if len(items) > 1 else items[0].tensor[np.newaxis]
+        interactive = any(p.interactive for p in items)
+        started = time.monotonic()
+        try:
+            probs, embeddings = await with_retries(
+                lambda: self._model.infer(batch, interactive=interactive), attempts=self._retries
+            )
+        except errors.ModelRejected as exc:
+            if len(items) > 1:
+                # One bad tensor must not fail its neighbours: retry each alone.
+                for item in items:
+                    await self._infer_into([item])
+                return
+            _fail(items, exc)
+            return
+        except errors.TransientError as exc:
+            self._health.inference_failed()
+            _fail(items, exc)
+            return
+        except Exception as exc:
+            _fail(items, errors.InferenceUnavailable(f"inference: {type(exc).__name__}"))
+            return
+        self._health.inference_ok()
+        self.batches += 1
+        elapsed_ms = (time.monotonic() - started) * 1000.0
+        for index, item in enumerate(items):
+            if not item.future.done():
+                item.future.set_result((probs[index], embeddings[index], elapsed_ms))
+
+    def fail_queued(self, error: errors.FleetError) -> None:
+        for queue in (self._interactive, self._batch):
+            _fail(list(queue), error)
+            queue.clear()
+
+
+def _fail(items: list[_Pending], error: BaseException) -> None:
+    for item in items:
+        if not item.future.done():
+            item.future.set_exception(error)
+
+
+class Health:
+    """Triton health as seen by inference calls: an outage starts at the first failed batch."""
+
+    def __init__(self) -> None:
+        self.outage_since: float | None = None
+        self.recovered = asyncio.Event()
+        self.recovered.set()
+
+    @property
+    def outage(self) -> bool:
+        return self.outage_since is not None
+
+    def inference_failed(self) -> None:
+        if self.outage_since is None:
+            self.outage_since = time.monotonic()
+            self.recovered.clear()
+
+    def inference_ok(self) -> None:
+        if self.outage_since is not None:
+            self.outage_since = None
+            self.recovered.set()
+
+
+# --- answering: shared with the dead-letter handler --------------------------------------------------
+
+
+class Answerer:
+    """Writes a job's one result object (never overwriting) and publishes its notification."""
+
+    def __init__(
+        self,
+        results: ResultStore,
+        notifier: Notifier,
+        *,
+        settings: WorkerSettings,
+        model_name: str,
+        model_version: Callable[[], str],
+    ) -> None:
+        self._results = results
+        self._notifier = notifier
+        self._settings = settings
+        self._model_name = model_name
+        self._model_version = model_version
+        self._pid = os.getpid()
+        self._instance = settings.instance
+
+    def object_name(self, job_id: str | None, message_id: str) -> str:
+        return contracts.result_object_name(self._settings.results_prefix, job_id, message_id)
+
+    async def answer(
+        self,
+        delivery: Delivery,
+        *,
+        job_id: str | None,
+        priority: str,
+        input_uri: str | None,
+        outputs: dict[str, Any] | None,
+        error: errors.FleetError | None,
+        timeline: Timeline,
+    ) -> tuple[str, str | None, bool]:
+        """Returns (status, error_code, duplicate). Raises TransientError when storage/Pub/Sub stay down."""
+        name = self.object_name(job_id, delivery.message_id)
+        document = contracts.build_result(
+            job_id=job_id,
+            input_uri=input_uri,
+            outputs=outputs,
+            error=error,
+            model={"name": self._model_name, "version": self._model_version()},
+            timeline=timeline,
+            instance=self._instance,
+            pid=self._pid,
+            delivery_attempt=delivery.delivery_attempt,
+        )
+        retries = self._settings.transient_retries
+        payload = contracts.encode(document)
+        created = await with_retries(lambda: self._results.create_result(name, payload), attempts=retries)
+        status, error_body = document["status"], document["error"]
+        if not created:
+            existing = await with_retries(lambda: self._results.read_result(name), attempts=retries)
+            if existing is not None:
+                status, error_body = _status_of(existing, status, error_body)
+        await self.notify(
+            delivery, job_id=job_id, priority=priority, status=status, error_body=error_body, name=name
+        )
+        return status, (error_body or {}).get("code"), not created
+
+    async def notify(
+        self,
+        delivery: Delivery,
+        *,
+        job_id: str | None,
+        priority: str,
+        status: str,
+        error_body: dict[str, str] | None,
+        name: str,
+    ) -> None:
+        notification = contracts.build_notification(
+            job_id=job_id,
+            status=status,
+            result_uri=self._results.result_uri(name),
+            error=error_body,
+            priority=priority,
+            client_attributes=delivery.attributes,
+        )
+        await with_retries(
+            lambda: self._notifier.publish(notification), attempts=self._settings.transient_retries
+        )
+
+    async def existing(self, job_id: str, message_id: str) -> tuple[str, dict[str, str] | None] | None:
+        """The (status, error) of a result that already exists, else None."""
+        name = self.object_name(job_id, message_id)
+        data = await with_retries(
+            lambda: self._results.read_result(name), attempts=self._settings.transient_retries
+        )
+        return None if data is None else _status_of(data, contracts.STATUS_FAILED, None)
+
+
+def _status_of(
+    data: bytes, status: str, error_body: dict[str, str] | None
+) -> tuple[str, dict[str, str] | None]:
+    try:
+        document = json.loads(data)
+        return str(document["status"]), document.get("error")
+    except (ValueError, KeyError, TypeError):
+        return status, error_body
+
+
+class PoolPreprocessor:
+    """``Preprocessor`` on a process pool (decode is CPU-bound, holds the GIL); CPU measured per task."""
+
+    def __init__(self, func: Callable[[bytes], FloatArray], *, processes: int, metrics: Metrics) -> None:
+        self._func = func
+        self._metrics = metrics
+        # spawn, not fork: the parent holds gRPC channels and threads that must not be forked.
+        self._pool = concurrent.futures.ProcessPoolExecutor(
+            max_workers=processes, mp_context=multiprocessing.get_context("spawn")
+        )
+        self._processes = processes
+
+    def warm_up(self) -> None:
+        """Start every process now rather than on the first jobs."""
+        futures = [self._pool.submit(timed_call, _noop, b"") for _ in range(self._processes)]
+        for future in futures:
+            future.result(timeout=120)
+
+    async def __call__(self, data: bytes) -> FloatArray:
+        loop = asyncio.get_running_loop()
+        try:
+            tensor, cpu_s = await loop.run_in_executor(self._pool, timed_call, self._func, data)
+        except errors.FleetError:
+            raise
+        except Exception as exc:  # BrokenProcessPool, pickling errors: the job may succeed elsewhere
+            raise errors.TransientError(f"preprocess pool: {type(exc).__name__}") from exc
+        self._metrics.preprocess_cpu_s += cpu_s
+        return tensor  # type: ignore[no-any-return]
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+class InlinePreprocessor:
+    """``Preprocessor`` in the event loop's own thread: the naive one-at-a-time baseline."""
+
+    def __init__(self, func: Callable[[bytes], FloatArray], *, metrics: Metrics) -> None:
+        self._func = func
+        self._metrics = metrics
+
+    async def __call__(self, data: bytes) -> FloatArray:
+        tensor, cpu_s = timed_call(self._func, data)
+        self._metrics.preprocess_cpu_s += cpu_s
+        self._metrics.preprocess_inline_cpu_s += cpu_s
+        return tensor  # type: ignore[no-any-return]
+
+
+def _noop(_data: bytes) -> None:
+    return None
+
+
+# --- the pipeline -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Ports:
+    source: JobSource
+    inputs: InputStore
+    results: ResultStore
+    model: Model
+    notifier: Notifier
+    preprocess: Preprocessor
+    postprocess: Postprocess
+
+
+class Pipeline:
+    """Runs jobs until ``drain()``; ``run()`` returns the process exit code."""
+
+    def __init__(
+        self,
+        settings: WorkerSettings,
+        ports: Ports,
+        *,
+        metrics: Metrics | None = None,
+        fetch_concurrency: int = 8,
+    ) -> None:
+        self._s = settings
+        self._p = ports
+        self.metrics = metrics or Metrics(slots=settings.pipeline_slots)
+        self.metrics.slots = settings.pipeline_slots
+        self.health = Health()
+        self.settler = Settler(ports.source, interval_s=settings.settle_interval_ms / 1000.0)
+        self.leases = Leases(
+            self.settler, ack_deadline_s=settings.ack_deadline_s, max_processing_s=settings.max_processing_s
+        )
+        self.batcher = Batcher(
+            ports.model,
+            self.health,
+            max_size=settings.max_batch_size,
+            max_delay_ms=settings.max_batch_delay_ms,
+            retries=settings.transient_retries,
+            max_concurrent=1 if settings.one_at_a_time else 2,
+        )
+        self.answerer = Answerer(
+            ports.results,
+            ports.notifier,
+            settings=settings,
+            model_name=ports.model.name,
+            model_version=lambda: ports.model.version,
+        )
+        self._fetch = PriorityLimiter(fetch_concurrency)
+        self._pre = PriorityLimiter(settings.preprocess_processes + 1)
+        self._jobs: dict[str, asyncio.Task[None]] = {}
+        self._slot_freed = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self._started = False
+        self.exit_code = EXIT_OK
+        self.drain_reason: str | None = None
+        self._offered = contracts.DEFAULT_ANALYSES
+
+    # lifecycle ---------------------------------------------------------------------------------------
+    def drain(self, reason: str) -> None:
+        """Stop pulling and finish in-flight work within the drain budget (idempotent)."""
+        if not self._stopping.is_set():
+            self.drain_reason = reason
+            log.info("drain requested", reason=reason, held=len(self._jobs))
+            self._stopping.set()
+
+    async def run(self) -> int:
+        if self._started:
+            raise RuntimeError("pipeline already started")
+        self._started = True
+        background = [
+            asyncio.create_task(coro)
+            for coro in (self.settler.run(), self.leases.run(), self.batcher.run(), self._watch_health())
+        ]
+        try:
+            await self._pull_loop()
+            await self._finish_in_flight()
+        finally:
+            for task in background:
+                task.cancel()
+            await asyncio.gather(*background, return_exceptions=True)
+            await self.settler.close()
+        return self.exit_code
+
+    # pulling -----------------------------------------------------------------------------------------
+    async def _pull_loop(self) -> None:
+        state = policy.LoadState()
+        idle_s = 0.0
+        while not self._stopping.is_set():
+            if self.health.outage:
+                await self._wait_any(self.health.recovered.wait(), None)
+                continue
+            in_flight = len(self._jobs)
+            state = policy.next_load_state(state, in_flight=in_flight, slots=self._s.pipeline_slots)
+            got = 0
+            if not state.paused:
+                free = policy.pull_size(in_flight=in_flight, slots=self._s.pipeline_slots)
+                try:
+                    got = await self._pull(self._s.interactive_subscription, free)
+                    if got < free and not self._stopping.is_set():
+                        got += await self._pull(self._s.batch_subscription, free - got)
+                except errors.TransientError as exc:
+                    log.warning("pull failed", error_code=exc.code)
+                    idle_s = self._s.idle_poll_max_ms / 1000.0
+            if got:
+                idle_s = 0.0
+                continue
+            if state.paused:
+                self._slot_freed.clear()
+                await self._wait_any(self._slot_freed.wait(), None)
+            else:
+                # Both lanes empty: back off from 5 ms up to idle_poll_max_ms; a job finishing or a
+                # drain request wakes the loop early.
+                idle_s = min(self._s.idle_poll_max_ms / 1000.0, max(0.005, idle_s * 2))
+                await self._wait_any(asyncio.sleep(idle_s), None)
+
+    async def _wait_any(self, awaitable: Awaitable[Any], timeout: float | None) -> None:
+        waiter = asyncio.ensure_future(awaitable)
+        stopper = asyncio.ensure_future(self._stopping.wait())
+        try:
+            await asyncio.wait({waiter, stopper}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waiter.cancel()
+            stopper.cancel()
+
+    async def _pull(self, subscription: str, max_messages: int) -> int:
+        if max_messages <= 0:
+            return 0
+        deliveries = await self._p.source.pull(subscription, max_messages)
+        if self._stopping.is_set():
+            self.settler.submit_many(Nack(d.subscription, d.ack_id) for d in deliveries)
+            return len(deliveries)
+        for delivery in deliveries:
+            self.leases.hold(delivery)
+            task = asyncio.create_task(self._handle(delivery))
+            self._jobs[delivery.ack_id] = task
+        self.metrics.set_in_flight(len(self._jobs))
+        return len(deliveries)
+
+    # draining ----------------------------------------------------------------------------------------
+    async def _finish_in_flight(self) -> None:
+        budget = 0.0 if self.exit_code != EXIT_OK else self._s.drain_budget_s
+        pending = list(self._jobs.values())
+        if pending:
+            log.info("draining", count=len(pending), seconds=budget)
+            _done, not_done = (
+                await asyncio.wait(pending, timeout=budget) if budget > 0 else (set(), set(pending))
+            )
+            for task in not_done:
+                task.cancel()
+            if not_done:
+                await asyncio.gather(*not_done, return_exceptions=True)
+        # Whatever is still leased (cancelled jobs) goes back to the subscription now.
+        self.settler.submit_many(Nack(sub, ack_id) for sub, ack_id in self.leases.held_ids())
+
+    async def _watch_health(self) -> None:
+        attempt = 0
+        while True:
+            if not self.health.outage:
+                attempt = 0
+                await asyncio.sleep(0.5)
+                continue
+            self.batcher.fail_queued(errors.InferenceUnavailable("triton outage"))
+            down_s = time.monotonic() - (self.health.outage_since or time.monotonic())
+            if down_s >= self._s.triton_outage_exit_s:
+                log.error("triton outage too long; exiting for a restart", seconds=round(down_s, 1))
+                self.exit_code = EXIT_TRITON_OUTAGE
+                self.drain("triton_outage")
+                return
+            if await self._p.model.ready():
+                log.info("triton recovered", seconds=round(down_s, 1))
+                self.health.inference_ok()
+                continue
+            attempt += 1
+            await asyncio.sleep(policy.backoff_s(attempt, base_s=0.25, cap_s=5.0))
+
+    # one job -----------------------------------------------------------------------------------------
+    async def _handle(self, delivery: Delivery) -> None:
+        decision: Decision
+        try:
+            budget = self._s.max_processing_s - (time.time() - delivery.leased_at)
+            try:
+                decision = await asyncio.wait_for(self._process(delivery), timeout=max(0.001, budget))
+            except TimeoutError:
+                decision = await self._fail_fast(
+                    delivery, errors.ProcessingTimeout(f"job ran past {self._s.max_processing_s:.0f} s")
+                )
+        except asyncio.CancelledError:
+            decision = Nack(delivery.subscription, delivery.ack_id)
+        except Exception as exc:  # a bug must not leak the lease: give the message back
+            log.error("job crashed", reason=type(exc).__name__, message_id=delivery.message_id)
+            decision = Nack(delivery.subscription, delivery.ack_id)
+        self.leases.release(delivery.ack_id)
+        self.settler.submit(decision)
+        self._jobs.pop(delivery.ack_id, None)
+        self.metrics.set_in_flight(len(self._jobs))
+        self._slot_freed.set()
+
+    async def _fail_fast(self, delivery: Delivery, error: errors.PermanentError) -> Decision:
+        job = contracts.parse_job(
+            delivery, allowed_buckets=self._s.allowed_buckets, max_message_bytes=self._s.max_message_bytes
+        )
+        try:
+            return await asyncio.wait_for(
+                self._answer(delivery, job, outputs=None, error=error, started=time.time()), timeout=30
+            )
+        except (TimeoutError, errors.FleetError):
+            return Nack(delivery.subscription, delivery.ack_id)
+
+    async def _process(self, delivery: Delivery) -> Decision:
+        started = time.time()
+        job = contracts.parse_job(
+            delivery,
+            allowed_buckets=self._s.allowed_buckets,
+            offered_analyses=self._offered,
+            max_message_bytes=self._s.max_message_bytes,
+        )
+        try:
+            if isinstance(job, Rejection):
+                return await self._answer(delivery, job, outputs=None, error=job.error, started=started)
+            if delivery.delivery_attempt > 1:
+                decision = await self._answer_existing(delivery, job)
+                if decision is not None:
+                    return decision
+            outputs, inference_ms = await self._run(job)
+            return await self._answer(
+                delivery, job, outputs=outputs, error=None, started=started, inference_ms=inference_ms
+            )
+        except errors.PermanentError as exc:
+            return await self._answer(delivery, job, outputs=None, error=exc, started=started)
+        except errors.TransientError as exc:
+            self._log_outcome(delivery, job, "retry", exc.code, started)
+            return Nack(delivery.subscription, delivery.ack_id)
+
+    def _check_deadline(self, job: Job) -> None:
+        if job.deadline is not None and time.time() > job.deadline:
+            raise errors.DeadlineExceeded("the job's deadline passed before it ran")
+
+    async def _run(self, job: Job) -> tuple[dict[str, Any], float]:
+        self._check_deadline(job)
+        interactive = job.priority == contracts.INTERACTIVE
+        await self._fetch.acquire(interactive=interactive)
+        try:
+            data = await with_retries(
+                lambda: self._p.inputs.read_input(
+                    job.input_bucket, job.input_object, max_bytes=self._s.max_input_bytes
+                ),
+                attempts=self._s.transient_retries,
+            )
+        finally:
+            self._fetch.release()
+        await self._pre.acquire(interactive=interactive)
+        try:
+            tensor = await self._p.preprocess(data)
+        finally:
+            self._pre.release()
+        self._check_deadline(job)
+        probs, embedding, inference_ms = await self.batcher.submit(tensor, interactive=interactive)
+        return self._p.postprocess(probs, embedding, job.analyses), inference_ms
+
+    async def _answer_existing(self, delivery: Delivery, job: Job) -> Decision | None:
+        """A redelivery whose result exists: re-publish its notification and ack, without rework."""
+        existing = await self.answerer.existing(job.job_id, delivery.message_id)
+        if existing is None:
+            return None
+        status, error_body = existing
+        await self.answerer.notify(
+            delivery,
+            job_id=job.job_id,
+            priority=job.priority,
+            status=status,
+            error_body=error_body,
+            name=self.answerer.object_name(job.job_id, delivery.message_id),
+        )
+        self._log_outcome(delivery, job, status, (error_body or {}).get("code"), time.time(), duplicate=True)
+        return Ack(delivery.subscription, delivery.ack_id)
+
+    async def _answer(
+        self,
+        delivery: Delivery,
+        job: Job | Rejection,
+        *,
+        outputs: dict[str, Any] | None,
+        error: errors.FleetError | None,
+        started: float,
+        inference_ms: float = 0.0,
+    ) -> Decision:
+        timeline = Timeline(
+            published=delivery.publish_time,
+            leased=delivery.leased_at,
+            started=started,
+            finished=time.time(),
+            inference_ms=inference_ms,
+        )
+        job_id: str | None = job.job_id
+        uri = job.input_uri if isinstance(job, Job) else None
+        priority = job.priority
+        status, code, duplicate = await self.answerer.answer(
+            delivery,
+            job_id=job_id,
+            priority=priority,
+            input_uri=uri,
+            outputs=outputs,
+            error=error,
+            timeline=timeline,
+        )
+        self._log_outcome(
+            delivery, job, status, code, started, duplicate=duplicate, inference_ms=inference_ms
+        )
+        return Ack(delivery.subscription, delivery.ack_id)
+
+    def _log_outcome(
+        self,
+        delivery: Delivery,
+        job: Job | Rejection,
+        status: str,
+        code: str | None,
+        started: float,
+        *,
+        duplicate: bool = False,
+        inference_ms: float = 0.0,
+    ) -> None:
+        now = time.time()
+        latency_ms = (now - delivery.publish_time) * 1000.0
+        if status != "retry":
+            self.metrics.job_done(status, latency_ms)
+        log.info(
+            "job " + status,
+            job_id=job.job_id,
+            message_id=delivery.message_id,
+            status=status,
+            error_code=code,
+            priority=job.priority,
+            delivery_attempt=delivery.delivery_attempt,
+            latency_ms=round(latency_ms, 1),
+            queue_wait_ms=round(max(0.0, started - delivery.publish_time) * 1000.0, 1),
+            inference_ms=round(inference_ms, 1),
+            duplicate=duplicate or None,
+            trace=trace_from_attributes(delivery.attributes, self._s.project),
+        )
