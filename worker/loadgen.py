@@ -9,10 +9,13 @@ flip, and audits the results bucket afterwards (one object per job, none overwri
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import http.server
+import importlib
 import io
 import json
+import logging
 import math
 import os
 import random
@@ -24,6 +27,7 @@ import sys
 import threading
 import time
 import urllib.parse
+import urllib.request
 import uuid
 import zlib
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -31,11 +35,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from google.cloud import pubsub_v1
+from google.cloud import pubsub_v1, storage
 from google.protobuf import duration_pb2
 from PIL import Image, ImageDraw
 
-from worker.devstack.admin_http import AdminClient
+from worker.devstack.admin_http import AdminClient, serve_admin
 from worker.resources import load_resources
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -920,3 +924,171 @@ def upload(storage_client: Any, bucket: str, name: str, data: bytes, content_typ
     """Upload an input object; returns its gs:// URI."""
     storage_client.bucket(bucket).blob(name).upload_from_string(data, content_type=content_type)
     return f"gs://{bucket}/{name}"
+
+
+# --- a private stack for one harness run -------------------------------------------------------------
+def _wait_ready_file(
+    path: Path, process: subprocess.Popen[bytes], *, timeout_s: float = 60.0
+) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if path.exists():
+            info: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+            return info
+        if process.poll() is not None:
+            raise RuntimeError(f"{process.args!r} exited {process.returncode} before it was ready")
+        time.sleep(0.05)
+    raise TimeoutError(f"{process.args!r} not ready after {timeout_s} s")
+
+
+def serve_gcs_with_write_log(ready_file: str | None) -> int:
+    """The stack's GCS emulator plus a write log: every stored object version, counted per object.
+
+    The emulator enforces ``ifGenerationMatch`` but keeps no history, so an overwrite would leave no
+    trace. Counting writes where the storage layer persists them (``Storage.create_file``) is the
+    soak's ground truth for "overwritten = 0". Served on a second admin port at ``GET /writes``.
+    """
+    # Lazy: the emulator is a dev dependency, and only this sub-command needs it.
+    from worker.devstack.gcs_emulator import GcsEmulator  # noqa: PLC0415
+
+    logging.getLogger("gcp_storage_emulator").setLevel(logging.ERROR)
+    emulator = GcsEmulator()
+    storage = emulator.state.storage
+    writes: dict[str, int] = {}
+    original = storage.create_file
+
+    def create_file(bucket_name: str, file_name: str, *args: Any, **kwargs: Any) -> Any:
+        result = original(bucket_name, file_name, *args, **kwargs)
+        key = f"{bucket_name}/{file_name}"
+        writes[key] = writes.get(key, 0) + 1
+        return result
+
+    storage.create_file = create_file
+
+    def get_writes(body: dict[str, Any], query: dict[str, str]) -> dict[str, Any]:
+        prefix = query.get("prefix", "")
+        with emulator.state.lock:
+            return {k: v for k, v in writes.items() if k.startswith(prefix)}
+
+    emulator.start()
+    admin = serve_admin({("GET", "/writes"): get_writes})
+    stopped = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stopped.set())
+    info = {"port": emulator.port, "writes_port": int(admin.server_address[1]), "pid": os.getpid()}
+    if ready_file:
+        Path(ready_file + ".tmp").write_text(json.dumps(info), encoding="utf-8")
+        os.replace(ready_file + ".tmp", ready_file)
+    while not stopped.wait(0.5):
+        pass
+    admin.shutdown()
+    emulator.stop()
+    return 0
+
+
+def object_writes(writes_url: str, prefix: str = "") -> dict[str, int]:
+    """``bucket/object`` -> number of times the GCS emulator stored it (see serve_gcs_with_write_log)."""
+    query = "?" + urllib.parse.urlencode({"prefix": prefix}) if prefix else ""
+    with urllib.request.urlopen(writes_url.rstrip("/") + "/writes" + query, timeout=30) as response:
+        data: dict[str, int] = json.loads(response.read())
+    return data
+
+
+class PrivateStack:
+    """Pub/Sub and GCS emulators (and tritonserver) on free ports, owned by one harness run.
+
+    Chaos kills and restarts Triton and injects faults into the emulators; doing that to a private stack
+    keeps other engineers' tests (sharing the machine, each with its own stack) unaffected.
+    """
+
+    def __init__(self, workdir: Path, *, project: str = "local-project") -> None:
+        self.workdir = workdir
+        self.project = project
+        self.processes: dict[str, subprocess.Popen[bytes]] = {}
+        self.values: dict[str, str] = {}
+        self.triton: Any = None
+
+    def _spawn(self, name: str, args: list[str]) -> dict[str, Any]:
+        ready = self.workdir / f"{name}.ready"
+        ready.unlink(missing_ok=True)
+        log = (self.workdir / f"{name}.log").open("ab")
+        try:
+            process = subprocess.Popen(
+                [*args, "--ready-file", str(ready)], stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT
+            )
+        finally:
+            log.close()
+        self.processes[name] = process
+        return _wait_ready_file(ready, process)
+
+    def start(self, *, triton: bool = True) -> StackEnv:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        pubsub = self._spawn("pubsub", [sys.executable, "-m", "worker.devstack.pubsub_emulator"])
+        gcs = self._spawn("gcs", [sys.executable, "-m", "worker.loadgen", "gcs"])
+        resources = load_resources()
+        self.values = {
+            "PUBSUB_EMULATOR_HOST": f"127.0.0.1:{pubsub['port']}",
+            "FLEET_PUBSUB_ADMIN_URL": f"http://127.0.0.1:{pubsub['admin_port']}",
+            "STORAGE_EMULATOR_HOST": f"http://127.0.0.1:{gcs['port']}",
+            "FLEET_GCS_ADMIN_URL": f"http://127.0.0.1:{gcs['port']}/_devstack",
+            "LOADGEN_WRITES_URL": f"http://127.0.0.1:{gcs['writes_port']}",
+            "GOOGLE_CLOUD_PROJECT": self.project,
+            "FLEET_INPUT_BUCKET": resources.inputs_bucket(self.project),
+            "FLEET_RESULTS_BUCKET": resources.results_bucket(self.project),
+            "FLEET_MODEL_NAME": "drawing_analyzer",
+        }
+        os.environ.update(self.values)
+        client = storage.Client(project=self.project)
+        for bucket in (self.values["FLEET_INPUT_BUCKET"], self.values["FLEET_RESULTS_BUCKET"]):
+            client.create_bucket(bucket)
+        if triton:
+            self.start_triton()
+        return StackEnv(dict(self.values))
+
+    # Triton: the stack's launcher, wrapped so chaos can kill and restart it on the same ports.
+    def start_triton(self) -> None:
+        # Lazy: only runs that need Triton import the launcher (and need .venv-triton).
+        triton_launcher = importlib.import_module("worker.devstack.triton")
+
+        if self.triton is None:
+            self.triton = triton_launcher.TritonServer(workdir=self.workdir / "triton")
+        self.triton.start()
+        self.values["TRITON_GRPC_URL"] = self.triton.grpc_url
+        self.values["TRITON_HTTP_URL"] = self.triton.http_url
+        os.environ.update(self.values)
+
+    def kill_triton(self) -> None:
+        if self.triton is not None:
+            self.triton.kill()
+
+    @property
+    def env(self) -> StackEnv:
+        return StackEnv(dict(self.values))
+
+    def stop(self) -> None:
+        if self.triton is not None:
+            with contextlib.suppress(Exception):
+                self.triton.stop()
+        for process in self.processes.values():
+            if process.poll() is None:
+                process.terminate()
+        for process in self.processes.values():
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(timeout=5)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m worker.loadgen gcs --ready-file F``: the GCS emulator with a write log."""
+    parser = argparse.ArgumentParser(prog="python -m worker.loadgen")
+    sub = parser.add_subparsers(dest="command", required=True)
+    gcs = sub.add_parser("gcs", help="serve the GCS emulator with a write log")
+    gcs.add_argument("--ready-file")
+    args = parser.parse_args(argv)
+    return serve_gcs_with_write_log(args.ready_file)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
