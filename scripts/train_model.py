@@ -1,0 +1,305 @@
+#!/usr/bin/env python3
+"""Train the drawing-analyzer CNN on generated drawings and export it to ONNX (``make train``).
+
+One command, reproducible (fixed seeds, deterministic torch kernels, single process order), a few
+minutes on 2 CPU cores:
+
+1. Generate the training set (``drawings.TRAIN_SEED``) and the fixed held-out set
+   (``drawings.HELDOUT_SEED``, ``HELDOUT_COUNT`` drawings at the default A4/150-dpi size, every third one
+   JPEG) through ``worker.preprocess`` - the same contract the worker uses - and cache the tensors under
+   ``build/model-data/`` (uint8, exact: the contract's values are multiples of 1/255).
+2. Train a small CNN with two heads: class logits (cross-entropy) and a 128-d L2-normalised embedding
+   (normalised-softmax proxy loss, which clusters each class around one direction).
+3. Report held-out class accuracy and embedding recall@1, export ONNX (opset 17, dynamic batch axis,
+   softmax and L2 normalisation inside the graph), verify it with onnxruntime, and write the metrics JSON
+   next to it.
+
+Usage: ``.venv-train/bin/python scripts/train_model.py [--epochs N] [--train-count N] [--out DIR]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import multiprocessing
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from worker import drawings, model_spec, preprocess  # noqa: E402
+
+DEFAULT_OUT = ROOT / "model_repository" / "cpu" / "drawing_analyzer" / model_spec.MODEL_VERSION
+CACHE_DIR = ROOT / "build" / "model-data"
+#: Training drawings come at several resolutions so the model does not depend on the scan's dpi.
+TRAIN_SIZES: tuple[tuple[int, int], ...] = ((1754, 1240), (1315, 930), (877, 620), (2104, 1488))
+SEED = 20260101
+GENERATOR_VERSION = "1"  # bump when worker/drawings.py changes what it draws, to refresh the cache
+
+
+class DrawingNet(nn.Module):
+    """~0.25 M parameters, ~60 M multiply-adds per 192x192 image."""
+
+    def __init__(self) -> None:
+        super().__init__()
+
+        def block(cin: int, cout: int, k: int = 3, stride: int = 1) -> nn.Sequential:
+            return nn.Sequential(
+                nn.Conv2d(cin, cout, k, stride=stride, padding=k // 2, bias=False),
+                nn.BatchNorm2d(cout),
+                nn.ReLU(inplace=True),
+            )
+
+        self.features = nn.Sequential(
+            block(1, 16, k=5, stride=2),  # 96
+            block(16, 32, stride=2),  # 48
+            block(32, 48, stride=2),  # 24
+            block(48, 64),
+            block(64, 96, stride=2),  # 12
+            block(96, 128),
+        )
+        self.classifier = nn.Linear(256, model_spec.NUM_CLASSES)
+        self.embedder = nn.Linear(256, model_spec.EMBEDDING_DIM)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.features(x)
+        pooled = torch.cat([h.mean(dim=(2, 3)), h.amax(dim=(2, 3))], dim=1)
+        return self.classifier(pooled), F.normalize(self.embedder(pooled), dim=1)
+
+
+class ExportWrapper(nn.Module):
+    """What Triton serves: softmax probabilities and the L2-normalised embedding."""
+
+    def __init__(self, net: DrawingNet) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits, embedding = self.net(image)
+        return torch.softmax(logits, dim=1), embedding
+
+
+# --- data ---------------------------------------------------------------------------------------------------
+def _train_item(index: int) -> tuple[np.ndarray, int]:
+    label = model_spec.CLASS_NAMES[index % model_spec.NUM_CLASSES]
+    size = TRAIN_SIZES[(index // len(model_spec.CLASS_NAMES)) % len(TRAIN_SIZES)]
+    seed = drawings.dataset_seed(index, seed=drawings.TRAIN_SEED)
+    if index % 3 == 2:  # the JPEG path (DCT-scaled decode) as the worker sees it
+        data, _ = drawings.render_drawing(seed, label, size=size, fmt="jpeg")
+        tensor = preprocess.preprocess_bytes(data)
+    else:  # PNG is lossless, so decoding it would give back exactly this image
+        image, _ = drawings.render_image(seed, label, size=size)
+        tensor = preprocess.image_to_tensor(image)
+    return _quantise(tensor), model_spec.CLASS_NAMES.index(label)
+
+
+def _heldout_item(index: int) -> tuple[np.ndarray, int]:
+    label = model_spec.CLASS_NAMES[index % model_spec.NUM_CLASSES]
+    fmt: drawings.Format = "jpeg" if index % 3 == 2 else "png"
+    data, _ = drawings.render_drawing(
+        drawings.dataset_seed(index, seed=drawings.HELDOUT_SEED), label, fmt=fmt
+    )
+    return _quantise(preprocess.preprocess_bytes(data)), model_spec.CLASS_NAMES.index(label)
+
+
+def _quantise(tensor: np.ndarray) -> np.ndarray:
+    return np.rint(tensor * 255.0).astype(np.uint8)
+
+
+def _generate(kind: str, count: int, workers: int) -> tuple[np.ndarray, np.ndarray]:
+    key = hashlib.sha256(
+        f"{kind}:{count}:{GENERATOR_VERSION}:{model_spec.INPUT_SIZE_PX}:{TRAIN_SIZES}".encode()
+    ).hexdigest()[:12]
+    path = CACHE_DIR / f"{kind}-{count}-{key}.npz"
+    if path.exists():
+        cached = np.load(path)
+        return cached["x"], cached["y"]
+    func = _train_item if kind == "train" else _heldout_item
+    started = time.perf_counter()
+    with multiprocessing.get_context("fork").Pool(workers) as pool:
+        items = pool.map(func, range(count), chunksize=16)
+    x = np.stack([item[0] for item in items])
+    y = np.array([item[1] for item in items], dtype=np.int64)
+    CACHE_DIR.mkdir(parents=True, exist_ok=True)
+    np.savez(path, x=x, y=y)
+    print(f"generated {count} {kind} drawings in {time.perf_counter() - started:.1f}s -> {path}", flush=True)
+    return x, y
+
+
+def _to_float(x: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(x).float().div_(255.0)
+
+
+# --- metrics ------------------------------------------------------------------------------------------------
+def accuracy(probs: np.ndarray, labels: np.ndarray) -> float:
+    return float((probs.argmax(axis=1) == labels).mean())
+
+
+def recall_at_1(embeddings: np.ndarray, labels: np.ndarray) -> float:
+    """Share of items whose nearest other item (cosine) has the same class."""
+    sims = embeddings @ embeddings.T
+    np.fill_diagonal(sims, -np.inf)
+    return float((labels[sims.argmax(axis=1)] == labels).mean())
+
+
+def _predict(net: nn.Module, x: np.ndarray, batch: int = 128) -> tuple[np.ndarray, np.ndarray]:
+    net.eval()
+    probs, embs = [], []
+    with torch.no_grad():
+        for i in range(0, len(x), batch):
+            logits, emb = net(_to_float(x[i : i + batch]))
+            probs.append(torch.softmax(logits, dim=1).numpy())
+            embs.append(emb.numpy())
+    return np.concatenate(probs), np.concatenate(embs)
+
+
+# --- training -----------------------------------------------------------------------------------------------
+def train(net: DrawingNet, x: np.ndarray, y: np.ndarray, *, epochs: int, batch: int) -> None:
+    proxies = nn.Parameter(torch.randn(model_spec.NUM_CLASSES, model_spec.EMBEDDING_DIM))
+    params = [*net.parameters(), proxies]
+    opt = torch.optim.AdamW(params, lr=3e-3, weight_decay=1e-4)
+    steps = epochs * ((len(x) + batch - 1) // batch)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=3e-3, total_steps=steps, pct_start=0.2)
+    gen = torch.Generator().manual_seed(SEED)
+    labels = torch.from_numpy(y)
+    for epoch in range(epochs):
+        net.train()
+        order = torch.randperm(len(x), generator=gen)
+        total, correct, seen, started = 0.0, 0, 0, time.perf_counter()
+        for i in range(0, len(x), batch):
+            idx = order[i : i + batch]
+            xb, yb = _to_float(x[idx.numpy()]), labels[idx]
+            # mirror augmentation: a mirrored drawing is the same part
+            flip = torch.rand(len(idx), generator=gen) < 0.5
+            xb[flip] = xb[flip].flip(-1)
+            logits, emb = net(xb)
+            proxy_logits = 16.0 * emb @ F.normalize(proxies, dim=1).T
+            loss = F.cross_entropy(logits, yb) + F.cross_entropy(proxy_logits, yb)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            total += float(loss.detach()) * len(idx)
+            correct += int((logits.argmax(1) == yb).sum())
+            seen += len(idx)
+        print(
+            f"epoch {epoch + 1}/{epochs} loss {total / seen:.4f} train-acc {correct / seen:.4f} "
+            f"({time.perf_counter() - started:.1f}s)",
+            flush=True,
+        )
+
+
+def export_onnx(net: DrawingNet, path: Path) -> None:
+    wrapper = ExportWrapper(net).eval()
+    dummy = torch.zeros(2, *model_spec.INPUT.shape)
+    torch.onnx.export(
+        wrapper,
+        (dummy,),
+        str(path),
+        input_names=[model_spec.INPUT.name],
+        output_names=[spec.name for spec in model_spec.OUTPUTS],
+        dynamic_axes={
+            name: {0: "batch"} for name in [model_spec.INPUT.name, *(s.name for s in model_spec.OUTPUTS)]
+        },
+        opset_version=17,
+        dynamo=False,
+    )
+
+
+def verify_onnx(path: Path, x: np.ndarray, probs: np.ndarray, embs: np.ndarray) -> float:
+    """Run the exported graph with onnxruntime; return the max abs difference from torch."""
+    import onnx
+    import onnxruntime as ort
+
+    onnx.checker.check_model(str(path))
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    diffs = []
+    for i in range(0, len(x), 64):
+        p, e = session.run(
+            [s.name for s in model_spec.OUTPUTS], {model_spec.INPUT.name: _to_float(x[i : i + 64]).numpy()}
+        )
+        diffs.append(max(np.abs(p - probs[i : i + 64]).max(), np.abs(e - embs[i : i + 64]).max()))
+    return float(max(diffs))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--epochs", type=int, default=14)
+    parser.add_argument("--train-count", type=int, default=1800)
+    parser.add_argument("--batch", type=int, default=48)
+    parser.add_argument("--workers", type=int, default=2, help="processes generating drawings")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="directory for model.onnx + metrics")
+    args = parser.parse_args(argv)
+
+    started = time.perf_counter()
+    torch.manual_seed(SEED)
+    np.random.seed(SEED)
+    torch.use_deterministic_algorithms(True)
+    torch.set_num_threads(int(os.environ.get("TRAIN_THREADS", "2")))
+
+    x_train, y_train = _generate("train", args.train_count, args.workers)
+    x_test, y_test = _generate("heldout", drawings.HELDOUT_COUNT, args.workers)
+    data_s = time.perf_counter() - started
+
+    net = DrawingNet()
+    train(net, x_train, y_train, epochs=args.epochs, batch=args.batch)
+    train_s = time.perf_counter() - started - data_s
+
+    probs, embs = _predict(net, x_test)
+    acc, r1 = accuracy(probs, y_test), recall_at_1(embs, y_test)
+    print(f"held-out ({len(y_test)} drawings): class accuracy {acc:.4f}  embedding recall@1 {r1:.4f}")
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    onnx_path = args.out / "model.onnx"
+    export_onnx(net, onnx_path)
+    max_diff = verify_onnx(onnx_path, x_test, probs, embs)
+    print(f"onnxruntime vs torch max abs diff {max_diff:.2e} ({onnx_path}, {onnx_path.stat().st_size} bytes)")
+
+    metrics = {
+        "model": model_spec.MODEL_NAME,
+        "version": model_spec.MODEL_VERSION,
+        "onnx_sha256": hashlib.sha256(onnx_path.read_bytes()).hexdigest(),
+        "heldout": {
+            "count": int(len(y_test)),
+            "seed": drawings.HELDOUT_SEED,
+            "class_accuracy": round(acc, 4),
+            "embedding_recall_at_1": round(r1, 4),
+        },
+        "train": {
+            "count": int(len(y_train)),
+            "seed": drawings.TRAIN_SEED,
+            "epochs": args.epochs,
+            "batch": args.batch,
+            "parameters": sum(p.numel() for p in net.parameters()),
+            "data_seconds": round(data_s, 1),
+            "train_seconds": round(train_s, 1),
+            "total_seconds": round(time.perf_counter() - started, 1),
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+            "machine": platform.machine(),
+        },
+        "onnx_vs_torch_max_abs_diff": max_diff,
+        "opset": 17,
+    }
+    (args.out / "model.metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    print(json.dumps(metrics, indent=2))
+    ok = acc >= 0.95 and r1 >= 0.90 and max_diff < 1e-4
+    if not ok:
+        print(
+            "FAILED: targets are class accuracy >= 0.95, recall@1 >= 0.90, onnx diff < 1e-4", file=sys.stderr
+        )
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

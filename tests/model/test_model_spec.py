@@ -1,0 +1,102 @@
+"""model_spec.py is the one truth: both Triton config.pbtxt files must say the same names/shapes/dtypes."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from worker import model_spec
+
+ROOT = Path(__file__).resolve().parents[2]
+CPU_CONFIG = ROOT / "model_repository" / "cpu" / model_spec.MODEL_NAME / "config.pbtxt"
+GPU_CONFIG = ROOT / "model_repository" / "gpu" / model_spec.MODEL_NAME / "config.pbtxt"
+
+_TENSOR = re.compile(
+    r"\{\s*name:\s*\"(?P<name>[^\"]+)\"\s*data_type:\s*(?P<dtype>\w+)\s*dims:\s*\[(?P<dims>[^\]]*)\]\s*\}"
+)
+
+
+def _strip_comments(text: str) -> str:
+    return "\n".join(line.split("#", 1)[0] for line in text.splitlines())
+
+
+def _section(text: str, key: str) -> str:
+    """The bracketed body of a top-level ``key [ ... ]`` list."""
+    match = re.search(rf"^{key}\s*\[(.*?)^\]", text, re.S | re.M)
+    assert match, f"no {key} section"
+    return match.group(1)
+
+
+def _tensors(text: str, key: str) -> list[model_spec.TensorSpec]:
+    return [
+        model_spec.TensorSpec(
+            m["name"],
+            m["dtype"].removeprefix("TYPE_"),
+            tuple(int(d) for d in m["dims"].replace(",", " ").split()),
+        )
+        for m in _TENSOR.finditer(_section(text, key))
+    ]
+
+
+def _scalar(text: str, key: str) -> str:
+    match = re.search(rf"^\s*{key}:\s*\"?([^\"\n]+)\"?", text, re.M)
+    assert match, f"no {key}"
+    return match.group(1).strip()
+
+
+@pytest.fixture(params=[CPU_CONFIG, GPU_CONFIG], ids=["cpu", "gpu"])
+def config(request: pytest.FixtureRequest) -> str:
+    return _strip_comments(Path(request.param).read_text())
+
+
+def test_name_and_batch(config: str) -> None:
+    assert _scalar(config, "name") == model_spec.MODEL_NAME
+    assert int(_scalar(config, "max_batch_size")) == model_spec.MAX_BATCH_SIZE
+
+
+def test_tensors_match_model_spec(config: str) -> None:
+    assert _tensors(config, "input") == [model_spec.INPUT]
+    assert _tensors(config, "output") == list(model_spec.OUTPUTS)
+
+
+def test_dynamic_batching_with_priorities(config: str) -> None:
+    preferred = re.search(r"preferred_batch_size:\s*\[([^\]]*)\]", config)
+    assert preferred
+    assert tuple(int(v) for v in preferred.group(1).split(",")) == model_spec.PREFERRED_BATCH_SIZES
+    assert int(_scalar(config, "priority_levels")) == 2
+    assert int(_scalar(config, "default_priority_level")) == model_spec.PRIORITY_BATCH
+    assert model_spec.PRIORITY_INTERACTIVE < model_spec.PRIORITY_BATCH
+    assert int(_scalar(config, "max_queue_delay_microseconds")) > 0
+    assert "model_warmup" in config
+
+
+def test_variants() -> None:
+    cpu = _strip_comments(CPU_CONFIG.read_text())
+    gpu = _strip_comments(GPU_CONFIG.read_text())
+    assert _scalar(cpu, "backend") == "python"
+    assert "KIND_CPU" in cpu
+    assert _scalar(gpu, "platform") == "tensorrt_plan"
+    assert "KIND_GPU" in gpu
+    assert (CPU_CONFIG.parent / model_spec.MODEL_VERSION / "model.py").is_file()
+    assert (CPU_CONFIG.parent / model_spec.MODEL_VERSION / "model.onnx").is_file()
+
+
+def test_onnx_graph_matches_model_spec() -> None:
+    onnx = pytest.importorskip("onnxruntime")
+    path = CPU_CONFIG.parent / model_spec.MODEL_VERSION / "model.onnx"
+    session = onnx.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    (inp,) = session.get_inputs()
+    assert inp.name == model_spec.INPUT.name
+    assert inp.type == "tensor(float)"
+    assert tuple(inp.shape[1:]) == model_spec.INPUT.shape
+    assert isinstance(inp.shape[0], str)  # dynamic batch axis
+    outputs = {o.name: tuple(o.shape[1:]) for o in session.get_outputs()}
+    assert outputs == {spec.name: spec.shape for spec in model_spec.OUTPUTS}
+
+
+def test_analyses() -> None:
+    assert model_spec.ANALYSES == ("classify", "embed")
+    assert model_spec.output_names_for(["embed", "classify", "embed"]) == ("EMBEDDING", "CLASS_PROBS")
+    assert len(model_spec.CLASS_NAMES) >= 6

@@ -1,0 +1,224 @@
+"""The preprocessing contract: good images become the model tensor, bad input becomes a typed error."""
+
+from __future__ import annotations
+
+import io
+import struct
+import time
+import zlib
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from worker import model_spec, preprocess
+from worker.errors import ImageTooLarge, ImageUndecodable, InputTooLarge
+
+SHAPE = model_spec.INPUT.shape
+
+
+def _encode(image: Image.Image, fmt: str, **kwargs: object) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, fmt, **kwargs)
+    return buf.getvalue()
+
+
+def _drawing_like(size: tuple[int, int] = (300, 200)) -> Image.Image:
+    """White paper with a black frame and a filled block in the upper-left quarter."""
+    image = Image.new("L", size, 255)
+    pixels = np.asarray(image).copy()
+    pixels[10:20, :] = 0
+    pixels[: size[1] // 2, : size[0] // 4] = 0
+    return Image.fromarray(pixels)
+
+
+def _png_with_header(width: int, height: int) -> bytes:
+    """A valid PNG signature + IHDR claiming ``width x height`` and a tiny IDAT: a decompression bomb's header."""
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", ihdr)
+        + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+        + chunk(b"IEND", b"")
+    )
+
+
+def _assert_tensor(tensor: np.ndarray) -> None:
+    assert tensor.shape == SHAPE
+    assert tensor.dtype == np.float32
+    assert float(tensor.min()) >= 0.0
+    assert float(tensor.max()) <= 1.0
+
+
+# --- good input -------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG", "BMP", "TIFF", "WEBP", "GIF"])
+def test_formats_give_the_same_picture(fmt: str) -> None:
+    reference = preprocess.image_to_tensor(_drawing_like())
+    tensor = preprocess.preprocess_bytes(_encode(_drawing_like(), fmt))
+    _assert_tensor(tensor)
+    assert np.abs(tensor - reference).mean() < 0.02
+
+
+def test_letterbox_keeps_aspect_and_pads_with_paper() -> None:
+    # Given a 2:1 landscape image that is all ink
+    data = _encode(Image.new("L", (400, 200), 0), "PNG")
+    # When it is preprocessed
+    tensor = preprocess.preprocess_bytes(data)[0]
+    # Then the middle half is ink and the top and bottom quarters are paper
+    size = model_spec.INPUT_SIZE_PX
+    assert tensor[: size // 4 - 1].max() == 0.0
+    assert tensor[size // 4 + 1 : 3 * size // 4 - 1].min() == 1.0
+    assert tensor[3 * size // 4 + 1 :].max() == 0.0
+
+
+def test_normalisation_ink_is_one_paper_is_zero() -> None:
+    tensor = preprocess.preprocess_bytes(_encode(_drawing_like((192, 192)), "PNG"))[0]
+    assert tensor[0, -1] == 0.0  # paper
+    assert tensor[15, 100] == 1.0  # the frame line
+    assert tensor[50, 10] == 1.0  # the block
+
+
+def test_rgb_cmyk_and_bilevel_convert_to_the_same_gray() -> None:
+    gray = _drawing_like()
+    reference = preprocess.image_to_tensor(gray)
+    for image, fmt in (
+        (gray.convert("RGB"), "PNG"),
+        (gray.convert("CMYK"), "JPEG"),
+        (gray.convert("1"), "PNG"),
+    ):
+        tensor = preprocess.preprocess_bytes(_encode(image, fmt))
+        _assert_tensor(tensor)
+        assert np.abs(tensor - reference).mean() < 0.03, image.mode
+
+
+def test_sixteen_bit_is_scaled_not_clipped() -> None:
+    gray = np.asarray(_drawing_like(), dtype=np.uint16)
+    sixteen = Image.fromarray(gray * 257)  # 0..65535
+    data = _encode(sixteen, "PNG")
+    assert Image.open(io.BytesIO(data)).mode.startswith("I")
+    tensor = preprocess.preprocess_bytes(data)
+    assert np.abs(tensor - preprocess.image_to_tensor(_drawing_like())).max() <= 1.0 / 255 + 1e-6
+
+
+def test_float_tiff() -> None:
+    gray = np.asarray(_drawing_like(), dtype=np.float32)
+    tensor = preprocess.preprocess_bytes(_encode(Image.fromarray(gray), "TIFF"))
+    assert np.abs(tensor - preprocess.image_to_tensor(_drawing_like())).max() <= 1.0 / 255 + 1e-6
+
+
+@pytest.mark.parametrize("mode", ["RGBA", "LA"])
+def test_alpha_is_composited_onto_white_paper(mode: str) -> None:
+    # Given ink where alpha is opaque and black-but-transparent pixels elsewhere
+    rgba = Image.new("RGBA", (200, 200), (0, 0, 0, 0))
+    rgba.paste((0, 0, 0, 255), (0, 0, 100, 200))
+    tensor = preprocess.preprocess_bytes(_encode(rgba.convert(mode), "PNG"))[0]
+    # Then the transparent half is paper, not ink
+    assert tensor[:, :90].min() == 1.0
+    assert tensor[:, 100:].max() == 0.0
+
+
+def test_palette_with_transparency() -> None:
+    palette = Image.new("P", (100, 100), 0)
+    palette.putpalette([255, 0, 0, 0, 0, 0] + [0] * 762)
+    palette.paste(1, (0, 0, 50, 100))
+    data = _encode(palette, "PNG", transparency=0)
+    tensor = preprocess.preprocess_bytes(data)[0]
+    assert tensor[:, :90].min() == 1.0  # opaque black (the left half, scaled to 192 px)
+    assert tensor[:, 100:].max() == 0.0  # transparent red -> paper
+
+
+def test_multi_frame_tiff_and_gif_use_the_first_frame() -> None:
+    first, second, third = _drawing_like(), Image.new("L", (300, 200), 0), Image.new("L", (300, 200), 128)
+    reference = preprocess.image_to_tensor(first)
+    for fmt in ("TIFF", "GIF"):
+        data = _encode(first, fmt, save_all=True, append_images=[second, third])
+        assert getattr(Image.open(io.BytesIO(data)), "n_frames", 1) == 3
+        assert np.abs(preprocess.preprocess_bytes(data) - reference).mean() < 0.02, fmt
+
+
+def test_exif_rotation_is_applied() -> None:
+    # Given a landscape JPEG whose EXIF orientation (6) says "rotate 90 degrees clockwise to view"
+    image = Image.new("L", (400, 200), 0)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    data = _encode(image, "JPEG", exif=exif.tobytes())
+    # Then the tensor is portrait: ink in the middle columns, paper left and right
+    tensor = preprocess.preprocess_bytes(data)[0]
+    size = model_spec.INPUT_SIZE_PX
+    assert tensor[:, : size // 4 - 2].max() < 0.05
+    assert tensor[:, size // 4 + 2 : 3 * size // 4 - 2].min() > 0.95
+
+
+def test_large_jpeg_uses_draft_and_matches_png() -> None:
+    big = _drawing_like((3000, 2000))
+    from_jpeg = preprocess.preprocess_bytes(_encode(big, "JPEG", quality=92))
+    from_png = preprocess.preprocess_bytes(_encode(big, "PNG"))
+    assert np.abs(from_jpeg - from_png).mean() < 0.02
+
+
+# --- bad input --------------------------------------------------------------------------------------------
+def test_zero_bytes() -> None:
+    with pytest.raises(ImageUndecodable, match="empty"):
+        preprocess.preprocess_bytes(b"")
+
+
+@pytest.mark.parametrize(
+    "data", [b"hello, not an image" * 10, b"%PDF-1.7\n" + b"\0" * 100, bytes(range(256)) * 4]
+)
+def test_non_image_bytes(data: bytes) -> None:
+    with pytest.raises(ImageUndecodable) as info:
+        preprocess.preprocess_bytes(data)
+    assert info.value.code == "IMAGE_UNDECODABLE"
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG", "TIFF", "GIF"])
+def test_truncated_image(fmt: str) -> None:
+    noisy = Image.fromarray(np.random.default_rng(1).integers(0, 255, (300, 400), dtype=np.uint8))
+    data = _encode(noisy, fmt)
+    with pytest.raises(ImageUndecodable):
+        preprocess.preprocess_bytes(data[: len(data) // 2])
+
+
+def test_unsupported_format_is_undecodable() -> None:
+    data = _encode(_drawing_like(), "PPM")
+    with pytest.raises(ImageUndecodable):
+        preprocess.preprocess_bytes(data)
+
+
+def test_byte_limit() -> None:
+    with pytest.raises(InputTooLarge):
+        preprocess.preprocess_bytes(b"\0" * (preprocess.MAX_INPUT_BYTES + 1))
+
+
+@pytest.mark.parametrize("side", [50_000, 7_000])  # above 2x and above 1x Pillow's MAX_IMAGE_PIXELS
+def test_decompression_bomb_is_refused_from_the_header(side: int) -> None:
+    data = _png_with_header(side, side)
+    assert len(data) < 200
+    started = time.perf_counter()
+    with pytest.raises(ImageTooLarge) as info:
+        preprocess.preprocess_bytes(data)
+    assert time.perf_counter() - started < 1.0
+    assert info.value.code == "IMAGE_TOO_LARGE"
+
+
+def test_pillow_limit_is_set_deliberately() -> None:
+    assert Image.MAX_IMAGE_PIXELS == preprocess.MAX_INPUT_PIXELS
+    assert 4961 * 7016 <= preprocess.MAX_INPUT_PIXELS < 50_000 * 50_000
+
+
+def test_gif_bomb_header() -> None:
+    # GIF logical screen 65535 x 65535 (4.3 G pixels) with a 1x1 frame
+    gif = bytearray(_encode(Image.new("P", (1, 1)), "GIF"))
+    gif[6:10] = struct.pack("<HH", 65535, 65535)
+    with pytest.raises((ImageTooLarge, ImageUndecodable)):
+        preprocess.preprocess_bytes(bytes(gif))
+
+
+def test_just_under_the_pixel_limit_decodes() -> None:
+    # A long thin strip under the limit is a valid (if odd) drawing, not an error.
+    tensor = preprocess.preprocess_bytes(_encode(Image.new("L", (20_000, 10), 0), "PNG"))
+    _assert_tensor(tensor)
