@@ -30,7 +30,7 @@ import urllib.parse
 import urllib.request
 import uuid
 import zlib
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -239,6 +239,8 @@ class NotificationCollector:
         self._lock = threading.Condition()
         self._by_key: dict[str, list[Notification]] = {}
         self.foreign = 0
+        self.redelivered = 0
+        self._seen: set[str] = set()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -288,7 +290,14 @@ class NotificationCollector:
             data = json.loads(bytes(message.data).decode("utf-8"))
         except ValueError:
             data = {"_undecodable": True}
-        note = Notification(data, attributes, str(message.message_id), now)
+        message_id = str(message.message_id)
+        if message_id in self._seen:
+            # The emulator's "redeliver acked" fault hits this subscription too: the same Pub/Sub message
+            # again is not a second notification from the fleet, so it is not counted as one.
+            self.redelivered += 1
+            return
+        self._seen.add(message_id)
+        note = Notification(data, attributes, message_id, now)
         self._by_key.setdefault(attributes.get(KEY_ATTRIBUTE, ""), []).append(note)
 
     def snapshot(self) -> dict[str, list[Notification]]:
@@ -375,20 +384,27 @@ class FakeMetadataServer:
         query = urllib.parse.parse_qs(url.query)
         with self._changed:
             current = self._flags.get(instance, False)
-            if query.get("wait_for_change", ["false"])[0].lower() == "true":
+            last_etag = query.get("last_etag", [None])[0]
+            wait = query.get("wait_for_change", ["false"])[0].lower() == "true"
+            # Like the real server: with a stale last_etag answer at once, else hang until a change.
+            if wait and (not last_etag or last_etag == self._etag(current)):
                 timeout_s = float(query.get("timeout_sec", ["30"])[0])
                 self._changed.wait_for(lambda: self._flags.get(instance, False) != current, timeout=timeout_s)
                 current = self._flags.get(instance, False)
         self._reply(request, 200, "TRUE" if current else "FALSE")
 
     @staticmethod
-    def _reply(request: http.server.BaseHTTPRequestHandler, status: int, body: str) -> None:
+    def _etag(value: bool) -> str:
+        return "etag-true" if value else "etag-false"
+
+    @classmethod
+    def _reply(cls, request: http.server.BaseHTTPRequestHandler, status: int, body: str) -> None:
         payload = body.encode()
         try:
             request.send_response(status)
             request.send_header("Content-Type", "application/text")
             request.send_header("Metadata-Flavor", "Google")
-            request.send_header("ETag", body.lower())
+            request.send_header("ETag", cls._etag(body == "TRUE"))
             request.send_header("Content-Length", str(len(payload)))
             request.end_headers()
             request.wfile.write(payload)
@@ -423,6 +439,8 @@ class ManagedProcess:
     starts: int = 0
     exits: list[int] = field(default_factory=list)
     stats: list[dict[str, Any]] = field(default_factory=list)
+    #: Called once before the next restart (e.g. a replacement VM's metadata says "not preempted").
+    before_restart: Callable[[], None] | None = None
     _restart_at: float | None = None
 
     def start(self) -> None:
@@ -462,6 +480,9 @@ class ManagedProcess:
         due = self._restart_at
         if self.process is None and self.restart and due is not None and time.monotonic() >= due:
             self._restart_at = None
+            hook, self.before_restart = self.before_restart, None
+            if hook is not None:
+                hook()
             self.start()
 
     def _collect_stats(self) -> None:
@@ -1045,21 +1066,46 @@ class PrivateStack:
             self.start_triton()
         return StackEnv(dict(self.values))
 
-    # Triton: the stack's launcher, wrapped so chaos can kill and restart it on the same ports.
+    # Triton: the stack's launcher (worker/devstack/tritonserver.py); restarts reuse the same ports so
+    # running workers reconnect to the address they were given, as they would to a local server.
     def start_triton(self) -> None:
         # Lazy: only runs that need Triton import the launcher (and need .venv-triton).
-        triton_launcher = importlib.import_module("worker.devstack.triton")
-
+        launcher = importlib.import_module("worker.devstack.tritonserver")
         if self.triton is None:
-            self.triton = triton_launcher.TritonServer(workdir=self.workdir / "triton")
-        self.triton.start()
+            self.triton = launcher.TritonServer(
+                work_dir=self.workdir / "triton", log_path=self.workdir / "tritonserver.log"
+            )
+            self.triton.start()
+        else:
+            server = self.triton
+            if server.process is not None and server.process.poll() is None:
+                return
+            install = launcher.locate(server.venv)
+            backends = launcher.prepare_backends(install, server.work_dir)
+            with open(server.log_path, "ab") as log:
+                server.process = subprocess.Popen(
+                    server.command(install, backends),
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    env=launcher.triton_env(install),
+                    start_new_session=True,
+                )
+            server.wait_ready(timeout_s=180)
         self.values["TRITON_GRPC_URL"] = self.triton.grpc_url
         self.values["TRITON_HTTP_URL"] = self.triton.http_url
         os.environ.update(self.values)
 
     def kill_triton(self) -> None:
-        if self.triton is not None:
-            self.triton.kill()
+        """kill -9 the server's whole process group (the python-backend stubs too)."""
+        server = self.triton
+        if server is None or server.process is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(server.process.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            server.process.wait(timeout=10)
+        server.process = None
 
     @property
     def env(self) -> StackEnv:
