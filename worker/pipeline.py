@@ -38,6 +38,7 @@ T = TypeVar("T")
 
 EXIT_OK = 0
 EXIT_TRITON_OUTAGE = 3
+EXIT_INTERNAL = 5
 
 
 # --- ports ------------------------------------------------------------------------------------------
@@ -511,6 +512,8 @@ class Pipeline:
             asyncio.create_task(coro)
             for coro in (self.settler.run(), self.leases.run(), self.batcher.run(), self._watch_health())
         ]
+        for task in background:
+            task.add_done_callback(self._background_done)
         try:
             await self._pull_loop()
             await self._finish_in_flight()
@@ -520,6 +523,14 @@ class Pipeline:
             await asyncio.gather(*background, return_exceptions=True)
             await self.settler.close()
         return self.exit_code
+
+    def _background_done(self, task: asyncio.Task[Any]) -> None:
+        if task.cancelled() or task.exception() is None:
+            return
+        # A dead settler or batcher would strand every job: stop, give leases back, exit non-zero.
+        log.error("pipeline component crashed", reason=repr(task.exception())[:300])
+        self.exit_code = EXIT_INTERNAL
+        self.drain("internal_error")
 
     # pulling -----------------------------------------------------------------------------------------
     async def _pull_loop(self) -> None:

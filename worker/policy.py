@@ -6,9 +6,10 @@ Nothing here does I/O or reads a clock; callers pass the numbers in, so every ru
 
 from __future__ import annotations
 
+import itertools
 import math
 import random
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -74,11 +75,16 @@ def extend_interval_s(*, ack_deadline_s: int) -> float:
     return max(1.0, ack_deadline_s / 3.0)
 
 
-def form_batch(interactive: Sequence[T], batch: Sequence[T], *, max_size: int) -> tuple[list[T], int, int]:
-    """Take up to ``max_size`` items, interactive first; returns (items, taken_interactive, taken_batch)."""
+def form_batch(
+    interactive: Collection[T], batch: Collection[T], *, max_size: int
+) -> tuple[list[T], int, int]:
+    """Take up to ``max_size`` items, interactive first; returns (items, taken_interactive, taken_batch).
+
+    Works on any ordered collection (the batcher passes deques, which do not slice).
+    """
     take_i = min(len(interactive), max_size)
     take_b = min(len(batch), max_size - take_i)
-    return [*interactive[:take_i], *batch[:take_b]], take_i, take_b
+    return [*itertools.islice(interactive, take_i), *itertools.islice(batch, take_b)], take_i, take_b
 
 
 def batch_due(

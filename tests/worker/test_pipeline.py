@@ -1,0 +1,256 @@
+"""The pipeline's orchestration with in-memory fakes: decisions, write-once, notifications, lanes, drain."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from worker_fakes import FakeModel, FakeNotifier, FakeSource, FakeStore, delivery, fake_preprocess
+
+from worker import errors
+from worker.inference import postprocess
+from worker.pipeline import Pipeline, Ports, PriorityLimiter
+from worker.settings import WorkerSettings
+
+SETTINGS = WorkerSettings(
+    input_bucket="inputs",
+    pipeline_slots=8,
+    max_batch_size=4,
+    max_batch_delay_ms=5,
+    settle_interval_ms=1,
+    idle_poll_max_ms=5,
+    transient_retries=2,
+    watch_metadata=False,
+    instance_name="test-vm",
+)
+
+
+def job(job_id: str, **extra: Any) -> dict[str, Any]:
+    return {"job_id": job_id, "input_uri": "gs://inputs/in/ok.png", **extra}
+
+
+class World:
+    def __init__(self, settings: WorkerSettings = SETTINGS) -> None:
+        self.source, self.store, self.model, self.notifier = (
+            FakeSource(),
+            FakeStore(),
+            FakeModel(),
+            FakeNotifier(),
+        )
+        self.pipeline = Pipeline(
+            settings,
+            Ports(
+                self.source, self.store, self.store, self.model, self.notifier, fake_preprocess, postprocess
+            ),
+        )
+
+    async def run_until(self, notifications: int, timeout_s: float = 5.0) -> int:
+        task = asyncio.create_task(self.pipeline.run())
+        async with asyncio.timeout(timeout_s):
+            while len(self.notifier.sent) < notifications:
+                await asyncio.sleep(0.005)
+        await asyncio.sleep(0.02)
+        self.pipeline.drain("test")
+        return await task
+
+    def result(self, job_id: str) -> dict[str, Any]:
+        return json.loads(self.store.results[f"results/{job_id}.json"])
+
+
+def test_given_jobs_when_run_then_each_gets_one_result_one_notification_and_an_ack() -> None:
+    w = World()
+    for i in range(6):
+        w.source.put(delivery(job(f"j{i}"), attributes={"tenant": "acme", "job_id": f"j{i}"}))
+    assert asyncio.run(w.run_until(6)) == 0
+    assert len(w.store.results) == 6
+    result = w.result("j0")
+    assert result["status"] == "succeeded"
+    assert result["outputs"]["classify"]["label"] == "flange"
+    assert len(result["outputs"]["embed"]["embedding"]) == 128
+    assert result["worker"]["instance"] == "test-vm"
+    assert len(w.source.acked) == 6 and not w.source.nacked
+    note = w.notifier.sent[0]
+    assert note.attributes["tenant"] == "acme" and note.attributes["status"] == "succeeded"
+    assert max(w.model.batches) > 1, "jobs should be micro-batched"
+
+
+def test_given_malformed_message_then_failure_on_first_delivery_and_ack() -> None:
+    w = World()
+    w.source.put(delivery(b"{not json"))
+    asyncio.run(w.run_until(1))
+    body = w.notifier.bodies()[0]
+    assert body["status"] == "failed" and body["error"]["code"] == "MALFORMED_JOB"
+    assert body["job_id"] is None and "_rejected/" in body["result_uri"]
+    assert w.notifier.sent[0].attributes["error_code"] == "MALFORMED_JOB"
+    assert len(w.source.acked) == 1
+
+
+@pytest.mark.parametrize(
+    ("body", "code"),
+    [
+        (job("a", input_uri="gs://elsewhere/x.png"), "INPUT_NOT_ALLOWED"),
+        (job("a", input_uri="gs://inputs/missing.png"), "INPUT_NOT_FOUND"),
+        (job("a", analyses=["segment"]), "UNKNOWN_ANALYSIS"),
+        (job("a", priority="urgent"), "UNKNOWN_PRIORITY"),
+        (job("a", schema_version=2), "UNSUPPORTED_SCHEMA_VERSION"),
+        (job("../a"), "INVALID_JOB_ID"),
+    ],
+)
+def test_given_permanent_error_then_failed_result_and_ack(body: dict[str, Any], code: str) -> None:
+    w = World()
+    w.source.put(delivery(body))
+    asyncio.run(w.run_until(1))
+    assert w.notifier.bodies()[0]["error"]["code"] == code
+    assert len(w.store.results) == 1 and len(w.source.acked) == 1
+
+
+def test_given_undecodable_image_then_failed() -> None:
+    w = World()
+    w.store.objects["in/bad.png"] = b"garbage"
+    w.source.put(delivery(job("bad", input_uri="gs://inputs/in/bad.png")))
+    asyncio.run(w.run_until(1))
+    assert w.result("bad")["error"]["code"] == "IMAGE_UNDECODABLE"
+
+
+def test_given_poisoned_tensor_in_batch_then_only_it_fails() -> None:
+    w = World()
+    w.store.objects["in/poison.png"] = b"poison"
+    w.source.put(delivery(job("p", input_uri="gs://inputs/in/poison.png")))
+    for i in range(3):
+        w.source.put(delivery(job(f"ok{i}")))
+    asyncio.run(w.run_until(4))
+    assert w.result("p")["error"]["code"] == "MODEL_REJECTED"
+    assert all(w.result(f"ok{i}")["status"] == "succeeded" for i in range(3))
+
+
+def test_given_past_deadline_then_expired_not_run() -> None:
+    w = World()
+    past = (datetime.now(UTC) - timedelta(minutes=1)).isoformat()
+    w.source.put(delivery(job("late", deadline=past)))
+    asyncio.run(w.run_until(1))
+    assert w.result("late")["status"] == "expired"
+    assert w.notifier.bodies()[0]["error"]["code"] == "DEADLINE_EXCEEDED"
+    assert w.model.batches == []
+
+
+def test_given_result_exists_when_redelivered_then_renotify_ack_and_never_overwrite() -> None:
+    w = World()
+    w.store.results["results/dup.json"] = json.dumps({"status": "succeeded", "error": None}).encode()
+    w.source.put(delivery(job("dup")))  # first attempt: runs, 412 on write
+    w.source.put(delivery(job("dup"), attempt=2))  # redelivery: answered from the stored result
+    asyncio.run(w.run_until(2))
+    assert json.loads(w.store.results["results/dup.json"]) == {"status": "succeeded", "error": None}
+    assert [b["status"] for b in w.notifier.bodies()] == ["succeeded", "succeeded"]
+    assert len(w.source.acked) == 2
+    assert len(w.model.batches) <= 1, "the redelivery must not be re-run"
+
+
+def test_given_storage_down_then_bounded_retries_then_nack() -> None:
+    w = World()
+    w.store.fail_reads = True
+    w.source.put(delivery(job("t")))
+
+    async def scenario() -> None:
+        task = asyncio.create_task(w.pipeline.run())
+        async with asyncio.timeout(5):
+            while not w.source.nacked:
+                await asyncio.sleep(0.01)
+        w.pipeline.drain("test")
+        await task
+
+    asyncio.run(scenario())
+    assert w.source.nacked and not w.source.acked and not w.store.results
+
+
+def test_given_job_over_max_processing_then_processing_timeout() -> None:
+    w = World(dataclasses.replace(SETTINGS, max_processing_s=0.2))
+    w.model.delay_s = 1.0
+    w.source.put(delivery(job("slow")))
+    asyncio.run(w.run_until(1))
+    assert w.result("slow")["error"]["code"] == "PROCESSING_TIMEOUT"
+    assert w.source.acked
+
+
+def test_pull_never_asks_for_more_than_free_slots_and_interactive_first() -> None:
+    w = World()
+    for i in range(20):
+        w.source.put(delivery(job(f"b{i}")))
+    w.source.put(
+        delivery(
+            job("i0", priority="interactive"),
+            subscription="fleet-jobs-interactive",
+            attributes={"priority": "interactive"},
+        )
+    )
+    asyncio.run(w.run_until(21))
+    assert all(size <= SETTINGS.pipeline_slots for _, size in w.source.pull_sizes)
+    assert w.source.pull_sizes[0][0] == "fleet-jobs-interactive"
+    assert w.model.interactive_flags[0] is True
+
+
+def test_given_triton_outage_then_nack_and_exit_nonzero_after_limit() -> None:
+    w = World(dataclasses.replace(SETTINGS, triton_outage_exit_s=0.3))
+    w.model.fail = errors.InferenceUnavailable("down")
+    w.source.put(delivery(job("x")))
+
+    async def scenario() -> int:
+        return await asyncio.wait_for(w.pipeline.run(), 10)
+
+    assert asyncio.run(scenario()) == 3
+    assert w.source.nacked and not w.store.results
+
+
+def test_drain_stops_pulling_and_finishes_in_flight() -> None:
+    w = World()
+    w.model.delay_s = 0.1
+    w.source.put(delivery(job("a")))
+
+    async def scenario() -> int:
+        task = asyncio.create_task(w.pipeline.run())
+        await asyncio.sleep(0.05)
+        w.pipeline.drain("sigterm")
+        w.source.put(delivery(job("late")))
+        return await task
+
+    assert asyncio.run(scenario()) == 0
+    assert "results/a.json" in w.store.results and "results/late.json" not in w.store.results
+    assert len(w.source.queues["fleet-jobs-batch"]) == 1
+
+
+def test_drain_budget_exceeded_then_nack() -> None:
+    w = World(dataclasses.replace(SETTINGS, drain_budget_s=0.1))
+    w.model.delay_s = 2.0
+    w.source.put(delivery(job("a")))
+
+    async def scenario() -> int:
+        task = asyncio.create_task(w.pipeline.run())
+        await asyncio.sleep(0.05)
+        w.pipeline.drain("sigterm")
+        return await task
+
+    assert asyncio.run(scenario()) == 0
+    assert w.source.nacked and not w.store.results
+
+
+def test_priority_limiter_admits_interactive_first() -> None:
+    async def scenario() -> list[str]:
+        limiter = PriorityLimiter(1)
+        order: list[str] = []
+        await limiter.acquire(interactive=False)
+
+        async def waiter(name: str, interactive: bool) -> None:
+            await limiter.acquire(interactive=interactive)
+            order.append(name)
+            limiter.release()
+
+        tasks = [asyncio.create_task(waiter("batch", False)), asyncio.create_task(waiter("inter", True))]
+        await asyncio.sleep(0.01)
+        limiter.release()
+        await asyncio.gather(*tasks)
+        return order
+
+    assert asyncio.run(scenario()) == ["inter", "batch"]
