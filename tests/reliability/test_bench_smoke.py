@@ -1,0 +1,45 @@
+"""A smoke run of ``scripts/bench`` (seconds, no thresholds) so the benchmark cannot rot."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[2] / "scripts" / "bench"
+KEYS = {
+    "raw_infer_per_s",
+    "e2e_jobs_per_s",
+    "naive_jobs_per_s",
+    "e2e_over_raw",
+    "e2e_over_naive",
+    "latency_ms",
+    "worker_cpu_ms_per_job",
+    "preprocess_scaling_2x",
+    "rss_mb",
+    "commit",
+    "machine",
+}
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+@pytest.mark.timeout(280)
+def test_bench_smoke_prints_the_json_line(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, str(BENCH), "--smoke", f"--workdir={tmp_path}"],
+        capture_output=True,
+        text=True,
+        timeout=260,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert KEYS <= set(result)
+    assert set(result["latency_ms"]) == {"p50", "p95", "p99"}
+    assert set(result["worker_cpu_ms_per_job"]) == {"preprocess", "other"}
+    assert result["e2e_jobs_per_s"] > 0
+    assert result["raw_infer_per_s"] > 0
