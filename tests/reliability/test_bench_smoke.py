@@ -38,7 +38,7 @@ def test_bench_smoke_prints_the_json_line(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
-    assert KEYS <= set(result)
+    assert set(result) >= KEYS
     assert set(result["latency_ms"]) == {"p50", "p95", "p99"}
     assert set(result["worker_cpu_ms_per_job"]) == {"preprocess", "other"}
     assert result["e2e_jobs_per_s"] > 0
