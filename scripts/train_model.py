@@ -30,6 +30,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+import onnx
+import onnxruntime as ort
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -218,9 +220,6 @@ def export_onnx(net: DrawingNet, path: Path) -> None:
 
 def verify_onnx(path: Path, x: np.ndarray, probs: np.ndarray, embs: np.ndarray) -> float:
     """Run the exported graph with onnxruntime; return the max abs difference from torch."""
-    import onnx
-    import onnxruntime as ort
-
     onnx.checker.check_model(str(path))
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     diffs = []
@@ -270,13 +269,13 @@ def main(argv: list[str] | None = None) -> int:
         "version": model_spec.MODEL_VERSION,
         "onnx_sha256": hashlib.sha256(onnx_path.read_bytes()).hexdigest(),
         "heldout": {
-            "count": int(len(y_test)),
+            "count": len(y_test),
             "seed": drawings.HELDOUT_SEED,
             "class_accuracy": round(acc, 4),
             "embedding_recall_at_1": round(r1, 4),
         },
         "train": {
-            "count": int(len(y_train)),
+            "count": len(y_train),
             "seed": drawings.TRAIN_SEED,
             "epochs": args.epochs,
             "batch": args.batch,

@@ -33,7 +33,7 @@ def _drawing_like(size: tuple[int, int] = (300, 200)) -> Image.Image:
 
 
 def _png_with_header(width: int, height: int) -> bytes:
-    """A valid PNG signature + IHDR claiming ``width x height`` and a tiny IDAT: a decompression bomb's header."""
+    """A PNG whose IHDR claims ``width x height`` over a tiny IDAT: a decompression bomb's header."""
 
     def chunk(kind: bytes, body: bytes) -> bytes:
         return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))

@@ -51,7 +51,8 @@ class TritonPythonModel:
             rows = slice(offset, offset + array.shape[0])
             offset += array.shape[0]
             tensors = [
-                pb_utils.Tensor(name, result[rows]) for name, result in zip(self.output_names, results)
+                pb_utils.Tensor(name, result[rows])
+                for name, result in zip(self.output_names, results, strict=True)
             ]
             responses.append(pb_utils.InferenceResponse(output_tensors=tensors))
         return responses

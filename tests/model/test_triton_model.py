@@ -1,0 +1,135 @@
+"""The CPU model repository in the real tritonserver, through tritonclient gRPC, on generated drawings."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from worker import drawings, model_spec, preprocess
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+CPU_REPOSITORY = ROOT / "model_repository" / "cpu"
+ONNX_PATH = CPU_REPOSITORY / model_spec.MODEL_NAME / model_spec.MODEL_VERSION / "model.onnx"
+#: A set of its own (base seed 3: neither the training set nor the held-out set), at half the A4 size
+#: to keep the test fast; the model is trained on several resolutions.
+TEST_SEED = 3
+TEST_COUNT = 240
+TEST_SIZE = (877, 620)
+MIN_ACCURACY = 0.93
+
+
+@pytest.fixture(scope="module")
+def triton_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The ``stack`` fixture's tritonserver; without that fixture, a private one on the CPU repository."""
+    try:
+        stack = request.getfixturevalue("stack")
+    except pytest.FixtureLookupError:
+        stack = None
+    if stack is not None:
+        yield stack.env["TRITON_GRPC_URL"]
+        return
+    from worker.devstack.tritonserver import TritonError, TritonServer  # noqa: PLC0415 (needs .venv-triton)
+
+    server = TritonServer(model_repository=CPU_REPOSITORY, work_dir=tmp_path_factory.mktemp("triton"))
+    try:
+        server.start(timeout_s=180)
+    except TritonError as exc:
+        if os.environ.get("CI"):
+            pytest.fail(f"tritonserver did not start: {exc}")
+        pytest.skip(f"tritonserver unavailable: {exc}")
+    try:
+        yield server.grpc_url
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def client(triton_url: str) -> Iterator[object]:
+    import tritonclient.grpc as grpcclient  # noqa: PLC0415
+
+    with grpcclient.InferenceServerClient(triton_url) as triton:
+        assert triton.is_model_ready(model_spec.MODEL_NAME)
+        yield triton
+
+
+@pytest.fixture(scope="module")
+def test_set() -> tuple[np.ndarray, np.ndarray]:
+    tensors, labels = [], []
+    for data, label in drawings.dataset(TEST_COUNT, seed=TEST_SEED, size=TEST_SIZE, fmt="mixed"):
+        tensors.append(preprocess.preprocess_bytes(data))
+        labels.append(model_spec.CLASS_NAMES.index(label))
+    return np.stack(tensors), np.array(labels)
+
+
+def _infer(client: object, batch: np.ndarray, priority: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    import tritonclient.grpc as grpcclient  # noqa: PLC0415
+
+    tensor = grpcclient.InferInput(model_spec.INPUT.name, list(batch.shape), model_spec.INPUT.triton_dtype)
+    tensor.set_data_from_numpy(batch)
+    outputs = [grpcclient.InferRequestedOutput(spec.name) for spec in model_spec.OUTPUTS]
+    result = client.infer(model_spec.MODEL_NAME, [tensor], outputs=outputs, priority=priority)  # type: ignore[attr-defined]
+    return result.as_numpy(model_spec.OUTPUT_PROBS.name), result.as_numpy(model_spec.OUTPUT_EMBEDDING.name)
+
+
+def test_model_metadata_matches_spec(client: object) -> None:
+    metadata = client.get_model_metadata(model_spec.MODEL_NAME, as_json=True)  # type: ignore[attr-defined]
+    assert [(t["name"], t["datatype"], [int(d) for d in t["shape"]]) for t in metadata["inputs"]] == [
+        (model_spec.INPUT.name, model_spec.INPUT.triton_dtype, [-1, *model_spec.INPUT.shape])
+    ]
+    assert {t["name"]: [int(d) for d in t["shape"]] for t in metadata["outputs"]} == {
+        spec.name: [-1, *spec.shape] for spec in model_spec.OUTPUTS
+    }
+
+
+def test_accuracy_on_generated_drawings(client: object, test_set: tuple[np.ndarray, np.ndarray]) -> None:
+    # Given 240 generated drawings (40 per class, PNG and JPEG) preprocessed by the worker's contract
+    x, y = test_set
+    # When they are classified through Triton in batches of 32 and a few single requests
+    probs, embeddings = zip(*(_infer(client, x[i : i + 32]) for i in range(0, len(x), 32)), strict=True)
+    p, e = np.concatenate(probs), np.concatenate(embeddings)
+    singles = _infer(client, x[:1], priority=model_spec.PRIORITY_INTERACTIVE)
+    # Then the class accuracy and the embedding's nearest-neighbour recall reach the targets
+    accuracy = float((p.argmax(1) == y).mean())
+    sims = e @ e.T
+    np.fill_diagonal(sims, -np.inf)
+    recall = float((y[sims.argmax(1)] == y).mean())
+    print(f"Triton accuracy {accuracy:.4f} recall@1 {recall:.4f} on {len(y)} drawings")
+    assert accuracy >= MIN_ACCURACY
+    assert recall >= 0.88
+    np.testing.assert_allclose(p.sum(1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(e, axis=1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(singles[0], p[:1], atol=1e-5)
+
+
+def test_triton_matches_onnx_reference(client: object, test_set: tuple[np.ndarray, np.ndarray]) -> None:
+    ort = pytest.importorskip("onnxruntime")
+    session = ort.InferenceSession(str(ONNX_PATH), providers=["CPUExecutionProvider"])
+    x = test_set[0][:32]
+    ref_p, ref_e = session.run([s.name for s in model_spec.OUTPUTS], {model_spec.INPUT.name: x})
+    p, e = _infer(client, x)
+    assert np.abs(p - ref_p).max() < 1e-5
+    assert np.abs(e - ref_e).max() < 1e-5
+
+
+def test_wrong_shape_is_rejected_not_crashing(client: object) -> None:
+    from tritonclient.utils import InferenceServerException  # noqa: PLC0415
+
+    with pytest.raises(InferenceServerException) as info:
+        _infer(client, np.zeros((1, 1, 64, 64), dtype=np.float32))
+    assert "INVALID_ARGUMENT" in str(info.value.status()) or "shape" in str(info.value).lower()
+    # and the model still answers afterwards
+    probs, _ = _infer(client, np.zeros((2, *model_spec.INPUT.shape), dtype=np.float32))
+    assert probs.shape == (2, model_spec.NUM_CLASSES)
+
+
+def test_batch_over_max_is_rejected(client: object) -> None:
+    from tritonclient.utils import InferenceServerException  # noqa: PLC0415
+
+    with pytest.raises(InferenceServerException):
+        _infer(client, np.zeros((model_spec.MAX_BATCH_SIZE + 1, *model_spec.INPUT.shape), dtype=np.float32))
