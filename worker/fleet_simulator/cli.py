@@ -76,6 +76,14 @@ def build_parser() -> argparse.ArgumentParser:
     o = p.add_argument_group("output")
     o.add_argument("--plot", type=Path, default=DEFAULT_PLOT)
     o.add_argument("--no-plot", action="store_true")
+    o.add_argument(
+        "--plot-hours",
+        type=float,
+        nargs=2,
+        default=(0.0, 48.0),
+        metavar=("FROM", "TO"),
+        help="time window of the plot in hours since the start (default Monday-Tuesday)",
+    )
     return p
 
 
@@ -224,7 +232,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print()
     print(policy_table(summaries, lanes))
     if not args.no_plot:
-        path = plot(raws, args.plot, title=f"{trace.name}: {trace.description}")
+        window = (args.plot_hours[0], args.plot_hours[1])
+        path = plot(raws, args.plot, title=f"{trace.name}: {trace.description}", window_h=window)
         print(f"\nplot: {path}")
     print(json.dumps(summaries, separators=(",", ":")))
     return 0

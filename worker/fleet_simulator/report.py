@@ -109,8 +109,13 @@ def latency_series(raw: RawResult, *, bin_s: float = 1800.0) -> tuple[np.ndarray
     return edges[:-1] + bin_s / 2, out
 
 
-def plot(raws: list[RawResult], path: Path | str, *, title: str) -> Path:
-    """Backlog, VMs and p95 time-to-result over time, one line per policy; a small PNG."""
+def plot(
+    raws: list[RawResult], path: Path | str, *, title: str, window_h: tuple[float, float] | None = None
+) -> Path:
+    """Backlog, VMs and p95 time-to-result over time, one line per policy; a small PNG.
+
+    ``window_h`` limits the time axis (hours since the start), e.g. ``(0, 48)`` for Monday-Tuesday.
+    """
     import matplotlib  # noqa: PLC0415 - only plotting needs matplotlib; import it late
 
     matplotlib.use("Agg")
@@ -122,23 +127,36 @@ def plot(raws: list[RawResult], path: Path | str, *, title: str) -> Path:
         t = np.array(raw.series.t) * hours
         backlog = np.array(raw.series.backlog)
         total = backlog.sum(axis=1) if backlog.size else np.zeros(len(t))
-        axes[0].plot(t, total, lw=0.8, label=raw.policy.name)
-        axes[1].step(t, raw.series.vms, where="post", lw=0.8, label=raw.policy.name)
-        mid, p95 = latency_series(raw)
+        (line,) = axes[0].plot(t, total, lw=0.8, label=raw.policy.name)
+        color = line.get_color()
+        axes[1].step(t, raw.series.vms, where="post", lw=0.8, color=color, label=raw.policy.name)
+        mid, p95 = latency_series(raw, bin_s=900.0)
         for lane, values in p95.items():
-            style = "-" if lane == raw.trace.lane_names[0] else ":"
-            axes[2].plot(mid * hours, values, style, lw=0.8, label=f"{raw.policy.name} ({lane})")
+            first = lane == raw.trace.lane_names[0]
+            axes[2].plot(
+                mid * hours,
+                values,
+                "-" if first else "--",
+                marker=None if first else "o",
+                ms=3,
+                lw=0.8,
+                color=color,
+                label=f"{raw.policy.name} ({lane})",
+            )
     axes[0].set_ylabel("undelivered messages")
     axes[0].set_yscale("symlog", linthresh=10)
     axes[1].set_ylabel("VMs (booting+serving+draining)")
-    axes[2].set_ylabel("p95 time-to-result (s)")
+    axes[2].set_ylabel("p95 time-to-result (s)\n(solid: interactive, dashed: batch)")
     axes[2].set_yscale("log")
     axes[2].set_xlabel("hours since Monday 00:00")
+    low, high = window_h if window_h else (0.0, raws[0].end_s * hours)
+    tick = 6 if high - low <= 72 else 24
     for ax in axes:
         ax.grid(alpha=0.3)
-        ax.set_xticks(np.arange(0, (raws[0].end_s * hours) + 1, 24))
+        ax.set_xlim(low, high)
+        ax.set_xticks(np.arange(low, high + 1, tick))
     axes[0].legend(fontsize=7, ncol=3, loc="upper right")
-    axes[2].legend(fontsize=6, ncol=3, loc="upper right")
+    axes[2].legend(fontsize=6, ncol=2, loc="upper left")
     axes[0].set_title(title, fontsize=9)
     fig.tight_layout()
     out = Path(path)
