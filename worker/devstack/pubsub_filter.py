@@ -81,12 +81,14 @@ class _Parser:
     def peek(self) -> _Token | None:
         return self.tokens[self.index] if self.index < len(self.tokens) else None
 
-    def take(self, kind: str, text: str | None = None) -> _Token:
+    def take(self, kind: str, text: str | None = None, *, what: str | None = None) -> _Token:
+        """Consume a token of ``kind`` (and exact ``text`` when given); ``what`` names it in errors."""
+        expected = what or text or kind
         token = self.peek()
         if token is None:
-            raise FilterSyntaxError(f"unexpected end of filter, expected {text or kind}")
+            raise FilterSyntaxError(f"unexpected end of filter, expected {expected}")
         if token.kind != kind or (text is not None and token.text != text):
-            raise FilterSyntaxError(f"expected {text or kind} at offset {token.pos}, got {token.text!r}")
+            raise FilterSyntaxError(f"expected {expected} at offset {token.pos}, got {token.text!r}")
         self.index += 1
         return token
 
@@ -133,7 +135,7 @@ class _Parser:
             self.take("LPAREN", "(")
             key = self.attribute_key(after_dot=True)
             self.take("COMMA", ",")
-            prefix = _unquote(self.take("STRING", "a quoted prefix").text)
+            prefix = _unquote(self.take("STRING", what="a quoted prefix").text)
             self.take("RPAREN", ")")
             return lambda attrs: (value := attrs.get(key)) is not None and value.startswith(prefix)
         return self.atom()
@@ -171,8 +173,8 @@ class _Parser:
             key = self.attribute_key(after_dot=False)
             return lambda attrs: key in attrs
         key = self.attribute_key(after_dot=True)
-        operator = self.take("OP").text
-        value = _unquote(self.take("STRING", "a quoted value").text)
+        operator = self.take("OP", what="= or !=").text
+        value = _unquote(self.take("STRING", what="a quoted value").text)
         if operator == "=":
             return lambda attrs: attrs.get(key) == value
         # Real service: `attributes.k != "v"` matches messages without the key too.

@@ -17,6 +17,7 @@ model readiness. ``stop()`` terminates the whole process group (the stubs are ch
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -36,6 +37,12 @@ DEFAULT_TRITON_VENV = REPO_ROOT / ".venv-triton"
 DEFAULT_MODEL_REPOSITORY = REPO_ROOT / "model_repository" / "cpu"
 DEFAULT_WORK_DIR = REPO_ROOT / ".devstack"
 PYTHON_VERSION = "3.11"
+
+
+# Children started in this process that may outlive the object that started them (the stack keeps
+# services running after ``up()`` returns). Holding the Popen here avoids "subprocess still running"
+# ResourceWarnings; ``stop_process_group`` reaps and forgets them.
+CHILDREN: dict[int, subprocess.Popen[bytes]] = {}
 
 
 class TritonError(RuntimeError):
@@ -94,7 +101,7 @@ def locate(venv: Path | str = DEFAULT_TRITON_VENV) -> TritonInstall:
 
 
 def prepare_backends(install: TritonInstall, work_dir: Path) -> Path:
-    """Assemble ``<work_dir>/triton-backends/python`` (backend library, utils, stub); return the backends dir."""
+    """Assemble ``<work_dir>/triton-backends/python`` (backend library, utils, stub); return its parent."""
     backends = work_dir / "triton-backends"
     python_dir = backends / "python"
     python_dir.mkdir(parents=True, exist_ok=True)
@@ -196,8 +203,8 @@ class TritonServer:
             *self.extra_args,
         ]
 
-    def start(self, *, timeout_s: float = 180.0, attempts: int = 3) -> None:
-        """Launch and wait until the server and every model are ready; retry on a port clash."""
+    def launch(self) -> None:
+        """Start the process on fresh free ports without waiting (pair with ``wait_ready``)."""
         if self.process is not None:
             raise TritonError("tritonserver already started")
         if not self.model_repository.is_dir():
@@ -205,18 +212,23 @@ class TritonServer:
         install = locate(self.venv)
         backends = prepare_backends(install, self.work_dir)
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self.grpc_port, self.http_port, self.metrics_port = free_port(), free_port(), free_port()
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(
+                self.command(install, backends),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=triton_env(install),
+                start_new_session=True,  # its own process group: stop() reaches the stubs too
+            )
+        CHILDREN[self.process.pid] = self.process
+
+    def start(self, *, timeout_s: float = 180.0, attempts: int = 3) -> None:
+        """Launch and wait until the server and every model are ready; retry on a port clash."""
         last_error = ""
         for _ in range(attempts):
-            self.grpc_port, self.http_port, self.metrics_port = free_port(), free_port(), free_port()
-            with open(self.log_path, "ab") as log:
-                self.process = subprocess.Popen(
-                    self.command(install, backends),
-                    stdin=subprocess.DEVNULL,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    env=triton_env(install),
-                    start_new_session=True,  # its own process group: stop() reaches the stubs too
-                )
+            self.launch()
             try:
                 self.wait_ready(timeout_s=timeout_s)
                 return
@@ -262,19 +274,25 @@ class TritonServer:
         if process is None:
             return
         stop_process_group(process.pid, timeout_s=timeout_s)
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             process.wait(timeout=1)
-        except subprocess.TimeoutExpired:
-            pass
 
 
 def stop_process_group(pid: int, *, timeout_s: float = 15.0) -> bool:
-    """SIGTERM the process group led by ``pid``, SIGKILL after ``timeout_s``; True if something was running."""
+    """SIGTERM the process group led by ``pid``, SIGKILL after ``timeout_s``; True if it was running."""
+    try:
+        return _stop_group(pid, timeout_s)
+    finally:
+        child = CHILDREN.pop(pid, None)
+        if child is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                child.wait(timeout=2)
+
+
+def _stop_group(pid: int, timeout_s: float) -> bool:
     try:
         os.killpg(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
+    except (ProcessLookupError, PermissionError):
         return False
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -316,10 +334,8 @@ def _group_alive(pgid: int) -> bool:
 
 
 def _reap(pid: int) -> None:
-    try:
+    with contextlib.suppress(ChildProcessError):
         os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        pass
 
 
 def main(argv: Sequence[str] | None = None) -> int:
