@@ -174,6 +174,7 @@ async def run_worker(settings: WorkerSettings) -> int:
             slots=settings.pipeline_slots,
             instance=settings.instance,
         )
+        metrics.mark_started()
         code = int(await worker.pipeline.run())
         return code
     finally:
