@@ -898,10 +898,11 @@ class FleetClient:
     def results(
         self, *, idle_timeout_s: float | None = None, timeout_s: float | None = None
     ) -> Iterator[JobOutcome]:
-        """Notifications for this client's jobs, as they arrive (acked after the consumer takes each batch).
+        """Notifications for this client's jobs, as they arrive, each once.
 
-        Stops after ``idle_timeout_s`` without a notification or ``timeout_s`` in all; never when both are
-        None (``fleet results --follow``).
+        A notification is acked only once the consumer has taken it; if the consumer stops early, the rest
+        of the pulled batch is handed back (so ``fleet results --limit`` loses nothing). Stops after
+        ``idle_timeout_s`` without a notification or ``timeout_s`` in all; never when both are None.
         """
         self.open()
         start = last = time.monotonic()
@@ -916,37 +917,60 @@ class FleetClient:
                 limits.append(timeout_s - (now - start))
             if idle_timeout_s is not None:
                 limits.append(idle_timeout_s - (now - last))
-            batch = self._pull_outcomes(max(0.1, min(limits)))
+            batch = self._pull(max(0.1, min(limits)))
             if batch:
                 last = time.monotonic()
-            yield from batch
+            taken: list[str] = []
+            try:
+                for ack_id, outcome in batch:
+                    taken.append(ack_id)  # before the yield: a consumer that stops here has taken it
+                    if outcome is not None and outcome.job_id not in self._outcomes:
+                        self._outcomes[outcome.job_id] = outcome
+                        yield outcome
+            finally:
+                self._settle(taken, [ack_id for ack_id, _ in batch[len(taken) :]])
 
     def _pull_outcomes(self, timeout_s: float) -> list[JobOutcome]:
-        """One pull from this client's subscription; every message is recorded and acked."""
-        subscriber = self._subscriber_client()
+        """One pull from this client's subscription; every message is recorded and acked at once."""
+        batch = self._pull(timeout_s)
+        fresh: list[JobOutcome] = []
+        for _, outcome in batch:
+            if outcome is not None:
+                if outcome.job_id not in self._outcomes:
+                    fresh.append(outcome)
+                self._outcomes[outcome.job_id] = outcome
+        self._settle([ack_id for ack_id, _ in batch], [])
+        return fresh
+
+    def _pull(self, timeout_s: float) -> list[tuple[str, JobOutcome | None]]:
+        """One pull: (ack id, parsed notification or None when it names no job) per message."""
         started = time.monotonic()
         try:
-            response = subscriber.pull(
+            response = self._subscriber_client().pull(
                 request={"subscription": self.subscription_path, "max_messages": self.PULL_BATCH},
                 timeout=max(timeout_s, 0.1),
             )
         except (gexc.DeadlineExceeded, gexc.RetryError, gexc.ServiceUnavailable):
             return []
-        outcomes: list[JobOutcome] = []
-        ack_ids: list[str] = []
-        for received in response.received_messages:
-            ack_ids.append(received.ack_id)
-            outcome = outcome_from_notification(received.message.data, dict(received.message.attributes))
-            if outcome is None:
-                continue
-            if outcome.job_id not in self._outcomes:
-                outcomes.append(outcome)
-            self._outcomes[outcome.job_id] = outcome
-        if ack_ids:
-            subscriber.acknowledge(request={"subscription": self.subscription_path, "ack_ids": ack_ids})
-        elif time.monotonic() - started < 0.05:
+        if not response.received_messages and time.monotonic() - started < 0.05:
             time.sleep(0.2)  # an emulator may answer an empty pull at once; do not spin
-        return outcomes
+        return [
+            (r.ack_id, outcome_from_notification(r.message.data, dict(r.message.attributes)))
+            for r in response.received_messages
+        ]
+
+    def _settle(self, ack_ids: Sequence[str], nack_ids: Sequence[str]) -> None:
+        subscriber = self._subscriber_client()
+        if ack_ids:
+            subscriber.acknowledge(request={"subscription": self.subscription_path, "ack_ids": list(ack_ids)})
+        if nack_ids:
+            subscriber.modify_ack_deadline(
+                request={
+                    "subscription": self.subscription_path,
+                    "ack_ids": list(nack_ids),
+                    "ack_deadline_seconds": 0,
+                }
+            )
 
     def _sweep(self, job_ids: Collection[str]) -> list[JobOutcome]:
         """Read result objects for jobs without an answer; returns (and records) the answered ones."""

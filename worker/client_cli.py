@@ -74,6 +74,7 @@ def register(subparsers: Any) -> None:
         default=DEFAULT_RESULTS_IDLE_S,
         help="without --follow, stop after this many seconds without a notification (default 5)",
     )
+    results.add_argument("--limit", type=int, help="stop after this many notifications")
     _common(results)
     results.set_defaults(func=_guarded(cmd_results))
 
@@ -152,6 +153,8 @@ def cmd_results(args: argparse.Namespace) -> int:
                     _print_json(outcome.to_json())
                 else:
                     print(_outcome_line(outcome), flush=True)
+                if args.limit is not None and sum(counts.values()) >= args.limit:
+                    break
         except KeyboardInterrupt:  # --follow ends with Ctrl-C; what was printed was acked
             pass
     if not args.json and not counts:

@@ -65,6 +65,15 @@ def workers(stack: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[li
                 )
             )
     try:
+        # Workers wait for Triton and warm up: one answered job each way proves they are serving.
+        warm_up = render_drawing(99, size=DRAWING_SIZE)[0]
+        (logs / "warm-up.png").write_bytes(warm_up)
+        with sdk.FleetClient(sdk.ClientSettings.from_env()) as client:
+            jobs = [
+                sdk.JobRequest(f"warm-up-{run_id()}-{i}", str(logs / "warm-up.png")) for i in range(WORKERS)
+            ]
+            outcomes = client.wait(client.submit(jobs).job_ids, timeout_s=180)
+        assert all(o.succeeded for o in outcomes.values()), outcomes
         yield processes
     finally:
         for process in processes:
@@ -227,7 +236,7 @@ def test_cli_status_and_results(workers: list[subprocess.Popen[bytes]], drawings
     assert submitted.returncode == 0, submitted.stderr
     (job_id,) = json.loads(submitted.stdout)["published"]
 
-    results = fleet("results", "--json", "--client-id", client_id, "--idle", "15")
+    results = fleet("results", "--json", "--client-id", client_id, "--idle", "60", "--limit", "1")
     assert results.returncode == 0, results.stderr
     assert [json.loads(line)["job_id"] for line in results.stdout.splitlines()] == [job_id]
 

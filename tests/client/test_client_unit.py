@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from concurrent.futures import Future
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -415,3 +416,50 @@ def test_cli_bad_uri_argument_and_bad_status_id(no_network: None, capsys: pytest
 def test_default_client_id_is_a_valid_durable_id(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("FLEET_CLIENT_ID", raising=False)
     assert sdk.check_client_id(client_cli.default_client_id()).startswith("cli-")
+
+
+class PullingSubscriber(FakeSubscriber):
+    """Serves one batch of notifications, then nothing; records acks and nacks."""
+
+    def __init__(self, notifications: list[dict[str, Any]]) -> None:
+        super().__init__()
+        self.batches = [notifications]
+        self.acked: list[str] = []
+        self.nacked: list[str] = []
+
+    def pull(self, request: dict[str, Any], timeout: float) -> Any:
+        batch = self.batches.pop(0) if self.batches else []
+        return SimpleNamespace(
+            received_messages=[
+                SimpleNamespace(
+                    ack_id=f"ack-{i}",
+                    message=SimpleNamespace(data=json.dumps(n).encode(), attributes={"job_id": n["job_id"]}),
+                )
+                for i, n in enumerate(batch)
+            ]
+        )
+
+    def acknowledge(self, request: dict[str, Any]) -> None:
+        self.acked.extend(request["ack_ids"])
+
+    def modify_ack_deadline(self, request: dict[str, Any]) -> None:
+        assert request["ack_deadline_seconds"] == 0
+        self.nacked.extend(request["ack_ids"])
+
+
+def test_results_acks_what_the_consumer_took_and_hands_back_the_rest() -> None:
+    notifications = [
+        {"job_id": f"j{i}", "status": "succeeded", "result_uri": None, "error": None} for i in range(3)
+    ]
+    subscriber = PullingSubscriber(notifications)
+    client = sdk.FleetClient(
+        SETTINGS, publisher=FakePublisher(), subscriber=subscriber, storage_client=NoStorage()
+    )
+
+    results = client.results(timeout_s=5)
+    first = next(results)
+    results.close()
+
+    assert first.job_id == "j0"
+    assert subscriber.acked == ["ack-0"]
+    assert subscriber.nacked == ["ack-1", "ack-2"]
