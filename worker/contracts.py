@@ -11,12 +11,13 @@ import json
 import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from importlib import resources
+from pathlib import Path
 from typing import Any
 
 from worker import errors
 
 SCHEMA_VERSION = 1
+SCHEMA_DIR = Path(__file__).resolve().parent / "schemas"
 SUPPORTED_SCHEMA_VERSIONS = frozenset({1})
 PRIORITIES = ("interactive", "batch")
 INTERACTIVE = "interactive"
@@ -310,6 +311,6 @@ def build_notification(
 
 def load_schema(name: str) -> dict[str, Any]:
     """``job``, ``result`` or ``notification`` -> the JSON Schema (v1) shipped in worker/schemas."""
-    text = resources.files("worker").joinpath("schemas", f"{name}.v1.json").read_text(encoding="utf-8")
+    text = (SCHEMA_DIR / f"{name}.v1.json").read_text(encoding="utf-8")
     schema: dict[str, Any] = json.loads(text)
     return schema
