@@ -70,6 +70,7 @@ build {
       "MODEL_INPUT_CHW=${var.model_input.chw}",
       "MODEL_MAX_BATCH=${var.model_input.max_batch}",
       "MODEL_OPT_BATCH=${var.model_input.opt_batch}",
+      "TRT_PRECISION=${var.trt_precision}",
       "IMAGE_VERSION=${var.image_version}",
     ]
     scripts = [

@@ -87,6 +87,17 @@ variable "onnx_model_path" {
   default     = ""
 }
 
+variable "trt_precision" {
+  type        = string
+  description = "Precision of the engines built at first boot (scripts/build_trt_engine's default fp16 was accepted by the parity check; fp32 for exact-ish parity). Part of the engine cache key."
+  default     = "fp16"
+
+  validation {
+    condition     = var.trt_precision == "fp16" || var.trt_precision == "fp32"
+    error_message = "The trt_precision must be fp16 or fp32 (int8 needs a calibration cache, built offline)."
+  }
+}
+
 variable "model_input" {
   type = object({
     name      = string

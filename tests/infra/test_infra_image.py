@@ -3,16 +3,21 @@ budget (worker drain < docker stop -t < systemd TimeoutStopSec < the 30 s spot n
 
 from __future__ import annotations
 
+import importlib.machinery
+import importlib.util
 import os
 import re
+import subprocess
+import sys
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
 from worker import model_spec
 from worker.settings import WorkerSettings
 
-from ._files import BIN, PACKER, SPOT_NOTICE_S, TERRAFORM, UNITS, blocks, parse_hcl, parse_unit, seconds
+from ._files import BIN, PACKER, REPO, SPOT_NOTICE_S, TERRAFORM, UNITS, blocks, parse_hcl, parse_unit, seconds
 
 CONTAINER_UNITS = ("worker.service", "fleet-dlq-handler.service")
 
@@ -101,10 +106,58 @@ def test_metadata_keys_written_by_terraform_are_read_on_the_vm() -> None:
         assert key in metadata and f"instance/attributes/{key}" in reader, key
 
 
-def test_engine_cache_key_is_compute_capability_and_tensorrt_version() -> None:
+def build_trt_engine() -> ModuleType | None:
+    """The model owner's scripts/build_trt_engine as a module (it has no .py suffix), if present."""
+    path = REPO / "scripts" / "build_trt_engine"
+    if not path.is_file():
+        return None
+    loader = importlib.machinery.SourceFileLoader("build_trt_engine", str(path))
+    spec = importlib.util.spec_from_loader("build_trt_engine", loader)
+    assert spec is not None
+    module = importlib.util.module_from_spec(spec)
+    # dataclasses look their module up in sys.modules while the class body runs.
+    sys.modules["build_trt_engine"] = module
+    try:
+        loader.exec_module(module)
+    finally:
+        del sys.modules["build_trt_engine"]
+    return module
+
+
+@pytest.mark.parametrize(
+    ("gpu", "cc", "trt", "precision"),
+    [
+        ("NVIDIA L4", "8.9", "10.3.0", "fp16"),
+        ("Tesla T4", "7.5", "10.3.1", "fp32"),
+        ("NVIDIA H100 80GB HBM3", "9.0", "10.8.0", "fp16"),
+    ],
+)
+def test_boot_engine_name_is_the_build_scripts_cache_key(gpu: str, cc: str, trt: str, precision: str) -> None:
+    """Compute capability + TensorRT version (+ GPU, precision) key the GCS cache, named as the model's
+    build script names engines, so engines built by hand and at boot share one cache."""
+    out = subprocess.run(
+        ["bash", str(BIN / "fleet-trt-engine"), "--print-name", gpu, cc, trt, precision],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=10,
+    ).stdout.strip()
+    assert f".sm{cc.replace('.', '')}." in out and f".trt{'.'.join(trt.split('.')[:2])}." in out
+    module = build_trt_engine()
+    if module is not None:
+        assert out == module.engine_name(module.Target(gpu, cc, trt), precision)
+
+
+def test_boot_engine_build_uses_the_build_scripts_profile() -> None:
+    module = build_trt_engine()
+    variables = blocks("variable", sorted(PACKER.glob("*.pkr.hcl")))
+    model_input = variables["model_input"]["default"]
+    assert variables["trt_precision"]["default"] == "fp16"
+    if module is not None:
+        low, opt, high = module.profile_batches()
+        assert (low, opt, high) == (1, model_input["opt_batch"], model_input["max_batch"])
     script = (BIN / "fleet-trt-engine").read_text(encoding="utf-8")
-    assert 'engine="model.sm${cc}.trt${FLEET_TRT_VERSION}.plan"' in script
-    assert "--query-gpu=compute_cap" in script
+    assert "--query-gpu=name,compute_cap" in script
     assert "FLEET_TRT_VERSION=" in (PACKER / "scripts" / "50-pull-images.sh").read_text(encoding="utf-8")
 
 
