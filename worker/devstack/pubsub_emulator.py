@@ -643,6 +643,10 @@ class PubSubCore:
                 stream.count += 1
                 stream.bytes += entry.message.size
                 stream.leased.add(entry)
+                # High-water mark, so tests can prove flow control was never exceeded.
+                sub.counters["max_stream_outstanding"] = max(
+                    sub.counters["max_stream_outstanding"], stream.count
+                )
             sub.deliveries[entry.message.pb.message_id] += 1
             sub.counters["delivered"] += 1
             if entry.attempts > 1:
