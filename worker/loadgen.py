@@ -1126,6 +1126,16 @@ class PrivateStack:
                 process.wait(timeout=5)
 
 
+@contextlib.contextmanager
+def private_stack(workdir: Path, *, triton: bool = True) -> Iterator[StackEnv]:
+    """A ``PrivateStack`` for the duration of a ``with`` block (tests without the shared fixture)."""
+    stack = PrivateStack(workdir)
+    try:
+        yield stack.start(triton=triton)
+    finally:
+        stack.stop()
+
+
 def serve_pubsub(ready_file: str | None) -> int:
     """The stack's Pub/Sub emulator, with a guard for a filter-parser defect seen during development.
 

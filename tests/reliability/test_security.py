@@ -77,9 +77,10 @@ def test_message_size_is_checked_before_parsing() -> None:
 # --- the real worker on the local stack --------------------------------------------------------------
 @pytest.fixture(scope="module")
 def security_run(
-    stack: Any, storage_client: Any, tmp_path_factory: pytest.TempPathFactory
+    harness_env: loadgen.StackEnv, harness_storage: Any, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[dict[str, Any]]:
-    env = loadgen.StackEnv(dict(stack.env))
+    env = harness_env
+    storage_client = harness_storage
     run_id = "sec" + loadgen.new_run_id()
     topology = loadgen.RunTopology.named(run_id)
     topology.create(env)
@@ -195,7 +196,8 @@ def test_reads_only_allowed_buckets(security_run: dict[str, Any]) -> None:
 
 
 @pytest.mark.integration
-def test_writes_only_under_results_prefix(security_run: dict[str, Any], storage_client: Any) -> None:
+def test_writes_only_under_results_prefix(security_run: dict[str, Any], harness_storage: Any) -> None:
+    storage_client = harness_storage
     env: loadgen.StackEnv = security_run["env"]
     run_id = security_run["run_id"]
     for key in ("traversal", "traversal-input", "overwrite-victim"):
