@@ -912,12 +912,10 @@ class FleetClient:
                 return
             if idle_timeout_s is not None and now - last >= idle_timeout_s:
                 return
-            limits = [self.PULL_TIMEOUT_S]
-            if timeout_s is not None:
-                limits.append(timeout_s - (now - start))
-            if idle_timeout_s is not None:
-                limits.append(idle_timeout_s - (now - last))
-            batch = self._pull(max(0.1, min(limits)))
+            # Always the full pull wait, even near the idle limit (overshooting it by up to PULL_TIMEOUT_S):
+            # a pull the client abandons early can still lease a notification on the server, which would
+            # then reach this durable subscription again only after the ack deadline.
+            batch = self._pull(self.PULL_TIMEOUT_S)
             if batch:
                 last = time.monotonic()
             taken: list[str] = []
@@ -1054,6 +1052,8 @@ class FleetClient:
             try:
                 response = subscriber.pull(
                     request={"subscription": self._hold_path(), "max_messages": max_messages - len(received)},
+                    # Not shorter than the server's own wait: a pull abandoned by the client can still
+                    # lease a message on the server, hiding it for an ack deadline.
                     timeout=self.PULL_TIMEOUT_S,
                 )
             except (gexc.DeadlineExceeded, gexc.RetryError):
