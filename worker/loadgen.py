@@ -1044,7 +1044,7 @@ class PrivateStack:
 
     def start(self, *, triton: bool = True) -> StackEnv:
         self.workdir.mkdir(parents=True, exist_ok=True)
-        pubsub = self._spawn("pubsub", [sys.executable, "-m", "worker.loadgen", "pubsub"])
+        pubsub = self._spawn("pubsub", [sys.executable, "-m", "worker.devstack.pubsub_emulator"])
         gcs = self._spawn("gcs", [sys.executable, "-m", "worker.loadgen", "gcs"])
         resources = load_resources()
         self.values = {
@@ -1136,40 +1136,13 @@ def private_stack(workdir: Path, *, triton: bool = True) -> Iterator[StackEnv]:
         stack.stop()
 
 
-def serve_pubsub(ready_file: str | None) -> int:
-    """The stack's Pub/Sub emulator, with a guard for a filter-parser defect seen during development.
-
-    ``pubsub_filter._Parser.atom`` once passed its description as the token text to match, so every
-    quoted value was rejected (``attributes.priority = "interactive"`` -> INVALID_ARGUMENT). When that
-    defect is present, the shim below makes ``take`` ignore the description; otherwise it does nothing.
-    """
-    from worker.devstack import pubsub_emulator, pubsub_filter  # noqa: PLC0415 (dev dependency)
-
-    try:
-        pubsub_filter.compile_filter('attributes.priority = "interactive"')
-    except pubsub_filter.FilterSyntaxError:
-        original = pubsub_filter._Parser.take
-
-        def take(self: Any, kind: str, text: str | None = None) -> Any:
-            return original(self, kind, None if kind == "STRING" else text)
-
-        pubsub_filter._Parser.take = take  # type: ignore[method-assign]
-    args = ["--ready-file", ready_file] if ready_file else []
-    code: int = pubsub_emulator.main(args)
-    return code
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m worker.loadgen gcs|pubsub --ready-file F``: the emulators of a private stack."""
+    """``python -m worker.loadgen gcs --ready-file F``: the GCS emulator with a write log."""
     parser = argparse.ArgumentParser(prog="python -m worker.loadgen")
     sub = parser.add_subparsers(dest="command", required=True)
     gcs = sub.add_parser("gcs", help="serve the GCS emulator with a write log")
     gcs.add_argument("--ready-file")
-    pubsub = sub.add_parser("pubsub", help="serve the Pub/Sub emulator")
-    pubsub.add_argument("--ready-file")
     args = parser.parse_args(argv)
-    if args.command == "pubsub":
-        return serve_pubsub(args.ready_file)
     return serve_gcs_with_write_log(args.ready_file)
 
 
