@@ -27,6 +27,7 @@ import os
 import platform
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -46,6 +47,7 @@ CACHE_DIR = ROOT / "build" / "model-data"
 #: Training drawings come at several resolutions so the model does not depend on the scan's dpi.
 TRAIN_SIZES: tuple[tuple[int, int], ...] = ((1754, 1240), (1315, 930), (877, 620), (2104, 1488))
 SEED = 20260101
+MAX_SHIFT_PX = 16
 GENERATOR_VERSION = "1"  # bump when worker/drawings.py changes what it draws, to refresh the cache
 
 
@@ -70,12 +72,13 @@ class DrawingNet(nn.Module):
             block(64, 96, stride=2),  # 12
             block(96, 128),
         )
+        self.dropout = nn.Dropout(0.2)
         self.classifier = nn.Linear(256, model_spec.NUM_CLASSES)
         self.embedder = nn.Linear(256, model_spec.EMBEDDING_DIM)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         h = self.features(x)
-        pooled = torch.cat([h.mean(dim=(2, 3)), h.amax(dim=(2, 3))], dim=1)
+        pooled = self.dropout(torch.cat([h.mean(dim=(2, 3)), h.amax(dim=(2, 3))], dim=1))
         return self.classifier(pooled), F.normalize(self.embedder(pooled), dim=1)
 
 
@@ -169,7 +172,7 @@ def _predict(net: nn.Module, x: np.ndarray, batch: int = 128) -> tuple[np.ndarra
 def train(net: DrawingNet, x: np.ndarray, y: np.ndarray, *, epochs: int, batch: int) -> None:
     proxies = nn.Parameter(torch.randn(model_spec.NUM_CLASSES, model_spec.EMBEDDING_DIM))
     params = [*net.parameters(), proxies]
-    opt = torch.optim.AdamW(params, lr=3e-3, weight_decay=1e-4)
+    opt = torch.optim.AdamW(params, lr=3e-3, weight_decay=5e-4)
     steps = epochs * ((len(x) + batch - 1) // batch)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=3e-3, total_steps=steps, pct_start=0.2)
     gen = torch.Generator().manual_seed(SEED)
@@ -184,6 +187,9 @@ def train(net: DrawingNet, x: np.ndarray, y: np.ndarray, *, epochs: int, batch: 
             # mirror augmentation: a mirrored drawing is the same part
             flip = torch.rand(len(idx), generator=gen) < 0.5
             xb[flip] = xb[flip].flip(-1)
+            # shift augmentation: where the views sit on the sheet must not matter
+            dy, dx = (int(v) for v in torch.randint(-MAX_SHIFT_PX, MAX_SHIFT_PX + 1, (2,), generator=gen))
+            xb = torch.roll(xb, shifts=(dy, dx), dims=(2, 3))
             logits, emb = net(xb)
             proxy_logits = 16.0 * emb @ F.normalize(proxies, dim=1).T
             loss = F.cross_entropy(logits, yb) + F.cross_entropy(proxy_logits, yb)
@@ -204,6 +210,13 @@ def train(net: DrawingNet, x: np.ndarray, y: np.ndarray, *, epochs: int, batch: 
 def export_onnx(net: DrawingNet, path: Path) -> None:
     wrapper = ExportWrapper(net).eval()
     dummy = torch.zeros(2, *model_spec.INPUT.shape)
+    # The TorchScript exporter is the one that needs no onnxscript; its deprecation notice is expected.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        _export(wrapper, dummy, path)
+
+
+def _export(wrapper: nn.Module, dummy: torch.Tensor, path: Path) -> None:
     torch.onnx.export(
         wrapper,
         (dummy,),
@@ -233,8 +246,8 @@ def verify_onnx(path: Path, x: np.ndarray, probs: np.ndarray, embs: np.ndarray) 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--epochs", type=int, default=14)
-    parser.add_argument("--train-count", type=int, default=1800)
+    parser.add_argument("--epochs", type=int, default=12)
+    parser.add_argument("--train-count", type=int, default=3000)
     parser.add_argument("--batch", type=int, default=48)
     parser.add_argument("--workers", type=int, default=2, help="processes generating drawings")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="directory for model.onnx + metrics")
