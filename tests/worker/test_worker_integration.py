@@ -1,0 +1,593 @@
+"""The worker on the local stack: real tritonserver, the Pub/Sub and GCS emulators, the official clients.
+
+Every worker here is a ``fleet worker`` subprocess with the stack's environment, pointed at a private copy
+of the fleet's topics and lane subscriptions (``loadgen.RunTopology``: the filters, retry and dead-letter
+policies of terraform/fleet.json), so each test counts only its own deliveries. Notifications are collected
+through a subscription of the test's own on the run's results topic (``loadgen.NotificationCollector``).
+
+Inputs are a few small drawings uploaded once; the tests measure the queue path, not PNG decoding.
+Emulator faults (GCS 503/latency, Pub/Sub redelivery) are global to the session's stack and are always
+cleared by the ``gcs_faults`` / ``pubsub_faults`` fixtures.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import signal
+import statistics
+import subprocess
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from concurrent import futures
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+
+from worker import contracts, loadgen
+from worker.drawings import render_drawing
+
+pytestmark = pytest.mark.integration
+
+DRAWING_SIZE = (320, 226)
+DISTINCT_INPUTS = 4
+WORKER_START_TIMEOUT_S = 120.0
+RESULTS_PREFIX = "results/"
+
+
+# --- fixtures: inputs, runs, workers ------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def inputs(stack: Any, storage_client: Any) -> list[str]:
+    """gs:// URIs of a few small drawings, uploaded once for the module."""
+    bucket = storage_client.bucket(stack.env["FLEET_INPUT_BUCKET"])
+    folder = f"worker-it/{uuid.uuid4().hex[:8]}"
+    uris = []
+    for index in range(DISTINCT_INPUTS):
+        data, _label = render_drawing(index + 300, size=DRAWING_SIZE)
+        bucket.blob(f"{folder}/d{index}.png").upload_from_string(data, content_type="image/png")
+        uris.append(f"gs://{bucket.name}/{folder}/d{index}.png")
+    return uris
+
+
+@dataclass
+class Run:
+    """One isolated copy of the fleet's topics/subscriptions, with a notification collector on it."""
+
+    base: loadgen.StackEnv
+    topology: loadgen.RunTopology
+    env: loadgen.StackEnv
+    collector: loadgen.NotificationCollector
+    workdir: Path
+    publisher: Any
+    storage: Any
+    workers: list[loadgen.ManagedProcess] = field(default_factory=list)
+    published: dict[str, loadgen.Published] = field(default_factory=dict)
+
+    @property
+    def run_id(self) -> str:
+        return self.topology.run_id
+
+    @property
+    def results_bucket(self) -> Any:
+        return self.storage.bucket(self.env.results_bucket)
+
+    def job_id(self, key: str) -> str:
+        return f"{self.run_id}-{key}"
+
+    def job(self, key: str, uri: str, *, priority: str = "batch", **kwargs: Any) -> loadgen.Message:
+        return loadgen.job_message(
+            key, job_id=self.job_id(key), input_uri=uri, run_id=self.run_id, priority=priority, **kwargs
+        )
+
+    def publish(
+        self, messages: list[loadgen.Message], *, topic: str | None = None
+    ) -> list[loadgen.Published]:
+        out = loadgen.publish_all(
+            self.publisher, self.env.topic_path(topic or self.topology.jobs_topic), messages
+        )
+        self.published.update({p.message.key: p for p in out})
+        return out
+
+    def worker(self, name: str, *, command: str = "worker", **extra_env: str) -> loadgen.ManagedProcess:
+        """Start a ``fleet worker`` (not supervised: it is never restarted) with the run's environment."""
+        env = {"FLEET_WATCH_METADATA": "false", "FLEET_LOG_LEVEL": "INFO", **extra_env}
+        slot = loadgen.worker_slot(
+            f"{self.run_id}-{name}", self.env, self.workdir, extra_env=env, command=command
+        )
+        slot.restart = False
+        slot.start()
+        self.workers.append(slot)
+        return slot
+
+    def wait(self, keys: list[str], *, timeout_s: float = 60.0) -> dict[str, list[loadgen.Notification]]:
+        missing = self.collector.wait_for(keys, timeout_s=timeout_s)
+        assert not missing, f"no notification for {sorted(missing)[:10]} ({len(missing)} missing)"
+        return self.collector.snapshot()
+
+    def result(self, key: str) -> tuple[dict[str, Any], int]:
+        """The job's result document and the object's generation."""
+        blob = self.results_bucket.get_blob(f"{RESULTS_PREFIX}{self.job_id(key)}.json")
+        assert blob is not None, f"no result object for {key}"
+        generation = int(blob.generation)  # read first: a download resets it from response headers
+        return json.loads(blob.download_as_bytes()), generation
+
+    def result_objects(self) -> dict[str, Any]:
+        return loadgen.list_result_objects(
+            self.storage, self.env.results_bucket, f"{RESULTS_PREFIX}{self.run_id}-"
+        )
+
+    def sub_stats(self, lane: str = "batch") -> dict[str, Any]:
+        name = self.topology.batch_subscription if lane == "batch" else self.topology.interactive_subscription
+        stats = loadgen.delivery_stats(self.base["FLEET_PUBSUB_ADMIN_URL"], [name])
+        assert name in stats, f"the emulator has no stats for {name}"
+        return stats[name]
+
+
+def wait_started(slot: loadgen.ManagedProcess, *, timeout_s: float = WORKER_START_TIMEOUT_S) -> float:
+    """Block until the worker logged ``worker started``; returns the seconds it took."""
+    started = time.monotonic()
+    while time.monotonic() - started < timeout_s:
+        if slot.log_path.exists() and '"worker started"' in slot.log_path.read_text(errors="replace"):
+            return time.monotonic() - started
+        assert slot.process is not None
+        if slot.process.poll() is not None:
+            break
+        time.sleep(0.05)
+    pytest.fail(f"{slot.name} did not start:\n{log_tail(slot)}")
+
+
+def log_tail(slot: loadgen.ManagedProcess, chars: int = 3000) -> str:
+    return slot.log_path.read_text(errors="replace")[-chars:] if slot.log_path.exists() else "(no log)"
+
+
+def log_lines(slot: loadgen.ManagedProcess) -> list[dict[str, Any]]:
+    """The worker's JSON log lines (anything else on its output is skipped)."""
+    lines = []
+    for raw in slot.log_path.read_text(errors="replace").splitlines():
+        with contextlib.suppress(ValueError):
+            value = json.loads(raw)
+            if isinstance(value, dict):
+                lines.append(value)
+    return lines
+
+
+def wait_exit(slot: loadgen.ManagedProcess, timeout_s: float) -> int | None:
+    assert slot.process is not None
+    try:
+        return slot.process.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        return None
+
+
+@pytest.fixture
+def make_run(stack: Any, storage_client: Any, tmp_path: Path) -> Iterator[Callable[..., Run]]:
+    """``make_run(time_divisor=None, max_delivery_attempts=None) -> Run``; everything is removed after."""
+    base = loadgen.StackEnv(dict(stack.env))
+    publisher = loadgen.new_publisher()
+    runs: list[Run] = []
+
+    def _make(*, time_divisor: float | None = None, max_delivery_attempts: int | None = None) -> Run:
+        topology = loadgen.RunTopology.named(loadgen.new_run_id())
+        topology.create(base, time_divisor=time_divisor, max_delivery_attempts=max_delivery_attempts)
+        env = loadgen.stack_for_run(base, topology)
+        collector = loadgen.NotificationCollector(env, run_id=topology.run_id).start()
+        run = Run(base, topology, env, collector, tmp_path / topology.run_id, publisher, storage_client)
+        run.workdir.mkdir(parents=True, exist_ok=True)
+        runs.append(run)
+        return run
+
+    yield _make
+    # Stop workers and collectors concurrently: each takes a drain or a pull timeout to finish.
+    with futures.ThreadPoolExecutor(max_workers=8) as pool:
+        stops = [pool.submit(slot.stop, timeout_s=30) for run in runs for slot in run.workers]
+        stops += [pool.submit(run.collector.close) for run in runs]
+        for stop in stops:
+            stop.result()
+    for run in runs:
+        run.topology.delete(base)
+    publisher.stop()
+
+
+@pytest.fixture
+def gcs_faults(stack: Any) -> Iterator[Any]:
+    admin = stack.gcs_admin
+    admin.clear_faults()
+    yield admin
+    admin.clear_faults()
+
+
+@pytest.fixture
+def pubsub_faults(stack: Any) -> Iterator[Any]:
+    admin = stack.pubsub_admin
+    admin.clear_faults()
+    yield admin
+    admin.clear_faults()
+
+
+# --- a MetricService served in the test ----------------------------------------------------------------
+class MetricServiceStub:
+    """``google.monitoring.v3.MetricService/CreateTimeSeries`` on 127.0.0.1; keeps every request."""
+
+    def __init__(self) -> None:
+        from google.cloud.monitoring_v3 import types as monitoring_types  # noqa: PLC0415
+        from google.protobuf import empty_pb2  # noqa: PLC0415
+
+        self.requests: list[Any] = []
+        self._lock = threading.Lock()
+        handler = grpc.method_handlers_generic_handler(
+            "google.monitoring.v3.MetricService",
+            {
+                "CreateTimeSeries": grpc.unary_unary_rpc_method_handler(
+                    self._create_time_series,
+                    request_deserializer=monitoring_types.CreateTimeSeriesRequest.deserialize,
+                    response_serializer=empty_pb2.Empty.SerializeToString,
+                )
+            },
+        )
+        self._empty = empty_pb2.Empty()
+        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+        self.server.add_generic_rpc_handlers((handler,))
+        self.port = self.server.add_insecure_port("127.0.0.1:0")
+        self.server.start()
+
+    def _create_time_series(self, request: Any, context: Any) -> Any:
+        with self._lock:
+            self.requests.append(request)
+        return self._empty
+
+    def series(self) -> list[Any]:
+        with self._lock:
+            return [series for request in self.requests for series in request.time_series]
+
+    def stop(self) -> None:
+        self.server.stop(grace=None)
+
+
+# --- 1. happy path ------------------------------------------------------------------------------------
+@pytest.mark.timeout(180)
+def test_jobs_of_both_lanes_get_one_result_and_one_succeeded_notification(
+    make_run: Callable[..., Run], inputs: list[str]
+) -> None:
+    # Given a worker serving a run's lanes
+    run = make_run()
+    worker = run.worker("w")
+    wait_started(worker)
+    # When jobs of both lanes are published, with client attributes to echo
+    keys = [f"job{i}" for i in range(6)]
+    messages = [
+        run.job(
+            key,
+            inputs[i % len(inputs)],
+            priority="interactive" if i % 2 else "batch",
+            analyses=["classify"] if i == 4 else None,
+            attributes={"client": "acme", "ref": f"r{i}"},
+        )
+        for i, key in enumerate(keys)
+    ]
+    run.publish(messages)
+    notes = run.wait(keys)
+    # Then each job has exactly one succeeded notification echoing its attributes
+    result_schema = contracts.load_schema("result")
+    notification_schema = contracts.load_schema("notification")
+    import jsonschema  # noqa: PLC0415
+
+    time.sleep(0.5)  # a second notification would have arrived by now
+    notes = run.collector.snapshot()
+    for i, key in enumerate(keys):
+        assert len(notes[key]) == 1, notes[key]
+        note = notes[key][0]
+        jsonschema.validate(dict(note.data), notification_schema)
+        assert note.status == "succeeded" and note.data["error"] is None
+        assert note.data["job_id"] == run.job_id(key)
+        assert note.attributes["client"] == "acme" and note.attributes["ref"] == f"r{i}"
+        assert note.attributes["status"] == "succeeded"
+        assert note.attributes["job_id"] == run.job_id(key)
+        assert note.attributes["priority"] == ("interactive" if i % 2 else "batch")
+        assert note.data["result_uri"] == f"gs://{run.env.results_bucket}/results/{run.job_id(key)}.json"
+        # and exactly one result object with the contract's fields
+        document, _generation = run.result(key)
+        jsonschema.validate(document, result_schema)
+        assert document["status"] == "succeeded" and document["error"] is None
+        assert document["job_id"] == run.job_id(key)
+        assert document["input_uri"] == inputs[i % len(inputs)]
+        expected = {"classify"} if i == 4 else {"classify", "embed"}
+        assert set(document["outputs"]) == expected
+        assert document["outputs"]["classify"]["label"] in document["outputs"]["classify"]["scores"]
+        if "embed" in expected:
+            assert len(document["outputs"]["embed"]["embedding"]) == 128
+        assert document["model"]["name"] == "drawing_analyzer" and document["model"]["version"]
+        timeline = document["timeline"]
+        for stamp in ("published", "leased", "started", "finished"):
+            assert timeline[stamp], stamp
+        assert timeline["published"] <= timeline["leased"] <= timeline["started"] <= timeline["finished"]
+        assert timeline["queue_wait_ms"] >= 0 and timeline["inference_ms"] > 0
+        assert document["worker"]["instance"] == worker.name
+        assert document["delivery_attempt"] == 1
+    assert len(run.result_objects()) == len(keys)
+
+
+# --- 2. no hoarding: a second worker gets work at once --------------------------------------------------
+SECOND_WORKER_BACKLOG = 500
+SECOND_WORKER_WITHIN_S = 5.0
+
+
+@pytest.mark.timeout(180)
+def test_a_second_worker_started_during_a_backlog_is_processing_within_5_s(
+    make_run: Callable[..., Run], inputs: list[str]
+) -> None:
+    # Given a worker busy with a 500-job backlog
+    run = make_run()
+    first = run.worker("first")
+    wait_started(first)
+    keys = [f"b{i:04d}" for i in range(SECOND_WORKER_BACKLOG)]
+    run.publish([run.job(key, inputs[i % len(inputs)]) for i, key in enumerate(keys)])
+    deadline = time.monotonic() + 60
+    while len(run.collector.snapshot()) < 20:
+        assert time.monotonic() < deadline, "the first worker is not processing the backlog"
+        time.sleep(0.05)
+    # When a second worker starts
+    started_wall = time.time()
+    second = run.worker("second")
+    # Then it finishes a job of the backlog within 5 s of its start (the first worker holds only its slots)
+    deadline = time.monotonic() + 30
+    first_job: str | None = None
+    while first_job is None and time.monotonic() < deadline:
+        for line in log_lines(second):
+            if line.get("message") == "job succeeded" and line.get("job_id"):
+                first_job = str(line["job_id"])
+                break
+        time.sleep(0.05)
+    assert first_job is not None, f"the second worker answered nothing:\n{log_tail(second)}"
+    document, _ = run.result(first_job.removeprefix(f"{run.run_id}-"))
+    assert document["worker"]["instance"] == second.name
+    finished = _epoch(document["timeline"]["finished"])
+    leased = _epoch(document["timeline"]["leased"])
+    done = len(run.collector.snapshot())
+    print(
+        f"second worker: leased {leased - started_wall:.2f} s, finished {finished - started_wall:.2f} s "
+        f"after its start; {done}/{len(keys)} answered then"
+    )
+    assert finished - started_wall <= SECOND_WORKER_WITHIN_S
+    assert done < len(keys), "the backlog was gone before the second worker started: not a backlog test"
+
+
+def _epoch(rfc3339: str) -> float:
+    import datetime  # noqa: PLC0415
+
+    return datetime.datetime.fromisoformat(rfc3339.replace("Z", "+00:00")).timestamp()
+
+
+# --- 3. interactive overtakes a batch backlog -------------------------------------------------------------
+BATCH_BACKLOG = 2000
+IDLE_SAMPLES = 5
+LOADED_SAMPLES = 3
+
+
+def _stages_ms(run: Run, key: str, lines: list[dict[str, Any]]) -> dict[str, int]:
+    """Where a job's time went: pull wait, fetch+preprocess+inference, write+notify (from its result)."""
+    timeline = run.result(key)[0]["timeline"]
+    published, leased, started, finished = (
+        _epoch(timeline[k]) for k in ("published", "leased", "started", "finished")
+    )
+    logged = next(x["time"] for x in lines if x.get("job_id") == run.job_id(key))
+    return {
+        "pull": round((leased - published) * 1000),
+        "process": round((finished - started) * 1000),
+        "inference": round(timeline["inference_ms"]),
+        "answer": round((logged - finished) * 1000),
+    }
+
+
+def _answer_latency_s(run: Run, key: str, uri: str, *, timeout_s: float = 30.0) -> float:
+    published = run.publish([run.job(key, uri, priority="interactive")])[0]
+    notes = run.wait([key], timeout_s=timeout_s)
+    note = notes[key][0]
+    assert note.status == "succeeded", note.data
+    return note.received_monotonic - published.published_monotonic
+
+
+@pytest.mark.timeout(240)
+def test_an_interactive_job_overtakes_a_2000_job_batch_backlog(
+    make_run: Callable[..., Run], inputs: list[str]
+) -> None:
+    # Given a worker, and its idle interactive latency measured now (after one warm-up job)
+    run = make_run()
+    worker = run.worker("w")
+    wait_started(worker)
+    _answer_latency_s(run, "warm-up", inputs[0])
+    idle = [_answer_latency_s(run, f"idle{i}", inputs[i % len(inputs)]) for i in range(IDLE_SAMPLES)]
+    idle_s = statistics.median(idle)
+    # When 2,000 batch jobs are queued and the worker is busy with them
+    batch_keys = [f"b{i:04d}" for i in range(BATCH_BACKLOG)]
+    run.publish([run.job(key, inputs[i % len(inputs)]) for i, key in enumerate(batch_keys)])
+    deadline = time.monotonic() + 60
+    while sum(1 for k in run.collector.snapshot() if k.startswith("b")) < 50:
+        assert time.monotonic() < deadline, "the worker is not processing the batch backlog"
+        time.sleep(0.05)
+    loaded = [_answer_latency_s(run, f"busy{i}", inputs[i % len(inputs)]) for i in range(LOADED_SAMPLES)]
+    batch_done = sum(1 for k in run.collector.snapshot() if k.startswith("b"))
+    loaded_s = statistics.median(loaded)
+    print(
+        f"interactive latency idle {[round(x * 1000) for x in idle]} ms (median {idle_s * 1000:.0f}), "
+        f"under a batch backlog {[round(x * 1000) for x in loaded]} ms (median {loaded_s * 1000:.0f}); "
+        f"batch answered meanwhile: {batch_done}/{BATCH_BACKLOG}"
+    )
+    lines = log_lines(worker)
+    for key in [f"idle{i}" for i in range(IDLE_SAMPLES)] + [f"busy{i}" for i in range(LOADED_SAMPLES)]:
+        print(key, _stages_ms(run, key, lines))
+    # Then it is answered within 2x its idle latency, while most of the backlog is still queued
+    assert batch_done < BATCH_BACKLOG // 2, "the backlog drained: not a backlog test"
+    assert loaded_s <= 2 * idle_s
+
+
+# --- 4. SIGTERM: drain, give back, nothing lost -------------------------------------------------------------
+@pytest.mark.timeout(180)
+def test_a_sigtermed_workers_leased_jobs_are_finished_by_another_worker(
+    make_run: Callable[..., Run], inputs: list[str], gcs_faults: Any
+) -> None:
+    # Given a worker whose jobs are slow (GCS answers after 1 s) and a drain budget shorter than they take
+    run = make_run(time_divisor=5)
+    drain_budget_s = 1.5
+    first = run.worker("first", FLEET_DRAIN_BUDGET_S=str(drain_budget_s))
+    wait_started(first)
+    keys = [f"j{i:03d}" for i in range(120)]
+    gcs_faults.set_faults(latency_ms=1000)
+    run.publish([run.job(key, inputs[i % len(inputs)]) for i, key in enumerate(keys)])
+    deadline = time.monotonic() + 60
+    while run.sub_stats()["outstanding"] < 10:
+        assert time.monotonic() < deadline, "the first worker leased nothing"
+        time.sleep(0.05)
+    time.sleep(0.5)
+    # When it is SIGTERM'd while holding leases
+    held = run.sub_stats()["outstanding"]
+    sent = time.monotonic()
+    assert first.signal(signal.SIGTERM)
+    code = wait_exit(first, drain_budget_s + 10)
+    exit_s = time.monotonic() - sent
+    gcs_faults.clear_faults()
+    # Then it exits 0 within the drain budget (plus shutdown), having given its leases back
+    print(f"SIGTERM'd worker held {held} leases, exited {code} after {exit_s:.2f} s")
+    assert code == 0, log_tail(first)
+    assert exit_s <= drain_budget_s + 3.0
+    assert run.sub_stats()["outstanding"] == 0
+    # and another worker finishes every job: one result object each, nothing lost
+    second = run.worker("second")
+    notes = run.wait(keys, timeout_s=90)
+    assert all(notes[k][0].status == "succeeded" for k in keys)
+    objects = run.result_objects()
+    assert sorted(objects) == sorted(f"{RESULTS_PREFIX}{run.job_id(k)}.json" for k in keys)
+    by_worker: dict[str, int] = {}
+    redelivered = 0
+    for key in keys:
+        document, _ = run.result(key)
+        by_worker[document["worker"]["instance"]] = by_worker.get(document["worker"]["instance"], 0) + 1
+        if document["worker"]["instance"] == second.name and document["delivery_attempt"] > 1:
+            redelivered += 1
+    print(f"results by worker {by_worker}; redelivered jobs finished by the second worker: {redelivered}")
+    assert redelivered > 0, "no job leased by the SIGTERM'd worker was finished by the other one"
+
+
+# --- 5. metadata preemption ------------------------------------------------------------------------
+@pytest.mark.timeout(120)
+def test_the_preempted_flag_on_the_metadata_server_drains_the_worker(
+    make_run: Callable[..., Run], inputs: list[str]
+) -> None:
+    # Given a worker watching a metadata server served on 127.0.0.1, busy with jobs
+    run = make_run()
+    metadata = loadgen.FakeMetadataServer().start()
+    try:
+        name = f"{run.run_id}-vm"
+        worker = run.worker(
+            "vm",
+            FLEET_WATCH_METADATA="true",
+            FLEET_METADATA_URL=metadata.url_for(name),
+            FLEET_DRAIN_BUDGET_S="10",
+        )
+        wait_started(worker)
+        keys = [f"p{i:03d}" for i in range(100)]
+        run.publish([run.job(key, inputs[i % len(inputs)]) for i, key in enumerate(keys)])
+        deadline = time.monotonic() + 60
+        while len(run.collector.snapshot()) < 5:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        # When the flag turns TRUE
+        flipped = time.monotonic()
+        metadata.set_preempted(name, True)
+        code = wait_exit(worker, 20)
+        exit_s = time.monotonic() - flipped
+    finally:
+        metadata.close()
+    # Then it drains and exits 0 within its budget, holding no lease
+    print(f"preempted worker exited {code} after {exit_s:.2f} s")
+    assert code == 0, log_tail(worker)
+    assert exit_s <= 10 + 3
+    drains = [line for line in log_lines(worker) if line.get("message") == "drain requested"]
+    assert [line.get("reason") for line in drains] == ["preempted"]
+    stats = run.sub_stats()
+    assert stats["outstanding"] == 0
+    answered = set(run.collector.snapshot())
+    assert stats["unacked"] == len(keys) - len(answered & set(keys))
+
+
+# --- 6. duplicates ---------------------------------------------------------------------------------
+@pytest.mark.timeout(120)
+def test_duplicate_deliveries_leave_exactly_one_result_object(
+    make_run: Callable[..., Run], inputs: list[str], pubsub_faults: Any
+) -> None:
+    run = make_run()
+    worker = run.worker("w")
+    wait_started(worker)
+    # Given a job answered once
+    run.publish([run.job("dup", inputs[0])])
+    run.wait(["dup"])
+    first_doc, generation = run.result("dup")
+    # When the same job is published again (a client retry: a new message, same job_id)
+    run.publish([run.job("dup", inputs[1])])
+    deadline = time.monotonic() + 30
+    while len(run.collector.snapshot().get("dup", [])) < 2:
+        assert time.monotonic() < deadline, "the duplicate was not answered"
+        time.sleep(0.05)
+    # and Pub/Sub redelivers an acked message (the emulator's at-least-once fault)
+    pubsub_faults.set_faults(redeliver_acked_rate=1.0)
+    run.publish([run.job("again", inputs[2])])
+    deadline = time.monotonic() + 30
+    while len(run.collector.snapshot().get("again", [])) < 2:
+        assert time.monotonic() < deadline, "the redelivered message was not answered"
+        time.sleep(0.05)
+    pubsub_faults.clear_faults()
+    time.sleep(0.5)
+    # Then each job has exactly one result object, never overwritten, and consistent notifications
+    notes = run.collector.snapshot()
+    for key in ("dup", "again"):
+        assert {(n.status, n.data["result_uri"], n.error_code) for n in notes[key]} == {
+            ("succeeded", f"gs://{run.env.results_bucket}/results/{run.job_id(key)}.json", None)
+        }
+    second_doc, second_generation = run.result("dup")
+    assert (second_doc, second_generation) == (first_doc, generation)
+    again_doc, _ = run.result("again")
+    assert again_doc["delivery_attempt"] == 1
+    assert sorted(run.result_objects()) == sorted(
+        f"{RESULTS_PREFIX}{run.job_id(k)}.json" for k in ("dup", "again")
+    )
+    duplicates = [line for line in log_lines(worker) if line.get("duplicate")]
+    assert {line["job_id"] for line in duplicates} == {run.job_id("dup"), run.job_id("again")}
+
+
+# --- 7. permanent errors ---------------------------------------------------------------------------------
+@pytest.mark.timeout(120)
+def test_a_permanent_error_is_answered_on_the_first_delivery_and_acked(
+    make_run: Callable[..., Run], inputs: list[str], stack: Any
+) -> None:
+    # Given a worker on lanes whose deadlines and backoffs run 5x faster
+    run = make_run(time_divisor=5)
+    worker = run.worker("w")
+    wait_started(worker)
+    missing = f"gs://{stack.env['FLEET_INPUT_BUCKET']}/worker-it/no-such-object.png"
+    # When a job names a missing input, another an unknown analysis
+    published = run.publish(
+        [run.job("missing", missing), run.job("unknown", inputs[0], analyses=["classify", "segment"])]
+    )
+    notes = run.wait(["missing", "unknown"])
+    time.sleep(3.0)  # a nack would come back after 10 s / 5 of backoff; a lost ack after 60 s / 5
+    # Then each gets one failure notification with its stable code, on the first delivery, and is acked
+    notes = run.collector.snapshot()
+    assert [(n.status, n.error_code) for n in notes["missing"]] == [("failed", "INPUT_NOT_FOUND")]
+    assert [(n.status, n.error_code) for n in notes["unknown"]] == [("failed", "UNKNOWN_ANALYSIS")]
+    assert notes["missing"][0].attributes["error_code"] == "INPUT_NOT_FOUND"
+    for key in ("missing", "unknown"):
+        document, _ = run.result(key)
+        assert document["status"] == "failed" and document["outputs"] is None
+        assert document["delivery_attempt"] == 1
+    batch = run.sub_stats()
+    assert batch["unacked"] == 0 and batch.get("nacked", 0) == 0
+    per_message = stack.pubsub_admin.stats(messages=1)["subscriptions"][run.topology.batch_subscription][
+        "deliveries_per_message"
+    ]
+    assert {p.message_id: per_message.get(p.message_id) for p in published} == {
+        p.message_id: 1 for p in published
+    }
