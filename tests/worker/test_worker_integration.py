@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import json
 import signal
+import socket
 import statistics
 import subprocess
 import threading
@@ -28,6 +29,7 @@ from typing import Any
 
 import grpc
 import pytest
+from google.cloud import pubsub_v1
 
 from worker import contracts, loadgen
 from worker.drawings import render_drawing
@@ -590,4 +592,293 @@ def test_a_permanent_error_is_answered_on_the_first_delivery_and_acked(
     ]
     assert {p.message_id: per_message.get(p.message_id) for p in published} == {
         p.message_id: 1 for p in published
+    }
+
+
+# --- 8. transient errors: GCS 503s, Triton outage ---------------------------------------------------------
+@pytest.mark.timeout(120)
+def test_jobs_succeed_after_a_spell_of_gcs_503s(
+    make_run: Callable[..., Run], inputs: list[str], gcs_faults: Any
+) -> None:
+    # Given a worker on lanes whose retry backoff runs 5x faster, and GCS answering most requests 503
+    run = make_run(time_divisor=5)
+    worker = run.worker("w")
+    wait_started(worker)
+    before = gcs_faults.stats().get("injected_503", 0)
+    gcs_faults.set_faults(error_rate=0.8)
+    keys = [f"g{i}" for i in range(8)]
+    run.publish([run.job(key, inputs[i % len(inputs)]) for i, key in enumerate(keys)])
+    # When the 503s last a few seconds
+    time.sleep(3.0)
+    gcs_faults.clear_faults()
+    injected = gcs_faults.stats().get("injected_503", 0) - before
+    # Then every job still succeeds, once
+    notes = run.wait(keys, timeout_s=60)
+    time.sleep(0.5)
+    notes = run.collector.snapshot()
+    attempts = {}
+    for key in keys:
+        assert [n.status for n in notes[key]] == ["succeeded"], notes[key]
+        attempts[key] = run.result(key)[0]["delivery_attempt"]
+    print(f"{injected} injected 503s; delivery attempts {attempts}")
+    assert injected > 0
+    assert len(run.result_objects()) == len(keys)
+
+
+class TcpProxy:
+    """Forwards 127.0.0.1:<port> to ``target``; ``cut()`` closes the listener and every connection."""
+
+    def __init__(self, target: str) -> None:
+        host, port = target.rsplit(":", 1)
+        self._target = (host, int(port))
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = int(self._listener.getsockname()[1])
+        self._sockets: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self._closed = False
+        threading.Thread(target=self._accept, name="tcp-proxy", daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            try:
+                upstream = socket.create_connection(self._target, timeout=5)
+            except OSError:
+                client.close()
+                continue
+            upstream.settimeout(None)
+            with self._lock:
+                if self._closed:
+                    client.close()
+                    upstream.close()
+                    return
+                self._sockets += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pump(source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            with contextlib.suppress(OSError):
+                sink.shutdown(socket.SHUT_RDWR)
+
+    def cut(self) -> None:
+        with self._lock:
+            self._closed = True
+            sockets, self._sockets = self._sockets, []
+        self._listener.close()
+        for sock in sockets:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
+
+
+@pytest.mark.timeout(120)
+def test_a_triton_outage_stops_pulling_nacks_and_exits_non_zero(
+    make_run: Callable[..., Run], inputs: list[str], stack: Any
+) -> None:
+    # Given a worker that reaches the session's tritonserver through a proxy, with a 3 s outage limit
+    run = make_run(time_divisor=5)
+    proxy = TcpProxy(stack.env["TRITON_GRPC_URL"])
+    outage_exit_s = 3.0
+    worker = run.worker(
+        "w",
+        TRITON_GRPC_URL=proxy.url,
+        FLEET_TRITON_OUTAGE_EXIT_S=str(outage_exit_s),
+        FLEET_TRANSIENT_RETRIES="2",
+    )
+    wait_started(worker)
+    run.publish([run.job("before", inputs[0])])
+    run.wait(["before"])
+    # When Triton goes away (the proxy drops every connection and refuses new ones) and jobs arrive
+    cut_at = time.monotonic()
+    proxy.cut()
+    keys = [f"t{i}" for i in range(6)]
+    run.publish([run.job(key, inputs[i % len(inputs)]) for i, key in enumerate(keys)])
+    code = wait_exit(worker, outage_exit_s + 20)
+    exit_s = time.monotonic() - cut_at
+    # Then the worker answers none of them, gives them back (nack), and exits non-zero for a restart
+    print(f"worker exited {code} {exit_s:.1f} s after the outage began")
+    assert code == 3, log_tail(worker)
+    assert exit_s <= outage_exit_s + 15
+    assert not set(keys) & set(run.collector.snapshot())
+    stats = run.sub_stats()
+    assert stats["outstanding"] == 0 and stats["nacked"] >= 1, stats
+    assert any(
+        line.get("message") == "triton outage too long; exiting for a restart" for line in log_lines(worker)
+    )
+    # and a worker with a healthy Triton answers them all: nothing was lost
+    run.worker("healthy")
+    notes = run.wait(keys, timeout_s=60)
+    assert all(notes[key][0].status == "succeeded" for key in keys)
+
+
+# --- 9. leases ------------------------------------------------------------------------------------------
+@pytest.mark.timeout(120)
+def test_a_long_job_keeps_its_lease_and_one_past_max_processing_fails(
+    make_run: Callable[..., Run], inputs: list[str], gcs_faults: Any, stack: Any
+) -> None:
+    # Given lanes whose 10 s ack deadline runs as 5 s (time divisor 2), a worker that extends leases every
+    # 10/3 s, and another whose max processing time is 1 s
+    long_run = make_run(time_divisor=2)
+    long_worker = long_run.worker("long", FLEET_ACK_DEADLINE_S="10", FLEET_MAX_PROCESSING_S="60")
+    short_run = make_run(time_divisor=2)
+    short_worker = short_run.worker("short", FLEET_MAX_PROCESSING_S="1")
+    wait_started(long_worker)
+    wait_started(short_worker)
+    subscriber = pubsub_v1.SubscriberClient()
+    try:
+        for run in (long_run, short_run):
+            path = run.env.subscription_path(run.topology.batch_subscription)
+            subscriber.update_subscription(
+                request={
+                    "subscription": {"name": path, "ack_deadline_seconds": 10},
+                    "update_mask": {"paths": ["ack_deadline_seconds"]},
+                }
+            )
+    finally:
+        subscriber.close()
+    # When every GCS request takes 3.5 s (a job: fetch + write = 7 s > the 5 s deadline)
+    gcs_faults.set_faults(latency_ms=3500)
+    long_run.publish([long_run.job("long", inputs[0])])
+    short_run.publish([short_run.job("short", inputs[1])])
+    notes_short = short_run.wait(["short"], timeout_s=40)
+    notes_long = long_run.wait(["long"], timeout_s=40)
+    gcs_faults.clear_faults()
+    time.sleep(0.5)
+    # Then the long job was delivered once and succeeded; the other failed with PROCESSING_TIMEOUT
+    long_doc, _ = long_run.result("long")
+    short_doc, _ = short_run.result("short")
+    answered = next(x["time"] for x in log_lines(long_worker) if x.get("job_id") == long_run.job_id("long"))
+    took_s = answered - _epoch(long_doc["timeline"]["leased"])  # leased -> result written and notified
+    print(f"long job held for {took_s:.1f} s under a 5 s deadline")
+    assert took_s > 5.0
+    assert [n.status for n in long_run.collector.snapshot()["long"]] == ["succeeded"]
+    assert long_doc["delivery_attempt"] == 1
+    assert long_run.sub_stats()["delivered"] == 1
+    assert [(n.status, n.error_code) for n in short_run.collector.snapshot()["short"]] == [
+        ("failed", "PROCESSING_TIMEOUT")
+    ]
+    assert short_doc["status"] == "failed" and short_doc["error"]["code"] == "PROCESSING_TIMEOUT"
+    assert short_run.sub_stats()["unacked"] == 0
+    del notes_short, notes_long
+
+
+# --- 10. dead letters ------------------------------------------------------------------------------------
+@pytest.mark.timeout(120)
+def test_a_job_that_keeps_failing_is_dead_lettered_and_answered_by_the_dlq_handler(
+    make_run: Callable[..., Run], inputs: list[str], gcs_faults: Any, stack: Any
+) -> None:
+    # Given lanes with 5 delivery attempts whose backoff runs 50x faster, and GCS down for inputs
+    run = make_run(time_divisor=50, max_delivery_attempts=5)
+    worker = run.worker("w", FLEET_TRANSIENT_RETRIES="1")
+    wait_started(worker)
+    gcs_faults.set_faults(error_rate=1.0)
+    run.publish([run.job("doomed", inputs[0], attributes={"client": "acme"})])
+    # When every delivery fails transiently, the subscription dead-letters the job
+    deadline = time.monotonic() + 60
+    while run.sub_stats().get("dead_lettered", 0) < 1:
+        assert time.monotonic() < deadline, run.sub_stats()
+        time.sleep(0.1)
+    gcs_faults.clear_faults()
+    assert "doomed" not in run.collector.snapshot()
+    # and the dead-letter handler runs
+    handler = run.worker("dlq", command="dlq-handler")
+    notes = run.wait(["doomed"], timeout_s=30)
+    # Then the client gets a DEAD_LETTERED failure (with its attributes) and a result object
+    note = notes["doomed"][0]
+    assert (note.status, note.error_code) == ("failed", "DEAD_LETTERED")
+    assert note.attributes["client"] == "acme"
+    assert not any(k.startswith("CloudPubSubDeadLetter") for k in note.attributes)
+    document, _ = run.result("doomed")
+    assert document["status"] == "failed" and document["error"]["code"] == "DEAD_LETTERED"
+    assert document["delivery_attempt"] == 5
+    # and the hold subscription still has the message, with the attributes the service adds
+    subscriber = pubsub_v1.SubscriberClient()
+    try:
+        response = subscriber.pull(
+            request={
+                "subscription": run.env.subscription_path(run.topology.dead_letter_subscription),
+                "max_messages": 10,
+            },
+            timeout=10,
+        )
+    finally:
+        subscriber.close()
+    held = [m.message for m in response.received_messages]
+    assert len(held) == 1
+    assert held[0].attributes["job_id"] == run.job_id("doomed")
+    assert held[0].attributes["CloudPubSubDeadLetterSourceDeliveryCount"] == "5"
+    assert handler.signal(signal.SIGTERM)
+    assert wait_exit(handler, 15) == 0
+
+
+# --- 11. telemetry ---------------------------------------------------------------------------------------
+@pytest.mark.timeout(120)
+def test_metrics_are_exported_to_a_metric_service_and_each_outcome_is_one_json_log_line(
+    make_run: Callable[..., Run], inputs: list[str], stack: Any
+) -> None:
+    # Given a MetricService served here and a worker exporting to it every 0.5 s
+    service = MetricServiceStub()
+    try:
+        run = make_run()
+        worker = run.worker(
+            "w",
+            FLEET_METRICS_EXPORT="true",
+            FLEET_MONITORING_ENDPOINT=f"127.0.0.1:{service.port}",
+            FLEET_METRICS_INTERVAL_S="0.5",
+            FLEET_INSTANCE_GROUP="fleet-workers",
+        )
+        wait_started(worker)
+        # When it answers a few jobs, one of them a failure
+        missing = f"gs://{stack.env['FLEET_INPUT_BUCKET']}/worker-it/missing.png"
+        keys = ["ok0", "ok1", "ok2", "bad"]
+        run.publish([run.job(key, inputs[0] if key != "bad" else missing) for key in keys])
+        run.wait(keys)
+        deadline = time.monotonic() + 15
+        completed: dict[str, int] = {}
+        while time.monotonic() < deadline:
+            completed = {}
+            for series in service.series():
+                if series.metric.type.endswith("/jobs_completed"):
+                    completed[series.metric.labels["status"]] = series.points[0].value.int64_value
+            if completed.get("succeeded") == 3 and completed.get("failed") == 1:
+                break
+            time.sleep(0.2)
+        series = service.series()
+    finally:
+        service.stop()
+    # Then the export carries completions by status, the latency distribution, in-flight, busy fraction
+    # and the per-group signal, on a generic_node resource labelled with the instance group
+    assert completed == {"succeeded": 3, "failed": 1}
+    types = {s.metric.type.removeprefix("custom.googleapis.com/inference_fleet/") for s in series}
+    assert {"jobs_completed", "job_latency_ms", "in_flight", "busy_fraction", "group/busy_slots"} <= types
+    latest_latency = [s for s in series if s.metric.type.endswith("/job_latency_ms")][-1]
+    assert latest_latency.points[0].value.distribution_value.count == 4
+    resource = series[-1].resource
+    assert resource.type == "generic_node"
+    assert resource.labels["namespace"] == "fleet-workers" and resource.labels["node_id"] == worker.name
+    # and each job outcome is exactly one JSON log line with severity, message and job_id
+    outcomes = [line for line in log_lines(worker) if str(line.get("message", "")).startswith("job ")]
+    by_job = {}
+    for line in outcomes:
+        assert line["severity"] in ("INFO", "WARNING", "ERROR")
+        by_job.setdefault(line["job_id"], []).append(line["message"])
+    assert by_job == {
+        run.job_id("ok0"): ["job succeeded"],
+        run.job_id("ok1"): ["job succeeded"],
+        run.job_id("ok2"): ["job succeeded"],
+        run.job_id("bad"): ["job failed"],
     }
