@@ -44,7 +44,8 @@ def bench_batch(url: str, x: np.ndarray, batch: int, *, seconds: float, concurre
     inputs = x[:batch] if len(x) >= batch else np.resize(x, (batch, *x.shape[1:]))
     latencies: list[float] = []
     lock = threading.Lock()
-    stop_at = 0.0
+    deadline: list[float] = []
+    go = threading.Event()
 
     def worker() -> None:
         with grpcclient.InferenceServerClient(url) as client:
@@ -55,8 +56,9 @@ def bench_batch(url: str, x: np.ndarray, batch: int, *, seconds: float, concurre
             for _ in range(3):  # warm this connection and the model at this batch size
                 client.infer(model_spec.MODEL_NAME, [tensor])
             barrier.wait()
+            go.wait()
             mine = []
-            while time.perf_counter() < stop_at:
+            while time.perf_counter() < deadline[0]:
                 started = time.perf_counter()
                 client.infer(model_spec.MODEL_NAME, [tensor])
                 mine.append(time.perf_counter() - started)
@@ -67,9 +69,10 @@ def bench_batch(url: str, x: np.ndarray, batch: int, *, seconds: float, concurre
     threads = [threading.Thread(target=worker, daemon=True) for _ in range(concurrency)]
     for thread in threads:
         thread.start()
-    barrier.wait()
+    barrier.wait()  # every client is connected and warm
     begin = time.perf_counter()
-    stop_at = begin + seconds
+    deadline.append(begin + seconds)
+    go.set()
     for thread in threads:
         thread.join(timeout=seconds + 120)
     elapsed = time.perf_counter() - begin
