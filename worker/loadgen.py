@@ -1183,6 +1183,7 @@ class StackSampler:
 
     def _run(self) -> None:
         me = threading.get_ident()
+        self.names[threading.get_native_id()] = "loadgen-sampler (profiler overhead)"
         rounds = 0
         while not self._stop.wait(self.interval_s):
             rounds += 1
