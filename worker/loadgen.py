@@ -1023,9 +1023,12 @@ class PrivateStack:
     keeps other engineers' tests (sharing the machine, each with its own stack) unaffected.
     """
 
-    def __init__(self, workdir: Path, *, project: str = "local-project") -> None:
+    def __init__(
+        self, workdir: Path, *, project: str = "local-project", model_repository: Path | None = None
+    ) -> None:
         self.workdir = workdir
         self.project = project
+        self.model_repository = model_repository
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
         self.values: dict[str, str] = {}
         self.triton: Any = None
@@ -1073,8 +1076,9 @@ class PrivateStack:
         # Lazy: only runs that need Triton import the launcher (and need .venv-triton).
         launcher = importlib.import_module("worker.devstack.tritonserver")
         if self.triton is None:
+            repository = {"model_repository": self.model_repository} if self.model_repository else {}
             self.triton = launcher.TritonServer(
-                work_dir=self.workdir / "triton", log_path=self.workdir / "tritonserver.log"
+                work_dir=self.workdir / "triton", log_path=self.workdir / "tritonserver.log", **repository
             )
             self.triton.start()
         else:
