@@ -25,7 +25,19 @@ from typing import Final
 
 import numpy as np
 import numpy.typing as npt
-from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+from PIL import (  # the plugins of ALLOWED_FORMATS: Image.open(formats=...) needs them registered
+    BmpImagePlugin,  # noqa: F401
+    GifImagePlugin,  # noqa: F401
+    Image,
+    ImageFile,
+    ImageOps,
+    JpegImagePlugin,  # noqa: F401
+    MpoImagePlugin,  # noqa: F401
+    PngImagePlugin,  # noqa: F401
+    TiffImagePlugin,  # noqa: F401
+    UnidentifiedImageError,
+    WebPImagePlugin,  # noqa: F401
+)
 
 from worker import model_spec
 from worker.errors import ImageTooLarge, ImageUndecodable, InputTooLarge
@@ -37,6 +49,7 @@ MAX_INPUT_BYTES: Final = 32 * 1024 * 1024
 #: its header without decoding.
 MAX_INPUT_PIXELS: Final = 40_000_000
 #: Formats Pillow may open; anything else is ImageUndecodable (keeps the exotic-plugin surface closed).
+#: (A camera's multi-picture JPEG, MPO, opens through the JPEG plugin and decodes as its main picture.)
 ALLOWED_FORMATS: Final[tuple[str, ...]] = ("PNG", "JPEG", "TIFF", "GIF", "BMP", "WEBP")
 
 #: Paper value (white) used for letterbox padding and alpha compositing.
@@ -74,7 +87,7 @@ def decode_image(data: bytes, *, size_px: int = model_spec.INPUT_SIZE_PX) -> Ima
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image = _open(data)
-            if image.format == "JPEG":
+            if image.format in ("JPEG", "MPO"):
                 # Reduce at decode time; draft keeps both sides >= size_px, so quality is unaffected.
                 image.draft("L", (size_px, size_px))
             image.load()

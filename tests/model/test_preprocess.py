@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import io
 import struct
+import subprocess
+import sys
 import time
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -140,6 +143,15 @@ def test_multi_frame_tiff_and_gif_use_the_first_frame() -> None:
         assert np.abs(preprocess.preprocess_bytes(data) - reference).mean() < 0.02, fmt
 
 
+def test_camera_mpo_jpeg_uses_the_main_picture() -> None:
+    data = _encode(
+        _drawing_like().convert("RGB"), "MPO", save_all=True, append_images=[Image.new("RGB", (300, 200))]
+    )
+    assert Image.open(io.BytesIO(data)).format == "MPO"
+    reference = preprocess.image_to_tensor(_drawing_like())
+    assert np.abs(preprocess.preprocess_bytes(data) - reference).mean() < 0.02
+
+
 def test_exif_rotation_is_applied() -> None:
     # Given a landscape JPEG whose EXIF orientation (6) says "rotate 90 degrees clockwise to view"
     image = Image.new("L", (400, 200), 0)
@@ -222,3 +234,18 @@ def test_just_under_the_pixel_limit_decodes() -> None:
     # A long thin strip under the limit is a valid (if odd) drawing, not an error.
     tensor = preprocess.preprocess_bytes(_encode(Image.new("L", (20_000, 10), 0), "PNG"))
     _assert_tensor(tensor)
+
+
+def test_every_allowed_format_opens_in_a_fresh_process(tmp_path: Path) -> None:
+    # Image.open(formats=...) needs each plugin registered; a worker process may decode a TIFF before
+    # anything else imported Pillow's plugins.
+    for fmt in preprocess.ALLOWED_FORMATS:
+        (tmp_path / fmt).write_bytes(_encode(_drawing_like().convert("RGB"), fmt))
+    code = (
+        "import sys, pathlib; from worker import preprocess; "
+        "[preprocess.preprocess_bytes(p.read_bytes()) for p in pathlib.Path(sys.argv[1]).iterdir()]"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stderr
