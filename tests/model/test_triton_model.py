@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -14,39 +14,21 @@ from worker import drawings, model_spec, preprocess
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
-CPU_REPOSITORY = ROOT / "model_repository" / "cpu"
-ONNX_PATH = CPU_REPOSITORY / model_spec.MODEL_NAME / model_spec.MODEL_VERSION / "model.onnx"
+ONNX_PATH = (
+    ROOT / "model_repository" / "cpu" / model_spec.MODEL_NAME / model_spec.MODEL_VERSION / "model.onnx"
+)
 #: A set of its own (base seed 3: neither the training set nor the held-out set), at half the A4 size
 #: to keep the test fast; the model is trained on several resolutions.
 TEST_SEED = 3
 TEST_COUNT = 240
 TEST_SIZE = (877, 620)
-MIN_ACCURACY = 0.93
+MIN_ACCURACY = 0.95  # the issue's held-out target
 
 
 @pytest.fixture(scope="module")
-def triton_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """The ``stack`` fixture's tritonserver; without that fixture, a private one on the CPU repository."""
-    try:
-        stack = request.getfixturevalue("stack")
-    except pytest.FixtureLookupError:
-        stack = None
-    if stack is not None:
-        yield stack.env["TRITON_GRPC_URL"]
-        return
-    from worker.devstack.tritonserver import TritonError, TritonServer  # noqa: PLC0415 (needs .venv-triton)
-
-    server = TritonServer(model_repository=CPU_REPOSITORY, work_dir=tmp_path_factory.mktemp("triton"))
-    try:
-        server.start(timeout_s=180)
-    except TritonError as exc:
-        if os.environ.get("CI"):
-            pytest.fail(f"tritonserver did not start: {exc}")
-        pytest.skip(f"tritonserver unavailable: {exc}")
-    try:
-        yield server.grpc_url
-    finally:
-        server.stop()
+def triton_url(stack: Any) -> str:
+    """The session stack's tritonserver, which serves ``model_repository/cpu`` (tests/conftest.py)."""
+    return str(stack.env["TRITON_GRPC_URL"])
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +83,7 @@ def test_accuracy_on_generated_drawings(client: object, test_set: tuple[np.ndarr
     recall = float((y[sims.argmax(1)] == y).mean())
     print(f"Triton accuracy {accuracy:.4f} recall@1 {recall:.4f} on {len(y)} drawings")
     assert accuracy >= MIN_ACCURACY
-    assert recall >= 0.88
+    assert recall >= 0.90
     np.testing.assert_allclose(p.sum(1), 1.0, atol=1e-5)
     np.testing.assert_allclose(np.linalg.norm(e, axis=1), 1.0, atol=1e-5)
     np.testing.assert_allclose(singles[0], p[:1], atol=1e-5)
