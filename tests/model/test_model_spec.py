@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 from pathlib import Path
 
@@ -100,3 +102,13 @@ def test_analyses() -> None:
     assert model_spec.ANALYSES == ("classify", "embed")
     assert model_spec.output_names_for(["embed", "classify", "embed"]) == ("EMBEDDING", "CLASS_PROBS")
     assert len(model_spec.CLASS_NAMES) >= 6
+
+
+def test_committed_metrics_describe_the_committed_onnx() -> None:
+    version_dir = CPU_CONFIG.parent / model_spec.MODEL_VERSION
+    metrics = json.loads((version_dir / "model.metrics.json").read_text())
+    assert metrics["onnx_sha256"] == hashlib.sha256((version_dir / "model.onnx").read_bytes()).hexdigest()
+    assert metrics["heldout"]["class_accuracy"] >= 0.95
+    assert metrics["heldout"]["embedding_recall_at_1"] >= 0.90
+    assert metrics["opset"] >= 17
+    assert (version_dir / "model.onnx").stat().st_size < 20 * 1024 * 1024
