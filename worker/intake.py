@@ -61,7 +61,9 @@ Decision = Ack | Nack | Extend
 class JobSource(Protocol):
     """The port the pipeline pulls from and settles to."""
 
-    async def pull(self, subscription: str, max_messages: int) -> list[Delivery]: ...
+    async def pull(self, subscription: str, max_messages: int, *, wait: bool = False) -> list[Delivery]:
+        """Up to ``max_messages``; ``wait``: long-poll (the server holds the call until one arrives)."""
+        ...
 
     async def acknowledge(self, subscription: str, ack_ids: list[str]) -> None: ...
 
@@ -99,13 +101,14 @@ class PubSubSource:
             )
         return path
 
-    async def pull(self, subscription: str, max_messages: int) -> list[Delivery]:
-        """Up to ``max_messages`` without waiting for more (an empty list when the lane is empty)."""
+    async def pull(self, subscription: str, max_messages: int, *, wait: bool = False) -> list[Delivery]:
+        """Up to ``max_messages``; without ``wait`` an empty list at once when the lane is empty, with it
+        the server holds the call until a message arrives or its own wait ends (empty list)."""
         try:
             response = await self._client.pull(
                 subscription=self._path(subscription),
                 max_messages=max_messages,
-                return_immediately=True,
+                return_immediately=not wait,
                 retry=None,
                 timeout=self._timeout_s,
             )

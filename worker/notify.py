@@ -8,6 +8,7 @@ many jobs are gathered for ``interval_s`` into one Publish request (one RPC, one
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 
 import grpc
@@ -17,7 +18,7 @@ from google.pubsub_v1.services.publisher import PublisherAsyncClient
 from google.pubsub_v1.services.publisher.transports.grpc_asyncio import PublisherGrpcAsyncIOTransport
 
 from worker import errors
-from worker.contracts import Notification
+from worker.contracts import INTERACTIVE, Notification
 
 MAX_MESSAGES_PER_PUBLISH = 500
 _MessagePb = pubsub_types.PubsubMessage.pb()
@@ -46,6 +47,7 @@ class PubSubNotifier:
         self._timeout_s = timeout_s
         self._pending: list[tuple[object, asyncio.Future[str]]] = []
         self._wake = asyncio.Event()
+        self._urgent = asyncio.Event()
         self._closed = False
         self.published = 0
 
@@ -54,14 +56,18 @@ class PubSubNotifier:
         future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         self._pending.append((_MessagePb(data=notification.data, attributes=notification.attributes), future))
         self._wake.set()
+        if notification.attributes.get("priority") == INTERACTIVE:
+            self._urgent.set()  # an interactive answer does not wait for the batching window
         return await future
 
     async def run(self) -> None:
         while not self._closed:
             await self._wake.wait()
-            if self._interval_s > 0:
-                await asyncio.sleep(self._interval_s)
+            if self._interval_s > 0 and not self._urgent.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._urgent.wait(), self._interval_s)
             self._wake.clear()
+            self._urgent.clear()
             await self.flush()
 
     async def close(self) -> None:

@@ -30,11 +30,16 @@ from worker import contracts, errors, policy
 from worker.contracts import Delivery, Job, Notification, Rejection, Timeline
 from worker.intake import Ack, Decision, JobSource, Leases, Nack, Settler
 from worker.settings import WorkerSettings
-from worker.telemetry import Metrics, get_logger, timed_call, trace_from_attributes
+from worker.telemetry import Metrics, get_logger, preload, timed_call, trace_from_attributes
 
 log = get_logger("worker.pipeline")
 FloatArray = npt.NDArray[np.float32]
 T = TypeVar("T")
+
+#: How long batch work waits for interactive work to leave the worker before starting its next stage.
+BATCH_YIELD_MAX_S = 0.5
+#: A long-poll Pull that comes back empty sooner than this waits the rest (a server that cannot hang).
+MIN_LONG_POLL_S = 0.05
 
 EXIT_OK = 0
 EXIT_TRITON_OUTAGE = 3
@@ -45,13 +50,15 @@ EXIT_INTERNAL = 5
 
 
 class InputStore(Protocol):
-    async def read_input(self, bucket: str, name: str, *, max_bytes: int) -> bytes: ...
+    async def read_input(self, bucket: str, name: str, *, max_bytes: int, urgent: bool = False) -> bytes:
+        """``urgent``: interactive work, served ahead of batch calls (its own threads)."""
+        ...
 
 
 class ResultStore(Protocol):
     def result_uri(self, name: str) -> str: ...
 
-    async def create_result(self, name: str, data: bytes) -> bool: ...
+    async def create_result(self, name: str, data: bytes, *, urgent: bool = False) -> bool: ...
 
     async def read_result(self, name: str) -> bytes | None: ...
 
@@ -82,12 +89,23 @@ Postprocess = Callable[[FloatArray, FloatArray, tuple[str, ...]], dict[str, Any]
 # --- helpers ----------------------------------------------------------------------------------------
 
 
+def _log_retry(state: Any) -> None:
+    error = state.outcome.exception() if state.outcome is not None else None
+    log.info(
+        "transient error; retrying",
+        error_code=getattr(error, "code", None),
+        reason=str(error)[:200],
+        count=state.attempt_number,
+    )
+
+
 async def with_retries(call: Callable[[], Awaitable[T]], *, attempts: int) -> T:
     """Bounded in-process retries of transient errors (tenacity); the last error propagates."""
     async for attempt in AsyncRetrying(
         retry=retry_if_exception_type(errors.TransientError),
         stop=stop_after_attempt(max(1, attempts)),
         wait=lambda state: policy.backoff_s(state.attempt_number, base_s=0.2, cap_s=3.0),
+        before_sleep=_log_retry,
         reraise=True,
     ):
         with attempt:
@@ -157,7 +175,9 @@ class Batcher:
         self._interactive: collections.deque[_Pending] = collections.deque()
         self._batch: collections.deque[_Pending] = collections.deque()
         self._wake = asyncio.Event()
-        self._slots = asyncio.Semaphore(max_concurrent)
+        self._max_concurrent = max_concurrent
+        self._in_flight = 0
+        self._slot_freed = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
         self.batches = 0
 
@@ -197,7 +217,7 @@ class Batcher:
                         await asyncio.wait_for(self._wake.wait(), (self._max_delay_ms - age_ms) / 1000.0)
                     self._wake.clear()
                     continue
-                await self._slots.acquire()
+                await self._acquire_request_slot()
                 items, take_i, take_b = policy.form_batch(
                     self._interactive, self._batch, max_size=self._max_size
                 )
@@ -210,12 +230,31 @@ class Batcher:
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
 
+    async def _acquire_request_slot(self) -> None:
+        """At most ``max_concurrent`` Triton requests, plus one more that only interactive work may use:
+        an interactive tensor never waits for a batch request to come back before it is sent (Triton's
+        priority levels then put it ahead of queued batch requests)."""
+        while True:
+            limit = self._max_concurrent + (1 if self._interactive else 0)
+            if self._in_flight < limit:
+                self._in_flight += 1
+                return
+            self._slot_freed.clear()
+            self._wake.clear()
+            waiters = [asyncio.ensure_future(e.wait()) for e in (self._slot_freed, self._wake)]
+            try:
+                await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for waiter in waiters:
+                    waiter.cancel()
+
     async def _dispatch(self, items: list[_Pending]) -> None:
         try:
             if items:
                 await self._infer_into(items)
         finally:
-            self._slots.release()
+            self._in_flight -= 1
+            self._slot_freed.set()
 
     async def _infer_into(self, items: list[_Pending]) -> None:
         batch = np.stack([p.tensor for p in items]) if len(items) > 1 else items[0].tensor[np.newaxis]
@@ -334,7 +373,10 @@ class Answerer:
         )
         retries = self._settings.transient_retries
         payload = contracts.encode(document)
-        created = await with_retries(lambda: self._results.create_result(name, payload), attempts=retries)
+        urgent = priority == contracts.INTERACTIVE
+        created = await with_retries(
+            lambda: self._results.create_result(name, payload, urgent=urgent), attempts=retries
+        )
         status, error_body = document["status"], document["error"]
         if not created:
             existing = await with_retries(lambda: self._results.read_result(name), attempts=retries)
@@ -399,8 +441,9 @@ class PoolPreprocessor:
         self._processes = processes
 
     def warm_up(self) -> None:
-        """Start every process now rather than on the first jobs."""
-        futures = [self._pool.submit(timed_call, _noop, b"") for _ in range(self._processes)]
+        """Start every process now, importing the preprocessing module, rather than on the first jobs."""
+        module = getattr(self._func, "__module__", None) or "worker.telemetry"
+        futures = [self._pool.submit(preload, module) for _ in range(self._processes)]
         for future in futures:
             future.result(timeout=120)
 
@@ -431,10 +474,6 @@ class InlinePreprocessor:
         self._metrics.preprocess_cpu_s += cpu_s
         self._metrics.preprocess_inline_cpu_s += cpu_s
         return tensor  # type: ignore[no-any-return]
-
-
-def _noop(_data: bytes) -> None:
-    return None
 
 
 # --- the pipeline -----------------------------------------------------------------------------------
@@ -489,6 +528,10 @@ class Pipeline:
         self._fetch = PriorityLimiter(fetch_concurrency)
         self._pre = PriorityLimiter(settings.preprocess_processes + 1)
         self._jobs: dict[str, asyncio.Task[None]] = {}
+        self._reserved = 0  # slots promised to an outstanding interactive long-poll
+        self._interactive_jobs = 0
+        self._no_interactive = asyncio.Event()
+        self._no_interactive.set()
         self._slot_freed = asyncio.Event()
         self._stopping = asyncio.Event()
         self._started = False
@@ -515,7 +558,7 @@ class Pipeline:
         for task in background:
             task.add_done_callback(self._background_done)
         try:
-            await self._pull_loop()
+            await asyncio.gather(self._pull_loop(), self._interactive_pull_loop())
             await self._finish_in_flight()
         finally:
             for task in background:
@@ -540,7 +583,7 @@ class Pipeline:
             if self.health.outage:
                 await self._wait_any(self.health.recovered.wait(), None)
                 continue
-            in_flight = len(self._jobs)
+            in_flight = len(self._jobs) + self._reserved
             state = policy.next_load_state(state, in_flight=in_flight, slots=self._s.pipeline_slots)
             got = 0
             if not state.paused:
@@ -564,6 +607,46 @@ class Pipeline:
                 idle_s = min(self._s.idle_poll_max_ms / 1000.0, max(0.005, idle_s * 2))
                 await self._wait_any(asyncio.sleep(idle_s), None)
 
+    async def _interactive_pull_loop(self) -> None:
+        """A standing long-poll Pull of one interactive message whenever a slot is free.
+
+        The main loop polls (``return_immediately``) with an idle backoff and, when every slot is busy,
+        waits for the hysteresis; an interactive job must not wait for either. This Pull hangs on the
+        server until an interactive message arrives, holding one slot in reserve, so an interactive job
+        is leased as soon as it is published, idle or busy, and the worker still never leases more than
+        its slots.
+        """
+        subscription = self._s.interactive_subscription
+        while not self._stopping.is_set():
+            if self.health.outage:
+                await self._wait_any(self.health.recovered.wait(), None)
+                continue
+            if len(self._jobs) + self._reserved >= self._s.pipeline_slots:
+                self._slot_freed.clear()
+                await self._wait_any(self._slot_freed.wait(), None)
+                continue
+            self._reserved += 1
+            began = time.monotonic()
+            pull = asyncio.ensure_future(self._p.source.pull(subscription, 1, wait=True))
+            try:
+                await self._wait_any(asyncio.shield(pull), None)
+                if not pull.done():
+                    pull.cancel()  # draining: a message leased meanwhile comes back after its deadline
+                    await asyncio.gather(pull, return_exceptions=True)
+                    return
+                deliveries = pull.result()
+            except errors.TransientError as exc:
+                log.warning("pull failed", error_code=exc.code)
+                deliveries = []
+            finally:
+                self._reserved -= 1
+            if deliveries:
+                self._start(deliveries)
+                continue
+            rest = MIN_LONG_POLL_S - (time.monotonic() - began)
+            if rest > 0:
+                await self._wait_any(asyncio.sleep(rest), None)
+
     async def _wait_any(self, awaitable: Awaitable[Any], timeout: float | None) -> None:
         waiter = asyncio.ensure_future(awaitable)
         stopper = asyncio.ensure_future(self._stopping.wait())
@@ -577,15 +660,19 @@ class Pipeline:
         if max_messages <= 0:
             return 0
         deliveries = await self._p.source.pull(subscription, max_messages)
+        self._start(deliveries)
+        return len(deliveries)
+
+    def _start(self, deliveries: list[Delivery]) -> None:
+        """One task per leased job; a drain that began meanwhile gives them back at once."""
         if self._stopping.is_set():
             self.settler.submit_many(Nack(d.subscription, d.ack_id) for d in deliveries)
-            return len(deliveries)
+            return
         for delivery in deliveries:
             self.leases.hold(delivery)
             task = asyncio.create_task(self._handle(delivery))
             self._jobs[delivery.ack_id] = task
         self.metrics.set_in_flight(len(self._jobs))
-        return len(deliveries)
 
     # draining ----------------------------------------------------------------------------------------
     async def _finish_in_flight(self) -> None:
@@ -657,6 +744,13 @@ class Pipeline:
         except (TimeoutError, errors.FleetError):
             return Nack(delivery.subscription, delivery.ack_id)
 
+    async def _yield_to_interactive(self) -> None:
+        """Batch work starts no new stage while interactive work is in this worker (bounded wait), so
+        an interactive job does not share the CPU, the GCS threads and Triton with a backlog."""
+        if self._interactive_jobs:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._no_interactive.wait(), BATCH_YIELD_MAX_S)
+
     async def _process(self, delivery: Delivery) -> Decision:
         started = time.time()
         job = contracts.parse_job(
@@ -665,6 +759,18 @@ class Pipeline:
             offered_analyses=self._offered,
             max_message_bytes=self._s.max_message_bytes,
         )
+        if job.priority != contracts.INTERACTIVE:
+            return await self._process_job(delivery, job, started)
+        self._interactive_jobs += 1
+        self._no_interactive.clear()
+        try:
+            return await self._process_job(delivery, job, started)
+        finally:
+            self._interactive_jobs -= 1
+            if not self._interactive_jobs:
+                self._no_interactive.set()
+
+    async def _process_job(self, delivery: Delivery, job: Job | Rejection, started: float) -> Decision:
         try:
             if isinstance(job, Rejection):
                 return await self._answer(delivery, job, outputs=None, error=job.error, started=started)
@@ -689,16 +795,18 @@ class Pipeline:
     async def _run(self, job: Job) -> tuple[dict[str, Any], float]:
         self._check_deadline(job)
         interactive = job.priority == contracts.INTERACTIVE
-        await self._fetch.acquire(interactive=interactive)
-        try:
-            data = await with_retries(
-                lambda: self._p.inputs.read_input(
-                    job.input_bucket, job.input_object, max_bytes=self._s.max_input_bytes
-                ),
-                attempts=self._s.transient_retries,
-            )
-        finally:
-            self._fetch.release()
+        if interactive:
+            # Interactive reads skip the fetch limit that paces the backlog and use their own threads.
+            data = await self._read_input(job, urgent=True)
+        else:
+            await self._yield_to_interactive()
+            await self._fetch.acquire(interactive=False)
+            try:
+                data = await self._read_input(job, urgent=False)
+            finally:
+                self._fetch.release()
+        if not interactive:
+            await self._yield_to_interactive()
         await self._pre.acquire(interactive=interactive)
         try:
             tensor = await self._p.preprocess(data)
@@ -707,6 +815,14 @@ class Pipeline:
         self._check_deadline(job)
         probs, embedding, inference_ms = await self.batcher.submit(tensor, interactive=interactive)
         return self._p.postprocess(probs, embedding, job.analyses), inference_ms
+
+    async def _read_input(self, job: Job, *, urgent: bool) -> bytes:
+        return await with_retries(
+            lambda: self._p.inputs.read_input(
+                job.input_bucket, job.input_object, max_bytes=self._s.max_input_bytes, urgent=urgent
+            ),
+            attempts=self._s.transient_retries,
+        )
 
     async def _answer_existing(self, delivery: Delivery, job: Job) -> Decision | None:
         """A redelivery whose result exists: re-publish its notification and ack, without rework."""
@@ -745,6 +861,8 @@ class Pipeline:
         job_id: str | None = job.job_id
         uri = job.input_uri if isinstance(job, Job) else None
         priority = job.priority
+        if priority != contracts.INTERACTIVE:
+            await self._yield_to_interactive()
         status, code, duplicate = await self.answerer.answer(
             delivery,
             job_id=job_id,

@@ -44,6 +44,7 @@ class GcsStorage:
         results_prefix: str,
         timeout_s: float,
         executor: concurrent.futures.Executor,
+        urgent_executor: concurrent.futures.Executor | None = None,
     ) -> None:
         self._client = client
         self._results = client.bucket(results_bucket)
@@ -51,17 +52,20 @@ class GcsStorage:
         self._prefix = results_prefix
         self._timeout_s = timeout_s
         self._executor = executor
+        # Interactive jobs' calls do not queue behind a backlog's calls on the shared threads.
+        self._urgent_executor = urgent_executor or executor
         self._buckets: dict[str, storage.Bucket] = {}
 
     def result_uri(self, name: str) -> str:
         return f"gs://{self._results_bucket}/{name}"
 
-    async def _call(self, func: Any, *args: Any) -> Any:
-        return await asyncio.get_running_loop().run_in_executor(self._executor, func, *args)
+    async def _call(self, func: Any, *args: Any, urgent: bool = False) -> Any:
+        executor = self._urgent_executor if urgent else self._executor
+        return await asyncio.get_running_loop().run_in_executor(executor, func, *args)
 
-    async def read_input(self, bucket: str, name: str, *, max_bytes: int) -> bytes:
+    async def read_input(self, bucket: str, name: str, *, max_bytes: int, urgent: bool = False) -> bytes:
         """The object's bytes; InputTooLarge without downloading more than ``max_bytes + 1``."""
-        data: bytes = await self._call(self._read_input, bucket, name, max_bytes)
+        data: bytes = await self._call(self._read_input, bucket, name, max_bytes, urgent=urgent)
         return data
 
     def _read_input(self, bucket: str, name: str, max_bytes: int) -> bytes:
@@ -79,9 +83,9 @@ class GcsStorage:
             raise errors.InputTooLarge(f"input is larger than {max_bytes} bytes")
         return data
 
-    async def create_result(self, name: str, data: bytes) -> bool:
+    async def create_result(self, name: str, data: bytes, *, urgent: bool = False) -> bool:
         """Write ``name`` only if absent (ifGenerationMatch=0): True when created, False when it existed."""
-        created: bool = await self._call(self._create_result, name, data)
+        created: bool = await self._call(self._create_result, name, data, urgent=urgent)
         return created
 
     def _create_result(self, name: str, data: bytes) -> bool:

@@ -50,7 +50,7 @@ class FakeSource:
     def put(self, d: Delivery) -> None:
         self.queues[d.subscription].append(d)
 
-    async def pull(self, subscription: str, max_messages: int) -> list[Delivery]:
+    async def pull(self, subscription: str, max_messages: int, *, wait: bool = False) -> list[Delivery]:
         self.pull_sizes.append((subscription, max_messages))
         queue = self.queues[subscription]
         out, self.queues[subscription] = queue[:max_messages], queue[max_messages:]
@@ -76,14 +76,14 @@ class FakeStore:
     def result_uri(self, name: str) -> str:
         return f"gs://results/{name}"
 
-    async def read_input(self, bucket: str, name: str, *, max_bytes: int) -> bytes:
+    async def read_input(self, bucket: str, name: str, *, max_bytes: int, urgent: bool = False) -> bytes:
         if self.fail_reads:
             raise errors.StorageUnavailable("fake 503")
         if name not in self.objects:
             raise errors.InputNotFound("missing")
         return self.objects[name]
 
-    async def create_result(self, name: str, data: bytes) -> bool:
+    async def create_result(self, name: str, data: bytes, *, urgent: bool = False) -> bool:
         self.writes += 1
         if name in self.results:
             return False
