@@ -529,6 +529,7 @@ class Pipeline:
         self._pre = PriorityLimiter(settings.preprocess_processes + 1)
         self._jobs: dict[str, asyncio.Task[None]] = {}
         self._reserved = 0  # slots promised to an outstanding interactive long-poll
+        self._begun: set[str] = set()  # ack ids of jobs that began work (fetching their input)
         self._interactive_jobs = 0
         self._no_interactive = asyncio.Event()
         self._no_interactive.set()
@@ -677,6 +678,14 @@ class Pipeline:
     # draining ----------------------------------------------------------------------------------------
     async def _finish_in_flight(self) -> None:
         budget = 0.0 if self.exit_code != EXIT_OK else self._s.drain_budget_s
+        # Jobs that have not begun go back at once (nacked by their handler) so another worker starts
+        # them now; the drain budget is for work already under way.
+        waiting = [task for ack_id, task in self._jobs.items() if ack_id not in self._begun]
+        for task in waiting:
+            task.cancel()
+        if waiting:
+            log.info("giving back jobs not begun", count=len(waiting))
+            await asyncio.gather(*waiting, return_exceptions=True)
         pending = list(self._jobs.values())
         if pending:
             log.info("draining", count=len(pending), seconds=budget)
@@ -730,6 +739,7 @@ class Pipeline:
         self.leases.release(delivery.ack_id)
         self.settler.submit(decision)
         self._jobs.pop(delivery.ack_id, None)
+        self._begun.discard(delivery.ack_id)
         self.metrics.set_in_flight(len(self._jobs))
         self._slot_freed.set()
 
@@ -778,7 +788,7 @@ class Pipeline:
                 decision = await self._answer_existing(delivery, job)
                 if decision is not None:
                     return decision
-            outputs, inference_ms = await self._run(job)
+            outputs, inference_ms = await self._run(job, delivery.ack_id)
             return await self._answer(
                 delivery, job, outputs=outputs, error=None, started=started, inference_ms=inference_ms
             )
@@ -792,15 +802,17 @@ class Pipeline:
         if job.deadline is not None and time.time() > job.deadline:
             raise errors.DeadlineExceeded("the job's deadline passed before it ran")
 
-    async def _run(self, job: Job) -> tuple[dict[str, Any], float]:
+    async def _run(self, job: Job, ack_id: str) -> tuple[dict[str, Any], float]:
         self._check_deadline(job)
         interactive = job.priority == contracts.INTERACTIVE
         if interactive:
+            self._begun.add(ack_id)
             # Interactive reads skip the fetch limit that paces the backlog and use their own threads.
             data = await self._read_input(job, urgent=True)
         else:
             await self._yield_to_interactive()
             await self._fetch.acquire(interactive=False)
+            self._begun.add(ack_id)
             try:
                 data = await self._read_input(job, urgent=False)
             finally:
@@ -826,6 +838,7 @@ class Pipeline:
 
     async def _answer_existing(self, delivery: Delivery, job: Job) -> Decision | None:
         """A redelivery whose result exists: re-publish its notification and ack, without rework."""
+        self._begun.add(delivery.ack_id)
         existing = await self.answerer.existing(job.job_id, delivery.message_id)
         if existing is None:
             return None
@@ -851,6 +864,7 @@ class Pipeline:
         started: float,
         inference_ms: float = 0.0,
     ) -> Decision:
+        self._begun.add(delivery.ack_id)  # answering: a drain lets it finish
         timeline = Timeline(
             published=delivery.publish_time,
             leased=delivery.leased_at,
