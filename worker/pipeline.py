@@ -38,6 +38,9 @@ T = TypeVar("T")
 
 #: How long batch work waits for interactive work to leave the worker before starting its next stage.
 BATCH_YIELD_MAX_S = 0.5
+#: Longest a batch tensor waits in the batcher for interactive work on its way (ms), and the re-check.
+BATCH_HOLD_MAX_MS = 300.0
+BATCH_HOLD_POLL_S = 0.005
 #: A long-poll Pull that comes back empty sooner than this waits the rest (a server that cannot hang).
 MIN_LONG_POLL_S = 0.05
 
@@ -166,8 +169,12 @@ class Batcher:
         max_delay_ms: float,
         retries: int,
         max_concurrent: int = 2,
+        hold_batch: Callable[[], bool] = lambda: False,
     ) -> None:
         self._model = model
+        # True while interactive work is on its way here: batch-only requests wait (bounded) so the
+        # interactive tensor finds Triton's queue empty.
+        self._hold_batch = hold_batch
         self._health = health
         self._max_size = max_size
         self._max_delay_ms = max_delay_ms
@@ -206,6 +213,11 @@ class Batcher:
                 )
                 age_ms = (time.monotonic() - oldest) * 1000.0
                 queued = len(self._interactive) + len(self._batch)
+                if not self._interactive and age_ms < BATCH_HOLD_MAX_MS and self._hold_batch():
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._wake.wait(), BATCH_HOLD_POLL_S)
+                    self._wake.clear()
+                    continue
                 if not policy.batch_due(
                     queued=queued,
                     has_interactive=bool(self._interactive),
@@ -517,6 +529,7 @@ class Pipeline:
             max_delay_ms=settings.max_batch_delay_ms,
             retries=settings.transient_retries,
             max_concurrent=1 if settings.one_at_a_time else 2,
+            hold_batch=lambda: self._interactive_upstream > 0,
         )
         self.answerer = Answerer(
             ports.results,
@@ -531,6 +544,7 @@ class Pipeline:
         self._reserved = 0  # slots promised to an outstanding interactive long-poll
         self._begun: set[str] = set()  # ack ids of jobs that began work (fetching their input)
         self._interactive_jobs = 0
+        self._interactive_upstream = 0  # interactive jobs fetching or preprocessing (not yet batched)
         self._no_interactive = asyncio.Event()
         self._no_interactive.set()
         self._slot_freed = asyncio.Event()
@@ -804,11 +818,14 @@ class Pipeline:
 
     async def _run(self, job: Job, ack_id: str) -> tuple[dict[str, Any], float]:
         self._check_deadline(job)
-        interactive = job.priority == contracts.INTERACTIVE
-        if interactive:
+        if job.priority == contracts.INTERACTIVE:
             self._begun.add(ack_id)
-            # Interactive reads skip the fetch limit that paces the backlog and use their own threads.
-            data = await self._read_input(job, urgent=True)
+            self._interactive_upstream += 1
+            try:
+                tensor = await self._prepare_interactive(job)
+            finally:
+                self._interactive_upstream -= 1
+            future = self.batcher.submit(tensor, interactive=True)
         else:
             await self._yield_to_interactive()
             await self._fetch.acquire(interactive=False)
@@ -817,16 +834,27 @@ class Pipeline:
                 data = await self._read_input(job, urgent=False)
             finally:
                 self._fetch.release()
-        if not interactive:
             await self._yield_to_interactive()
-        await self._pre.acquire(interactive=interactive)
+            await self._pre.acquire(interactive=False)
+            try:
+                tensor = await self._p.preprocess(data)
+            finally:
+                self._pre.release()
+            self._check_deadline(job)
+            future = self.batcher.submit(tensor, interactive=False)
+        probs, embedding, inference_ms = await future
+        return self._p.postprocess(probs, embedding, job.analyses), inference_ms
+
+    async def _prepare_interactive(self, job: Job) -> FloatArray:
+        # Interactive reads skip the fetch limit that paces the backlog and use their own threads.
+        data = await self._read_input(job, urgent=True)
+        await self._pre.acquire(interactive=True)
         try:
             tensor = await self._p.preprocess(data)
         finally:
             self._pre.release()
         self._check_deadline(job)
-        probs, embedding, inference_ms = await self.batcher.submit(tensor, interactive=interactive)
-        return self._p.postprocess(probs, embedding, job.analyses), inference_ms
+        return tensor
 
     async def _read_input(self, job: Job, *, urgent: bool) -> bytes:
         return await with_retries(

@@ -7,7 +7,7 @@ through a subscription of the test's own on the run's results topic (``loadgen.N
 
 Inputs are a few small drawings uploaded once; the tests measure the queue path, not PNG decoding.
 Emulator faults (GCS 503/latency, Pub/Sub redelivery) are global to the session's stack and are always
-cleared by the ``gcs_faults`` / ``pubsub_faults`` fixtures.
+cleared by the ``gcs_faults`` / ``pubsub_faults`` fixtures of tests/conftest.py.
 """
 
 from __future__ import annotations
@@ -195,22 +195,6 @@ def make_run(stack: Any, storage_client: Any, tmp_path: Path) -> Iterator[Callab
     publisher.stop()
 
 
-@pytest.fixture
-def gcs_faults(stack: Any) -> Iterator[Any]:
-    admin = stack.gcs_admin
-    admin.clear_faults()
-    yield admin
-    admin.clear_faults()
-
-
-@pytest.fixture
-def pubsub_faults(stack: Any) -> Iterator[Any]:
-    admin = stack.pubsub_admin
-    admin.clear_faults()
-    yield admin
-    admin.clear_faults()
-
-
 # --- a MetricService served in the test ----------------------------------------------------------------
 class MetricServiceStub:
     """``google.monitoring.v3.MetricService/CreateTimeSeries`` on 127.0.0.1; keeps every request."""
@@ -367,7 +351,7 @@ def _epoch(rfc3339: str) -> float:
 # --- 3. interactive overtakes a batch backlog -------------------------------------------------------------
 BATCH_BACKLOG = 2000
 IDLE_SAMPLES = 5
-LOADED_SAMPLES = 3
+LOADED_SAMPLES = 5
 
 
 def _stages_ms(run: Run, key: str, lines: list[dict[str, Any]]) -> dict[str, int]:
