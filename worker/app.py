@@ -232,22 +232,19 @@ def _gcs(
     threads: concurrent.futures.Executor,
     urgent_threads: concurrent.futures.Executor | None = None,
 ) -> Any:
-    from google.auth.credentials import AnonymousCredentials
-    from google.cloud import storage as gcs  # type: ignore[attr-defined]
+    from worker.storage import GcsStorage, http_client
 
-    from worker.storage import GcsStorage
-
-    if os.environ.get("STORAGE_EMULATOR_HOST"):
-        client = gcs.Client(project=settings.project, credentials=AnonymousCredentials())  # type: ignore[no-untyped-call]
-    else:
-        client = gcs.Client(project=settings.project)
+    http, endpoint = http_client(
+        emulator_host=os.environ.get("STORAGE_EMULATOR_HOST") or None, max_connections=16
+    )
     return GcsStorage(
-        client,
+        http,
         results_bucket=settings.results_bucket,
         results_prefix=settings.results_prefix,
         timeout_s=settings.storage_timeout_s,
         executor=threads,
         urgent_executor=urgent_threads,
+        api_endpoint=endpoint,
     )
 
 
