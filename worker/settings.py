@@ -59,7 +59,7 @@ class WorkerSettings:
     max_input_bytes: int = 20 * 1024 * 1024
     max_message_bytes: int = 64 * 1024
     idle_poll_max_ms: float = 100.0
-    settle_interval_ms: float = 20.0
+    settle_interval_ms: float = 50.0
     log_level: str = "INFO"
     metrics_export: bool = False
     metrics_interval_s: float = 60.0
