@@ -96,8 +96,10 @@ def parse_job(
         return Rejection(errors.MessageTooLarge("too many attributes"), None, priority)
     try:
         body = json.loads(delivery.data)
-    except (UnicodeDecodeError, ValueError):
-        return Rejection(errors.MalformedJob("message data is not UTF-8 JSON"), None, priority)
+    except (UnicodeDecodeError, ValueError, RecursionError):  # RecursionError: nesting within the size limit
+        return Rejection(
+            errors.MalformedJob("message data is not UTF-8 JSON (or nests too deeply)"), None, priority
+        )
     if not isinstance(body, dict):
         return Rejection(errors.MalformedJob("message data is not a JSON object"), None, priority)
     job_id = body.get("job_id")
