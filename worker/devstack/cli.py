@@ -9,15 +9,13 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from google.api_core.exceptions import GoogleAPIError
-
-from worker.devstack import stack
-from worker.devstack.tritonserver import TritonError
+# `fleet` builds every sub-command's parser on each start (`fleet worker` included), so the stack, its
+# emulators and the Google clients are imported only when a devstack command runs.
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--work-dir", default=str(stack.DEFAULT_WORK_DIR), help="where env, state and logs go (.devstack)"
+        "--work-dir", default=None, help="where env, state and logs go (default: .devstack in the checkout)"
     )
 
 
@@ -40,9 +38,18 @@ def register(subparsers: Any) -> None:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
+    from google.api_core.exceptions import GoogleAPIError  # noqa: PLC0415
+
+    from worker.devstack import stack  # noqa: PLC0415
+    from worker.devstack.tritonserver import TritonError  # noqa: PLC0415
+
     started = time.monotonic()
     try:
-        running = stack.up(work_dir=args.work_dir, pubsub=args.pubsub, model_repository=args.model_repository)
+        running = stack.up(
+            work_dir=args.work_dir or stack.DEFAULT_WORK_DIR,
+            pubsub=args.pubsub,
+            model_repository=args.model_repository,
+        )
     except (stack.StackError, TritonError, GoogleAPIError, OSError) as exc:
         print(f"devstack up failed: {exc}", file=sys.stderr)
         return 1
@@ -57,7 +64,9 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 
 def cmd_down(args: argparse.Namespace) -> int:
-    outcome = stack.down(work_dir=args.work_dir)
+    from worker.devstack import stack  # noqa: PLC0415
+
+    outcome = stack.down(work_dir=args.work_dir or stack.DEFAULT_WORK_DIR)
     if not outcome:
         print("devstack down: nothing was running")
     for name, what in outcome.items():
@@ -66,7 +75,9 @@ def cmd_down(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    report = stack.status(work_dir=args.work_dir)
+    from worker.devstack import stack  # noqa: PLC0415
+
+    report = stack.status(work_dir=args.work_dir or stack.DEFAULT_WORK_DIR)
     if args.json:
         print(json.dumps(report, indent=2, sort_keys=True))
         return 0 if report["up"] else 1
