@@ -143,6 +143,9 @@ def security_run(
     worker.restart = False
     collector = loadgen.NotificationCollector(run_env, run_id=run_id).start()
     inputs_before = {b.name for b in storage_client.list_blobs(env.input_bucket, prefix=f"sec/{run_id}")}
+    # The session stack's results bucket is shared with other tests (some write outside results/ on
+    # purpose), so what counts is what appears there during this run.
+    outside_results_before = _outside_results_prefix(storage_client, env.results_bucket)
     worker.start()
     try:
         publisher = loadgen.new_publisher()
@@ -170,9 +173,14 @@ def security_run(
         "log": worker.log_path.read_text(errors="replace"),
         "message_ids": {p.message.key: p.message_id for p in published},
         "inputs_before": inputs_before,
+        "outside_results_before": outside_results_before,
         "inputs_after": {b.name for b in storage_client.list_blobs(env.input_bucket, prefix=f"sec/{run_id}")},
         "secrets_bucket": secrets_bucket,
     }
+
+
+def _outside_results_prefix(storage_client: Any, bucket: str) -> set[str]:
+    return {b.name for b in storage_client.list_blobs(bucket) if not b.name.startswith("results/")}
 
 
 def _code(run: dict[str, Any], key: str) -> str | None:
@@ -203,10 +211,9 @@ def test_writes_only_under_results_prefix(security_run: dict[str, Any], harness_
     for key in ("traversal", "traversal-input", "overwrite-victim"):
         assert _code(security_run, key) == "INVALID_JOB_ID"
     # Nothing of this run outside results/, nothing new in the input bucket, the victim untouched.
-    stray = [
-        b.name for b in storage_client.list_blobs(env.results_bucket) if not b.name.startswith("results/")
-    ]
-    assert stray == []
+    outside_now = _outside_results_prefix(storage_client, env.results_bucket)
+    stray = outside_now - security_run["outside_results_before"]
+    assert stray == set()
     assert security_run["inputs_after"] == security_run["inputs_before"]
     assert not [
         b for b in storage_client.list_blobs(security_run["secrets_bucket"]) if b.name != "drawing.png"
