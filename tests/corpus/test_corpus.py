@@ -31,16 +31,6 @@ ANSWER_TIMEOUT_S = 120.0
 #: After the last answer, wait this long for any duplicate/redelivered answer to show up.
 QUIET_S = 3.0
 KNOWN_CODES = {cls.code for cls in errors.PERMANENT_ERRORS}
-#: Cases that currently fail because of a defect outside this corpus, each with who must fix what. They run
-#: and are reported as xfail (strict: once fixed, the XPASS fails and the entry must be removed here).
-KNOWN_DEFECTS: dict[str, str] = {
-    "009-deep-nesting": "worker/contracts.py parse_job: json.loads raises RecursionError (not ValueError) "
-    "on 20,000 nested arrays; the pipeline logs 'job crashed' and nacks, so the job is retried until "
-    "dead-lettered instead of answered MALFORMED_JOB on the first delivery",
-    "055-uri-traversal-object": "worker/devstack/gcs_emulator.py (upstream gcp-storage-emulator): a GET of "
-    "an object name containing '..' closes the connection without a response, which the worker rightly "
-    "treats as transient; real GCS answers 404 (INPUT_NOT_FOUND)",
-}
 
 
 def load_case(path: Path) -> dict[str, Any]:
@@ -177,9 +167,8 @@ def corpus(
         for run, pub in zip(runs, published, strict=True):
             run.published = pub
         keys = [r.case["name"] for r in runs]
-        missing = collector.wait_for([k for k in keys if k not in KNOWN_DEFECTS], timeout_s=ANSWER_TIMEOUT_S)
+        missing = collector.wait_for(keys, timeout_s=ANSWER_TIMEOUT_S)
         time.sleep(QUIET_S)
-        missing |= {k for k in KNOWN_DEFECTS if k in keys and k not in collector.snapshot()}
         worker.poll()
         alive = worker.running
         storage = storage_client.bucket(env.results_bucket)
@@ -216,16 +205,14 @@ def corpus(
 def test_worker_survives_the_corpus(corpus: dict[str, Any]) -> None:
     log_tail = corpus["log"].read_text(errors="replace")[-3000:]
     assert corpus["alive"], f"the worker exited {corpus['exits']} during the corpus; log tail:\n{log_tail}"
-    missing = sorted(set(corpus["missing"]) - set(KNOWN_DEFECTS))
+    missing = sorted(corpus["missing"])
     assert not missing, f"no answer for {missing}; log tail:\n{log_tail}"
 
 
 @pytest.mark.integration
 @pytest.mark.parametrize("case_file", CASE_FILES, ids=[p.stem for p in CASE_FILES])
-def test_case(corpus: dict[str, Any], case_file: Path, request: pytest.FixtureRequest) -> None:
+def test_case(corpus: dict[str, Any], case_file: Path) -> None:
     name = case_file.stem
-    if name in KNOWN_DEFECTS:
-        request.applymarker(pytest.mark.xfail(reason=KNOWN_DEFECTS[name], strict=True))
     run: CaseRun = corpus["runs"][name]
     expect = run.case["expect"]
     notes = corpus["notifications"].get(name, [])

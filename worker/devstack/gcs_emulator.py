@@ -188,7 +188,20 @@ class PreconditionRequestHandler(upstream.RequestHandler):  # type: ignore[misc]
                 state.counters["precondition_failed"] += 1
                 self._reply(HTTPStatus.PRECONDITION_FAILED, _error_body(412, "conditionNotMet", failure))
                 return
-            handler(request, response, state.storage)
+            try:
+                handler(request, response, state.storage)
+            except ValueError as exc:
+                # The upstream file store refuses object names with '..' segments ("invalid path") and
+                # the request died without a reply. GCS names are flat: such an object simply does
+                # not exist (reads) or is an invalid name (writes).
+                state.counters["invalid_object_names"] += 1
+                if request.method in ("GET", "HEAD", "DELETE"):
+                    self._reply(HTTPStatus.NOT_FOUND, _error_body(404, "notFound", f"No such object: {exc}"))
+                else:
+                    self._reply(
+                        HTTPStatus.BAD_REQUEST, _error_body(400, "invalid", f"Invalid object name: {exc}")
+                    )
+                return
             self._remember_resumable(request, response, handler)
         response.close()
 
