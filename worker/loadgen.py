@@ -20,6 +20,7 @@ import math
 import os
 import random
 import shlex
+import shutil
 import signal
 import struct
 import subprocess
@@ -420,6 +421,17 @@ class FakeMetadataServer:
 
 
 # --- worker processes --------------------------------------------------------------------------------
+def with_parent_death_signal(command: list[str]) -> list[str]:
+    """``command`` wrapped so the kernel SIGKILLs it when the harness dies (``setpriv --pdeathsig``).
+
+    A harness killed by a test timeout must not leave workers and emulators running on a shared machine.
+    The signal fires when the *thread* that started the child ends, so only children started from
+    long-lived threads (the main thread, the supervisor) are wrapped. Without setpriv: unchanged.
+    """
+    setpriv = shutil.which("setpriv")
+    return [setpriv, "--pdeathsig", "KILL", "--", *command] if setpriv else command
+
+
 def fleet_command(*args: str) -> list[str]:
     """``fleet <args>`` run with the current interpreter (no dependence on PATH)."""
     return [sys.executable, "-m", "worker.cli", *args]
@@ -452,7 +464,7 @@ class ManagedProcess:
         log = self.log_path.open("ab")
         try:
             self.process = subprocess.Popen(
-                self.command,
+                with_parent_death_signal(self.command),
                 env=env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -682,6 +694,22 @@ def find_pids(pattern: str) -> list[int]:
             if pattern in cmdline:
                 pids.append(int(entry.name))
     return pids
+
+
+def run_script(command: list[str], *, timeout_s: float) -> subprocess.CompletedProcess[str]:
+    """Run a harness script; on timeout SIGTERM it (it cleans up its stack), then SIGKILL after 60 s."""
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        stdout, stderr = process.communicate(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        process.terminate()
+        try:
+            stdout, stderr = process.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            stdout, stderr = process.communicate()
+        stderr += f"\n[run_script: timed out after {timeout_s} s]"
+    return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
 
 
 @contextlib.contextmanager
@@ -1039,7 +1067,10 @@ class PrivateStack:
         log = (self.workdir / f"{name}.log").open("ab")
         try:
             process = subprocess.Popen(
-                [*args, "--ready-file", str(ready)], stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT
+                with_parent_death_signal([*args, "--ready-file", str(ready)]),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=REPO_ROOT,
             )
         finally:
             log.close()
@@ -1048,6 +1079,23 @@ class PrivateStack:
 
     def start(self, *, triton: bool = True) -> StackEnv:
         self.workdir.mkdir(parents=True, exist_ok=True)
+        # Outlives this process on purpose: if the harness is SIGKILLed (a test timeout), it kills
+        # tritonserver and anything else whose command line names this stack's work directory.
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "worker.loadgen",
+                "watchdog",
+                "--parent",
+                str(os.getpid()),
+                str(self.workdir),
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         pubsub = self._spawn("pubsub", [sys.executable, "-m", "worker.devstack.pubsub_emulator"])
         gcs = self._spawn("gcs", [sys.executable, "-m", "worker.loadgen", "gcs"])
         resources = load_resources()
@@ -1262,6 +1310,22 @@ def profile_worker(argv: Sequence[str], out_path: str) -> int:
         Path(out_path).write_text(sampler.report(), encoding="utf-8")
 
 
+def watchdog(parent: int, marker: str, *, poll_s: float = 1.0) -> int:
+    """Wait for ``parent`` to exit, then SIGKILL every process whose command line contains ``marker``."""
+    while True:
+        try:
+            os.kill(parent, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(poll_s)
+    me = os.getpid()
+    for pid in find_pids(marker):
+        if pid != me:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m worker.loadgen gcs --ready-file F``: the GCS emulator with a write log."""
     parser = argparse.ArgumentParser(prog="python -m worker.loadgen")
@@ -1271,7 +1335,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     prof = sub.add_parser("profile", help="run `fleet ARGS...` under the all-threads sampler")
     prof.add_argument("--out", required=True, help="write the report here")
     prof.add_argument("fleet_args", nargs=argparse.REMAINDER)
+    dog = sub.add_parser("watchdog", help="kill a dead harness's leftovers")
+    dog.add_argument("--parent", type=int, required=True)
+    dog.add_argument("marker", help="kill processes whose command line contains this (a work directory)")
     args = parser.parse_args(argv)
+    if args.command == "watchdog":
+        return watchdog(args.parent, args.marker)
     if args.command == "profile":
         return profile_worker([a for a in args.fleet_args if a != "--"], args.out)
     return serve_gcs_with_write_log(args.ready_file)

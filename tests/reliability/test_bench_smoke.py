@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from worker.loadgen import run_script
 
 BENCH = Path(__file__).resolve().parents[2] / "scripts" / "bench"
 KEYS = {
@@ -29,13 +30,7 @@ KEYS = {
 @pytest.mark.slow
 @pytest.mark.timeout(280)
 def test_bench_smoke_prints_the_json_line(tmp_path: Path) -> None:
-    done = subprocess.run(
-        [sys.executable, str(BENCH), "--smoke", f"--workdir={tmp_path}"],
-        capture_output=True,
-        text=True,
-        timeout=260,
-        check=False,
-    )
+    done = run_script([sys.executable, str(BENCH), "--smoke", f"--workdir={tmp_path}"], timeout_s=240)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert set(result) >= KEYS

@@ -7,11 +7,12 @@ tritonserver, so killing Triton here disturbs nothing else), only smaller, and r
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from worker.loadgen import run_script
 
 CHAOS = Path(__file__).resolve().parents[2] / "scripts" / "chaos"
 JOBS = 500
@@ -33,7 +34,7 @@ def test_small_soak_loses_nothing(tmp_path: Path) -> None:
         "--kill-every-s=5",
         f"--workdir={tmp_path}",
     ]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=BOUND_S + 100, check=False)
+    done = run_script(command, timeout_s=BOUND_S + 100)
     lines = done.stdout.strip().splitlines()
     assert lines, f"chaos printed nothing; stderr:\n{done.stderr[-3000:]}"
     result = json.loads(lines[-1])
