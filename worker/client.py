@@ -40,7 +40,7 @@ from types import TracebackType
 from typing import Any, Self
 
 from google.api_core import exceptions as gexc
-from google.cloud import pubsub_v1, storage
+from google.cloud import pubsub_v1, storage  # type: ignore[attr-defined]  # storage has no py.typed
 from google.cloud.pubsub_v1 import types as pubsub_types
 
 from worker import contracts

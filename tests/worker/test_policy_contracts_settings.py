@@ -11,7 +11,8 @@ import jsonschema
 import pytest
 from worker_fakes import delivery
 
-from worker import contracts, errors, model_spec, policy
+from worker import contracts, errors, model_spec, policy, telemetry
+from worker.cli import main
 from worker.contracts import Rejection, Timeline
 from worker.settings import FIELDS, WorkerSettings
 
@@ -188,8 +189,6 @@ def test_settings_from_env_and_defaults() -> None:
 
 
 def test_every_option_is_in_help(capsys: pytest.CaptureFixture[str]) -> None:
-    from worker.cli import main
-
     with pytest.raises(SystemExit):
         main(["worker", "--help"])
     text = capsys.readouterr().out
@@ -200,8 +199,6 @@ def test_every_option_is_in_help(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_logs_are_json_with_whitelisted_fields_only() -> None:
-    from worker import telemetry
-
     stream = io.StringIO()
     telemetry.configure_logging("INFO", stream=stream)
     try:

@@ -26,7 +26,7 @@ from typing import Any
 import grpc
 from google.api_core import exceptions
 from google.auth.credentials import AnonymousCredentials
-from google.cloud import storage
+from google.cloud import storage  # type: ignore[attr-defined]  # no py.typed in google-cloud-storage
 from google.protobuf import duration_pb2
 from google.pubsub_v1 import PublisherClient, SubscriberClient, types
 from google.pubsub_v1.services.publisher.transports import PublisherGrpcTransport
