@@ -590,7 +590,13 @@ class Pipeline:
         for task in background:
             task.add_done_callback(self._background_done)
         try:
-            await asyncio.gather(self._pull_loop(), self._interactive_pull_loop())
+            pullers = [self._pull_loop()]
+            if self._s.pipeline_slots > 1:
+                # With a single slot the standing interactive Pull would hold it for ever and the batch
+                # lane would never be pulled (the one-at-a-time baseline); the main loop then polls the
+                # interactive lane first on its own.
+                pullers.append(self._interactive_pull_loop())
+            await asyncio.gather(*pullers)
             await self._finish_in_flight()
         finally:
             for task in background:
