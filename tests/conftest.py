@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 from google.cloud import pubsub_v1, storage
 
+from worker import loadgen
 from worker.devstack.admin_http import AdminClient
 from worker.devstack.pubsub_emulator import TIME_DIVISOR_LABEL
 from worker.devstack.stack import Stack, down, up
@@ -139,3 +140,15 @@ def gcs_faults(stack: Stack) -> Iterator[AdminClient]:
     admin.clear_faults()
     yield admin
     admin.clear_faults()
+
+
+@pytest.fixture(scope="session")
+def harness_env(stack: Stack) -> loadgen.StackEnv:
+    """The session stack's environment in the load generator's form (corpus, security and soak tests)."""
+    return loadgen.StackEnv(dict(stack.env))
+
+
+@pytest.fixture(scope="session")
+def harness_storage(storage_client: Any) -> Any:
+    """The official storage client the harness tests read results with (the session's own)."""
+    return storage_client

@@ -1179,16 +1179,6 @@ class PrivateStack:
                 process.wait(timeout=5)
 
 
-@contextlib.contextmanager
-def private_stack(workdir: Path, *, triton: bool = True) -> Iterator[StackEnv]:
-    """A ``PrivateStack`` for the duration of a ``with`` block (tests without the shared fixture)."""
-    stack = PrivateStack(workdir)
-    try:
-        yield stack.start(triton=triton)
-    finally:
-        stack.stop()
-
-
 # --- a sampling profiler for the worker (all threads; py-spy cannot attach on this machine) -----------
 #: Frames where a thread waits rather than works; samples ending there are counted as idle.
 IDLE_FUNCTIONS = frozenset(
