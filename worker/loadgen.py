@@ -42,6 +42,7 @@ from google.protobuf import duration_pb2
 from PIL import Image, ImageDraw
 
 from worker.devstack.admin_http import AdminClient, serve_admin
+from worker.devstack.service import announce_and_wait
 from worker.resources import load_resources
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -1022,15 +1023,8 @@ def serve_gcs_with_write_log(ready_file: str | None) -> int:
 
     emulator.start()
     admin = serve_admin({("GET", "/writes"): get_writes})
-    stopped = threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stopped.set())
     info = {"port": emulator.port, "writes_port": int(admin.server_address[1]), "pid": os.getpid()}
-    if ready_file:
-        Path(ready_file + ".tmp").write_text(json.dumps(info), encoding="utf-8")
-        os.replace(ready_file + ".tmp", ready_file)
-    while not stopped.wait(0.5):
-        pass
+    announce_and_wait(info, ready_file, echo=False)
     admin.shutdown()
     emulator.stop()
     return 0

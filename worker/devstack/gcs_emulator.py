@@ -30,7 +30,6 @@ import logging
 import os
 import random
 import re
-import signal
 import sys
 import threading
 import time
@@ -45,6 +44,8 @@ from urllib.parse import parse_qs, urlparse
 from gcp_storage_emulator import server as upstream
 from gcp_storage_emulator.handlers import objects as upstream_objects
 from gcp_storage_emulator.storage import Storage
+
+from worker.devstack.service import announce_and_wait
 
 LOG = logging.getLogger("fleet.devstack.gcs")
 ADMIN_PREFIX = "/_devstack"
@@ -353,18 +354,7 @@ def main(argv: list[str] | None = None) -> int:
     faults.update({"error_rate": args.error_rate, "latency_ms": args.latency_ms})
     emulator = GcsEmulator(host=args.host, port=args.port, faults=faults)
     emulator.start()
-    stopped = threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stopped.set())
-    info = {"port": emulator.port, "pid": os.getpid()}
-    if args.ready_file:
-        with open(args.ready_file + ".tmp", "w", encoding="utf-8") as handle:
-            json.dump(info, handle)
-        os.replace(args.ready_file + ".tmp", args.ready_file)
-    sys.stdout.write(json.dumps(info) + "\n")
-    sys.stdout.flush()
-    while not stopped.wait(0.5):
-        pass
+    announce_and_wait({"port": emulator.port, "pid": os.getpid()}, args.ready_file)
     emulator.stop()
     return 0
 

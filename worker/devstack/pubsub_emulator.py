@@ -48,12 +48,10 @@ from __future__ import annotations
 import argparse
 import heapq
 import itertools
-import json
 import logging
 import os
 import random
 import re
-import signal
 import sys
 import threading
 import time
@@ -69,6 +67,7 @@ from google.pubsub_v1 import types as pubsub_types
 
 from worker.devstack.admin_http import serve_admin
 from worker.devstack.pubsub_filter import FilterSyntaxError, compile_filter
+from worker.devstack.service import announce_and_wait
 
 LOG = logging.getLogger("fleet.devstack.pubsub")
 
@@ -1203,18 +1202,8 @@ def main(argv: list[str] | None = None) -> int:
         pull_wait_s=args.pull_wait_s,
     )
     emulator.start()
-    stopped = threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stopped.set())
     info = {"port": emulator.port, "admin_port": emulator.admin_port, "pid": os.getpid()}
-    if args.ready_file:
-        with open(args.ready_file + ".tmp", "w", encoding="utf-8") as handle:
-            json.dump(info, handle)
-        os.replace(args.ready_file + ".tmp", args.ready_file)
-    sys.stdout.write(json.dumps(info) + "\n")
-    sys.stdout.flush()
-    while not stopped.wait(0.5):
-        pass
+    announce_and_wait(info, args.ready_file)
     emulator.stop()
     return 0
 
