@@ -99,6 +99,22 @@ def check_preconditions(current: dict[str, Any] | None, query: dict[str, list[st
     return None
 
 
+class MemoryStorage(Storage):  # type: ignore[misc]
+    """Upstream's storage kept in memory only, without its metadata snapshot.
+
+    Upstream re-serializes every object's metadata (``json.dumps(indent=2)``) into a ``.meta`` file after
+    each write, so that a disk-backed emulator survives restarts. In memory nothing reads it back, and it
+    made every write cost O(objects held): after a few thousand results it was most of the emulator's CPU,
+    which the tests' workers, Triton and the emulators share.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(use_memory_fs=True)
+
+    def _write_config_to_file(self) -> None:
+        return None
+
+
 class GcsState:
     """Shared by every request thread: storage, the dispatch lock, faults, resumable sessions, stats."""
 
@@ -315,7 +331,7 @@ class GcsEmulator:
     """In-memory GCS emulator on a threaded HTTP server: ``start()`` / ``stop()``."""
 
     def __init__(self, *, host: str = "127.0.0.1", port: int = 0, faults: GcsFaults | None = None) -> None:
-        self.state = GcsState(Storage(use_memory_fs=True), faults)
+        self.state = GcsState(MemoryStorage(), faults)
         self._httpd = ThreadingHTTPServer((host, port), partial(PreconditionRequestHandler, self.state))
         self._httpd.daemon_threads = True
         self.host = host
