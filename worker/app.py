@@ -121,7 +121,10 @@ async def _build_worker(settings: WorkerSettings, metrics: Any) -> _Worker:
         pre = InlinePreprocessor(preprocess.preprocess_bytes, metrics=metrics)
     else:
         pre = PoolPreprocessor(
-            preprocess.preprocess_bytes, processes=settings.preprocess_processes, metrics=metrics
+            preprocess.preprocess_bytes,
+            processes=settings.preprocess_processes,
+            metrics=metrics,
+            batch_nice=settings.batch_preprocess_nice,
         )
         # The pool processes start while this process imports the adapters and waits for the model:
         # a worker started during a backlog takes its first jobs that much sooner.

@@ -38,7 +38,6 @@ class TritonModel:
         self._client = triton_aio.InferenceServerClient(url=url)
         self._outputs = [InferRequestedOutput(spec.name) for spec in model_spec.OUTPUTS]
         self.version = model_spec.MODEL_VERSION
-        self.priority_levels = 0
 
     @property
     def name(self) -> str:
@@ -64,37 +63,26 @@ class TritonModel:
             if time.monotonic() >= deadline:
                 raise errors.InferenceUnavailable(f"model {self._model} not ready after {timeout_s:.0f} s")
             await asyncio.sleep(policy.backoff_s(attempt, base_s=0.2, cap_s=2.0))
-        await self._read_config()
+        await self._read_version()
 
-    async def _read_config(self) -> None:
+    async def _read_version(self) -> None:
         try:
-            config: Any = await asyncio.wait_for(
-                self._client.get_model_config(self._model, as_json=True), timeout=self._timeout_s
-            )
-            body = config.get("config", config)
-            self.priority_levels = int(body.get("dynamic_batching", {}).get("priority_levels", 0) or 0)
             metadata: Any = await asyncio.wait_for(
                 self._client.get_model_metadata(self._model, as_json=True), timeout=self._timeout_s
             )
             versions = metadata.get("versions") or [self.version]
             self.version = str(versions[-1])
-        except Exception as exc:  # priority and version are niceties; inference decides health
+        except Exception as exc:
             raise _classify(exc) from exc
 
     async def infer(self, batch: FloatArray, *, interactive: bool) -> tuple[FloatArray, FloatArray]:
         """``[n, 1, H, W]`` -> (class probabilities ``[n, C]``, embeddings ``[n, 128]``)."""
         tensor = InferInput(model_spec.INPUT.name, list(batch.shape), model_spec.INPUT.triton_dtype)
         tensor.set_data_from_numpy(batch)
-        priority = 0
-        if self.priority_levels > 0:
-            priority = model_spec.PRIORITY_INTERACTIVE if interactive else model_spec.PRIORITY_BATCH
+        # ``interactive`` decides nothing here: the batcher keeps a model instance free for it.
         try:
             result = await self._client.infer(
-                self._model,
-                [tensor],
-                outputs=self._outputs,
-                priority=priority,
-                client_timeout=self._timeout_s,
+                self._model, [tensor], outputs=self._outputs, client_timeout=self._timeout_s
             )
         except Exception as exc:
             raise _classify(exc) from exc

@@ -233,9 +233,14 @@ class NotificationCollector:
     subscription is created on start and deleted on close.
     """
 
-    def __init__(self, stack: StackEnv, *, run_id: str, max_messages: int = 1000) -> None:
+    def __init__(
+        self, stack: StackEnv, *, run_id: str, max_messages: int = 1000, filter_expression: str = ""
+    ) -> None:
+        """``filter_expression``: a Pub/Sub subscription filter, as a client collecting only its own
+        results would use (e.g. ``attributes.priority = "interactive"``)."""
         self._stack = stack
         self._run_id = run_id
+        self._filter = filter_expression
         self._max_messages = max_messages
         self._subscriber = pubsub_v1.SubscriberClient()
         self.subscription = stack.subscription_path(f"loadgen-results-{run_id}")
@@ -253,6 +258,7 @@ class NotificationCollector:
                 "name": self.subscription,
                 "topic": self._stack.topic_path(self._stack.results_topic),
                 "ack_deadline_seconds": 60,
+                "filter": self._filter,
             }
         )
         self._thread = threading.Thread(target=self._run, name="loadgen-collector", daemon=True)

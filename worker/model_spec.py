@@ -55,8 +55,12 @@ OUTPUTS: Final[tuple[TensorSpec, ...]] = (OUTPUT_PROBS, OUTPUT_EMBEDDING)
 
 #: Largest batch Triton accepts (config.pbtxt ``max_batch_size``; TensorRT profile max).
 MAX_BATCH_SIZE: Final = 32
-#: Dynamic-batching preferred sizes in both repositories.
-PREFERRED_BATCH_SIZES: Final[tuple[int, ...]] = (8, 16, 32)
+#: Images per batch request the worker sends by default (``WorkerSettings.max_batch_size``); TensorRT
+#: engines are optimised for it (scripts/build_trt_engine ``--optShapes``).
+WORKER_BATCH_SIZE: Final = 16
+#: Model instances in both repositories (``instance_group`` count): one serves the worker's batch
+#: requests, the other stays free for interactive ones (no dynamic batcher: the worker forms batches).
+INSTANCES: Final = 2
 
 #: Analyses a job may request, and the output tensor each one reads.
 ANALYSES: Final[tuple[str, ...]] = ("classify", "embed")
@@ -64,10 +68,6 @@ ANALYSIS_OUTPUTS: Final[dict[str, str]] = {
     "classify": OUTPUT_PROBS.name,
     "embed": OUTPUT_EMBEDDING.name,
 }
-
-#: Triton request priorities in the GPU repository (``priority_levels: 2``; lower is served first).
-PRIORITY_INTERACTIVE: Final = 1
-PRIORITY_BATCH: Final = 2
 
 
 def output_names_for(analyses: tuple[str, ...] | list[str]) -> tuple[str, ...]:

@@ -8,7 +8,6 @@ many jobs are gathered for ``interval_s`` into one Publish request (one RPC, one
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 
 import grpc
@@ -47,27 +46,30 @@ class PubSubNotifier:
         self._timeout_s = timeout_s
         self._pending: list[tuple[object, asyncio.Future[str]]] = []
         self._wake = asyncio.Event()
-        self._urgent = asyncio.Event()
         self._closed = False
         self.published = 0
 
     async def publish(self, notification: Notification) -> str:
-        """Queue one notification; returns its message id once Pub/Sub accepted it."""
+        """Queue one notification; returns its message id once Pub/Sub accepted it.
+
+        An interactive notification is sent at once in a Publish of its own: it waits neither for the
+        batching window nor for a batch Publish already in flight.
+        """
         future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-        self._pending.append((_MessagePb(data=notification.data, attributes=notification.attributes), future))
-        self._wake.set()
+        message = _MessagePb(data=notification.data, attributes=notification.attributes)
         if notification.attributes.get("priority") == INTERACTIVE:
-            self._urgent.set()  # an interactive answer does not wait for the batching window
+            await self._send([(message, future)])
+        else:
+            self._pending.append((message, future))
+            self._wake.set()
         return await future
 
     async def run(self) -> None:
         while not self._closed:
             await self._wake.wait()
-            if self._interval_s > 0 and not self._urgent.is_set():
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._urgent.wait(), self._interval_s)
+            if self._interval_s > 0:
+                await asyncio.sleep(self._interval_s)
             self._wake.clear()
-            self._urgent.clear()
             await self.flush()
 
     async def close(self) -> None:

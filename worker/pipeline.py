@@ -38,9 +38,8 @@ T = TypeVar("T")
 
 #: How long batch work waits for interactive work to leave the worker before starting its next stage.
 BATCH_YIELD_MAX_S = 0.5
-#: Longest a batch tensor waits in the batcher for interactive work on its way (ms), and the re-check.
-BATCH_HOLD_MAX_MS = 300.0
-BATCH_HOLD_POLL_S = 0.005
+#: Triton requests of interactive work in flight at once; more interactive tensors wait and go together.
+INTERACTIVE_REQUESTS = 1
 #: A long-poll Pull that comes back empty sooner than this waits the rest (a server that cannot hang).
 MIN_LONG_POLL_S = 0.05
 
@@ -83,7 +82,9 @@ class Notifier(Protocol):
 
 
 class Preprocessor(Protocol):
-    async def __call__(self, data: bytes) -> FloatArray: ...
+    async def __call__(self, data: bytes, *, urgent: bool = False) -> FloatArray:
+        """``urgent``: interactive work, never queued behind batch work."""
+        ...
 
 
 Postprocess = Callable[[FloatArray, FloatArray, tuple[str, ...]], dict[str, Any]]
@@ -175,7 +176,14 @@ class _Pending:
 
 
 class Batcher:
-    """Micro-batches tensors into Triton requests: full batch, ``max_delay_ms``, or interactive work."""
+    """Micro-batches tensors into Triton requests: full batch or ``max_delay_ms`` for batch work, at once
+    for interactive work, which travels alone.
+
+    Batch work has at most ``batch_requests`` requests in flight; interactive work has a request of its
+    own beyond that. The model has one instance more than batch work uses (model_repository configs,
+    ``model_spec.INSTANCES``) and no server-side batcher, so an interactive request runs as soon as it
+    arrives instead of waiting for, or being merged into, a batch request.
+    """
 
     def __init__(
         self,
@@ -185,23 +193,18 @@ class Batcher:
         max_size: int,
         max_delay_ms: float,
         retries: int,
-        max_concurrent: int = 2,
-        hold_batch: Callable[[], bool] = lambda: False,
+        batch_requests: int = 1,
     ) -> None:
         self._model = model
-        # True while interactive work is on its way here: batch-only requests wait (bounded) so the
-        # interactive tensor finds Triton's queue empty.
-        self._hold_batch = hold_batch
         self._health = health
         self._max_size = max_size
         self._max_delay_ms = max_delay_ms
         self._retries = retries
+        self._batch_requests = batch_requests
         self._interactive: collections.deque[_Pending] = collections.deque()
         self._batch: collections.deque[_Pending] = collections.deque()
         self._wake = asyncio.Event()
-        self._max_concurrent = max_concurrent
-        self._in_flight = 0
-        self._slot_freed = asyncio.Event()
+        self._in_flight = {True: 0, False: 0}  # requests at Triton, by interactive
         self._tasks: set[asyncio.Task[None]] = set()
         self.batches = 0
 
@@ -225,65 +228,40 @@ class Batcher:
             await self._wake.wait()
             self._wake.clear()
             while self._interactive or self._batch:
-                oldest = min(
-                    (q[0].enqueued for q in (self._interactive, self._batch) if q), default=time.monotonic()
-                )
-                age_ms = (time.monotonic() - oldest) * 1000.0
-                queued = len(self._interactive) + len(self._batch)
-                if not self._interactive and age_ms < BATCH_HOLD_MAX_MS and self._hold_batch():
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._wake.wait(), BATCH_HOLD_POLL_S)
-                    self._wake.clear()
+                if self._interactive and self._in_flight[True] < INTERACTIVE_REQUESTS:
+                    self._send(self._interactive, interactive=True)
                     continue
-                if not policy.batch_due(
-                    queued=queued,
-                    has_interactive=bool(self._interactive),
-                    oldest_age_ms=age_ms,
-                    max_size=self._max_size,
-                    max_delay_ms=self._max_delay_ms,
-                ):
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._wake.wait(), (self._max_delay_ms - age_ms) / 1000.0)
-                    self._wake.clear()
-                    continue
-                await self._acquire_request_slot()
-                items, take_i, take_b = policy.form_batch(
-                    self._interactive, self._batch, max_size=self._max_size
-                )
-                for _ in range(take_i):
-                    self._interactive.popleft()
-                for _ in range(take_b):
-                    self._batch.popleft()
-                items = [p for p in items if not p.future.done()]
-                task = asyncio.create_task(self._dispatch(items))
-                self._tasks.add(task)
-                task.add_done_callback(self._tasks.discard)
+                wait_s: float | None = None  # until a request comes back or work is submitted
+                if self._batch and self._in_flight[False] < self._batch_requests:
+                    age_ms = (time.monotonic() - self._batch[0].enqueued) * 1000.0
+                    if policy.batch_due(
+                        queued=len(self._batch),
+                        oldest_age_ms=age_ms,
+                        max_size=self._max_size,
+                        max_delay_ms=self._max_delay_ms,
+                    ):
+                        self._send(self._batch, interactive=False)
+                        continue
+                    wait_s = (self._max_delay_ms - age_ms) / 1000.0
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), wait_s)
+                self._wake.clear()
 
-    async def _acquire_request_slot(self) -> None:
-        """At most ``max_concurrent`` Triton requests, plus one more that only interactive work may use:
-        an interactive tensor never waits for a batch request to come back before it is sent (Triton's
-        priority levels then put it ahead of queued batch requests)."""
-        while True:
-            limit = self._max_concurrent + (1 if self._interactive else 0)
-            if self._in_flight < limit:
-                self._in_flight += 1
-                return
-            self._slot_freed.clear()
-            self._wake.clear()
-            waiters = [asyncio.ensure_future(e.wait()) for e in (self._slot_freed, self._wake)]
-            try:
-                await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                for waiter in waiters:
-                    waiter.cancel()
+    def _send(self, queue: collections.deque[_Pending], *, interactive: bool) -> None:
+        items = [queue.popleft() for _ in range(min(len(queue), self._max_size))]
+        items = [p for p in items if not p.future.done()]
+        self._in_flight[interactive] += 1
+        task = asyncio.create_task(self._dispatch(items, interactive=interactive))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
-    async def _dispatch(self, items: list[_Pending]) -> None:
+    async def _dispatch(self, items: list[_Pending], *, interactive: bool) -> None:
         try:
             if items:
                 await self._infer_into(items)
         finally:
-            self._in_flight -= 1
-            self._slot_freed.set()
+            self._in_flight[interactive] -= 1
+            self._wake.set()
 
     async def _infer_into(self, items: list[_Pending]) -> None:
         batch = np.stack([p.tensor for p in items]) if len(items) > 1 else items[0].tensor[np.newaxis]
@@ -458,28 +436,46 @@ def _status_of(
 
 
 class PoolPreprocessor:
-    """``Preprocessor`` on a process pool (decode is CPU-bound, holds the GIL); CPU measured per task."""
+    """``Preprocessor`` on process pools (decode is CPU-bound, holds the GIL); CPU measured per task.
 
-    def __init__(self, func: Callable[[bytes], FloatArray], *, processes: int, metrics: Metrics) -> None:
+    Batch work runs on ``processes`` processes at CPU niceness ``batch_nice``; interactive work has a
+    process of its own at the worker's priority. An interactive decode then never queues behind a
+    batch decode, and while it runs the kernel gives it (and the event loop, and Triton) the CPU the
+    backlog's decodes would have taken; when no interactive work runs the niced processes get every
+    idle cycle, so batch throughput is unchanged.
+    """
+
+    def __init__(
+        self,
+        func: Callable[[bytes], FloatArray],
+        *,
+        processes: int,
+        metrics: Metrics,
+        batch_nice: int = 0,
+    ) -> None:
         self._func = func
         self._metrics = metrics
         # spawn, not fork: the parent holds gRPC channels and threads that must not be forked.
+        spawn = multiprocessing.get_context("spawn")
         self._pool = concurrent.futures.ProcessPoolExecutor(
-            max_workers=processes, mp_context=multiprocessing.get_context("spawn")
+            max_workers=processes, mp_context=spawn, initializer=os.nice, initargs=(batch_nice,)
         )
+        self._urgent_pool = concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=spawn)
         self._processes = processes
 
     def warm_up(self) -> None:
         """Start every process now, importing the preprocessing module, rather than on the first jobs."""
         module = getattr(self._func, "__module__", None) or "worker.telemetry"
         futures = [self._pool.submit(preload, module) for _ in range(self._processes)]
+        futures.append(self._urgent_pool.submit(preload, module))
         for future in futures:
             future.result(timeout=120)
 
-    async def __call__(self, data: bytes) -> FloatArray:
+    async def __call__(self, data: bytes, *, urgent: bool = False) -> FloatArray:
         loop = asyncio.get_running_loop()
+        pool = self._urgent_pool if urgent else self._pool
         try:
-            tensor, cpu_s = await loop.run_in_executor(self._pool, timed_call, self._func, data)
+            tensor, cpu_s = await loop.run_in_executor(pool, timed_call, self._func, data)
         except errors.FleetError:
             raise
         except Exception as exc:  # BrokenProcessPool, pickling errors: the job may succeed elsewhere
@@ -488,7 +484,8 @@ class PoolPreprocessor:
         return tensor  # type: ignore[no-any-return]
 
     def close(self) -> None:
-        self._pool.shutdown(wait=True, cancel_futures=True)
+        for pool in (self._urgent_pool, self._pool):
+            pool.shutdown(wait=True, cancel_futures=True)
 
 
 class InlinePreprocessor:
@@ -498,7 +495,7 @@ class InlinePreprocessor:
         self._func = func
         self._metrics = metrics
 
-    async def __call__(self, data: bytes) -> FloatArray:
+    async def __call__(self, data: bytes, *, urgent: bool = False) -> FloatArray:
         tensor, cpu_s = timed_call(self._func, data)
         self._metrics.preprocess_cpu_s += cpu_s
         self._metrics.preprocess_inline_cpu_s += cpu_s
@@ -545,8 +542,7 @@ class Pipeline:
             max_size=settings.max_batch_size,
             max_delay_ms=settings.max_batch_delay_ms,
             retries=settings.transient_retries,
-            max_concurrent=1 if settings.one_at_a_time else 2,
-            hold_batch=lambda: self._interactive_upstream > 0,
+            batch_requests=settings.triton_batch_requests,
         )
         self.answerer = Answerer(
             ports.results,
@@ -556,12 +552,12 @@ class Pipeline:
             model_version=lambda: ports.model.version,
         )
         self._fetch = PriorityLimiter(fetch_concurrency)
-        self._pre = PriorityLimiter(settings.preprocess_processes + 1)
+        # batch decodes handed to the pool at once: one queued behind each process, no more
+        self._batch_decodes = asyncio.Semaphore(settings.preprocess_processes + 1)
         self._jobs: dict[str, asyncio.Task[None]] = {}
         self._reserved = 0  # slots promised to an outstanding interactive long-poll
         self._begun: set[str] = set()  # ack ids of jobs that began work (fetching their input)
         self._interactive_jobs = 0
-        self._interactive_upstream = 0  # interactive jobs fetching or preprocessing (not yet batched)
         self._no_interactive = asyncio.Event()
         self._no_interactive.set()
         self._slot_freed = asyncio.Event()
@@ -845,11 +841,7 @@ class Pipeline:
         self._check_deadline(job)
         if job.priority == contracts.INTERACTIVE:
             self._begun.add(ack_id)
-            self._interactive_upstream += 1
-            try:
-                tensor = await self._prepare_interactive(job)
-            finally:
-                self._interactive_upstream -= 1
+            tensor = await self._prepare_interactive(job)
             future = self.batcher.submit(tensor, interactive=True)
         else:
             await self._yield_to_interactive()
@@ -860,11 +852,8 @@ class Pipeline:
             finally:
                 self._fetch.release()
             await self._yield_to_interactive()
-            await self._pre.acquire(interactive=False)
-            try:
+            async with self._batch_decodes:
                 tensor = await self._p.preprocess(data)
-            finally:
-                self._pre.release()
             self._check_deadline(job)
             future = self.batcher.submit(tensor, interactive=False)
         probs, embedding, inference_ms = await future
@@ -873,11 +862,7 @@ class Pipeline:
     async def _prepare_interactive(self, job: Job) -> FloatArray:
         # Interactive reads skip the fetch limit that paces the backlog and use their own threads.
         data = await self._read_input(job, urgent=True)
-        await self._pre.acquire(interactive=True)
-        try:
-            tensor = await self._p.preprocess(data)
-        finally:
-            self._pre.release()
+        tensor = await self._p.preprocess(data, urgent=True)  # its own process: no batch queue
         self._check_deadline(job)
         return tensor
 

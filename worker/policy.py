@@ -6,16 +6,12 @@ Nothing here does I/O or reads a clock; callers pass the numbers in, so every ru
 
 from __future__ import annotations
 
-import itertools
 import math
 import random
-from collections.abc import Collection, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TypeVar
 
 from worker import errors
-
-T = TypeVar("T")
 
 PUBSUB_MIN_ACK_DEADLINE_S = 10
 PUBSUB_MAX_ACK_DEADLINE_S = 600
@@ -75,28 +71,11 @@ def extend_interval_s(*, ack_deadline_s: int) -> float:
     return max(1.0, ack_deadline_s / 3.0)
 
 
-def form_batch(
-    interactive: Collection[T], batch: Collection[T], *, max_size: int
-) -> tuple[list[T], int, int]:
-    """Take up to ``max_size`` items, interactive first; returns (items, taken_interactive, taken_batch).
-
-    Works on any ordered collection (the batcher passes deques, which do not slice).
-    """
-    take_i = min(len(interactive), max_size)
-    take_b = min(len(batch), max_size - take_i)
-    return [*itertools.islice(interactive, take_i), *itertools.islice(batch, take_b)], take_i, take_b
-
-
-def batch_due(
-    *, queued: int, has_interactive: bool, oldest_age_ms: float, max_size: int, max_delay_ms: float
-) -> bool:
-    """Send a batch now? When full, when the oldest item waited ``max_delay_ms``, or for interactive work.
-
-    Interactive work does not wait to fill a batch: it exists for latency, and it takes batch items along.
-    """
+def batch_due(*, queued: int, oldest_age_ms: float, max_size: int, max_delay_ms: float) -> bool:
+    """Send a batch request now? When full, or when its oldest item waited ``max_delay_ms``."""
     if queued <= 0:
         return False
-    return has_interactive or queued >= max_size or oldest_age_ms >= max_delay_ms
+    return queued >= max_size or oldest_age_ms >= max_delay_ms
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from worker import model_spec
+
 DEFAULT_METADATA_URL = "http://metadata.google.internal/computeMetadata/v1"
 
 
@@ -41,9 +43,11 @@ class WorkerSettings:
     triton_grpc_url: str = "127.0.0.1:8001"
     model_name: str = "drawing_analyzer"
     pipeline_slots: int = 32
-    max_batch_size: int = 16
+    max_batch_size: int = model_spec.WORKER_BATCH_SIZE
     max_batch_delay_ms: float = 5.0
+    triton_batch_requests: int = 1
     preprocess_processes: int = 1
+    batch_preprocess_nice: int = 10
     max_processing_s: float = 600.0
     ack_deadline_s: int = 60
     drain_budget_s: float = 20.0
@@ -70,7 +74,13 @@ class WorkerSettings:
 
     def __post_init__(self) -> None:
         problems = []
-        for name in ("pipeline_slots", "max_batch_size", "preprocess_processes", "ack_deadline_s"):
+        for name in (
+            "pipeline_slots",
+            "max_batch_size",
+            "preprocess_processes",
+            "triton_batch_requests",
+            "ack_deadline_s",
+        ):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be >= 1")
         if not 10 <= self.ack_deadline_s <= 600:
@@ -78,6 +88,8 @@ class WorkerSettings:
         for name in ("max_batch_delay_ms", "drain_budget_s", "triton_outage_exit_s", "idle_poll_max_ms"):
             if getattr(self, name) < 0:
                 problems.append(f"{name} must be >= 0")
+        if not 0 <= self.batch_preprocess_nice <= 19:
+            problems.append("batch_preprocess_nice must be within 0..19")
         if self.max_processing_s <= 0:
             problems.append("max_processing_s must be > 0")
         if not self.results_prefix.endswith("/"):
@@ -156,7 +168,22 @@ FIELDS: tuple[Option, ...] = (
     Option("pipeline_slots", "FLEET_PIPELINE_SLOTS", "jobs leased at once (count); pull never exceeds it"),
     Option("max_batch_size", "FLEET_MAX_BATCH_SIZE", "images per Triton request (count)"),
     Option("max_batch_delay_ms", "FLEET_MAX_BATCH_DELAY_MS", "longest wait to fill a batch (ms)"),
-    Option("preprocess_processes", "FLEET_PREPROCESS_PROCESSES", "decode/preprocess processes (count)"),
+    Option(
+        "triton_batch_requests",
+        "FLEET_TRITON_BATCH_REQUESTS",
+        "batch requests in flight to Triton (count); keep below the model's instances: interactive "
+        "requests use the one left",
+    ),
+    Option(
+        "preprocess_processes",
+        "FLEET_PREPROCESS_PROCESSES",
+        "batch decode/preprocess processes (count); interactive jobs have one more of their own",
+    ),
+    Option(
+        "batch_preprocess_nice",
+        "FLEET_BATCH_PREPROCESS_NICE",
+        "CPU niceness of the batch decode processes (0..19): interactive work wins the CPU",
+    ),
     Option(
         "max_processing_s", "FLEET_MAX_PROCESSING_S", "lease extended up to this; then PROCESSING_TIMEOUT (s)"
     ),

@@ -63,14 +63,11 @@ def test_tensors_match_model_spec(config: str) -> None:
     assert _tensors(config, "output") == list(model_spec.OUTPUTS)
 
 
-def test_dynamic_batching_with_priorities(config: str) -> None:
-    preferred = re.search(r"preferred_batch_size:\s*\[([^\]]*)\]", config)
-    assert preferred
-    assert tuple(int(v) for v in preferred.group(1).split(",")) == model_spec.PREFERRED_BATCH_SIZES
-    assert int(_scalar(config, "priority_levels")) == 2
-    assert int(_scalar(config, "default_priority_level")) == model_spec.PRIORITY_BATCH
-    assert model_spec.PRIORITY_INTERACTIVE < model_spec.PRIORITY_BATCH
-    assert int(_scalar(config, "max_queue_delay_microseconds")) > 0
+def test_requests_run_as_sent_on_an_instance_kept_for_interactive_work(config: str) -> None:
+    # The worker forms batches; a dynamic batcher would merge interactive requests into batch ones.
+    assert "dynamic_batching" not in config
+    assert "sequence_batching" not in config
+    assert int(_scalar(config, "count")) == model_spec.INSTANCES >= 2
     assert "model_warmup" in config
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from concurrent import futures
 from pathlib import Path
 from typing import Any
 
@@ -49,13 +50,13 @@ def test_set() -> tuple[np.ndarray, np.ndarray]:
     return np.stack(tensors), np.array(labels)
 
 
-def _infer(client: object, batch: np.ndarray, priority: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def _infer(client: object, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     import tritonclient.grpc as grpcclient  # noqa: PLC0415
 
     tensor = grpcclient.InferInput(model_spec.INPUT.name, list(batch.shape), model_spec.INPUT.triton_dtype)
     tensor.set_data_from_numpy(batch)
     outputs = [grpcclient.InferRequestedOutput(spec.name) for spec in model_spec.OUTPUTS]
-    result = client.infer(model_spec.MODEL_NAME, [tensor], outputs=outputs, priority=priority)  # type: ignore[attr-defined]
+    result = client.infer(model_spec.MODEL_NAME, [tensor], outputs=outputs)  # type: ignore[attr-defined]
     return result.as_numpy(model_spec.OUTPUT_PROBS.name), result.as_numpy(model_spec.OUTPUT_EMBEDDING.name)
 
 
@@ -75,7 +76,7 @@ def test_accuracy_on_generated_drawings(client: object, test_set: tuple[np.ndarr
     # When they are classified through Triton in batches of 32 and a few single requests
     probs, embeddings = zip(*(_infer(client, x[i : i + 32]) for i in range(0, len(x), 32)), strict=True)
     p, e = np.concatenate(probs), np.concatenate(embeddings)
-    singles = _infer(client, x[:1], priority=model_spec.PRIORITY_INTERACTIVE)
+    singles = _infer(client, x[:1])
     # Then the class accuracy and the embedding's nearest-neighbour recall reach the targets
     accuracy = float((p.argmax(1) == y).mean())
     sims = e @ e.T
@@ -87,6 +88,35 @@ def test_accuracy_on_generated_drawings(client: object, test_set: tuple[np.ndarr
     np.testing.assert_allclose(p.sum(1), 1.0, atol=1e-5)
     np.testing.assert_allclose(np.linalg.norm(e, axis=1), 1.0, atol=1e-5)
     np.testing.assert_allclose(singles[0], p[:1], atol=1e-5)
+
+
+def _executions(client: object) -> tuple[int, int]:
+    """(requests answered, model executions) so far, from Triton's statistics."""
+    stats = client.get_inference_statistics(model_spec.MODEL_NAME, as_json=True)  # type: ignore[attr-defined]
+    model = stats["model_stats"][0]
+    return int(model["inference_stats"]["success"]["count"]), int(model.get("execution_count", 0))
+
+
+def test_concurrent_requests_run_as_sent_never_merged(
+    triton_url: str, test_set: tuple[np.ndarray, np.ndarray]
+) -> None:
+    """The worker forms batches and keeps an instance free for interactive requests; a server-side
+    batcher merging a single interactive image into a queued 16-image request would cost it the batch's
+    compute. Each request must be one execution of its own images."""
+    import tritonclient.grpc as grpcclient  # noqa: PLC0415
+
+    x = test_set[0]
+    sizes = [16, 16, 1, 16, 1, 16]
+    with grpcclient.InferenceServerClient(triton_url) as triton:
+        answered, executions = _executions(triton)
+        # When batch and single requests are sent at once (more than there are instances)
+        with futures.ThreadPoolExecutor(max_workers=len(sizes)) as pool:
+            results = list(pool.map(lambda n: _infer(triton, x[:n]), sizes))
+        answered_after, executions_after = _executions(triton)
+    # Then every request was executed alone, with its own outputs
+    assert [len(probs) for probs, _ in results] == sizes
+    assert answered_after - answered == len(sizes)
+    assert executions_after - executions == len(sizes)
 
 
 def test_triton_matches_onnx_reference(client: object, test_set: tuple[np.ndarray, np.ndarray]) -> None:

@@ -36,13 +36,11 @@ def test_lease_extension_stops_at_max_processing() -> None:
     assert policy.ack_deadline_from_latencies([5000.0]) == 600
 
 
-def test_batch_formation_interactive_first() -> None:
-    items, ti, tb = policy.form_batch(["i1"], ["b1", "b2", "b3"], max_size=3)
-    assert items == ["i1", "b1", "b2"] and (ti, tb) == (1, 2)
-    assert policy.batch_due(queued=1, has_interactive=True, oldest_age_ms=0, max_size=8, max_delay_ms=5)
-    assert not policy.batch_due(queued=1, has_interactive=False, oldest_age_ms=1, max_size=8, max_delay_ms=5)
-    assert policy.batch_due(queued=8, has_interactive=False, oldest_age_ms=0, max_size=8, max_delay_ms=5)
-    assert policy.batch_due(queued=1, has_interactive=False, oldest_age_ms=6, max_size=8, max_delay_ms=5)
+def test_batch_due_when_full_or_its_oldest_item_waited_long_enough() -> None:
+    assert not policy.batch_due(queued=0, oldest_age_ms=99, max_size=8, max_delay_ms=5)
+    assert not policy.batch_due(queued=1, oldest_age_ms=1, max_size=8, max_delay_ms=5)
+    assert policy.batch_due(queued=8, oldest_age_ms=0, max_size=8, max_delay_ms=5)
+    assert policy.batch_due(queued=1, oldest_age_ms=6, max_size=8, max_delay_ms=5)
 
 
 def test_load_hysteresis() -> None:

@@ -169,16 +169,24 @@ def wait_exit(slot: loadgen.ManagedProcess, timeout_s: float) -> int | None:
 
 @pytest.fixture
 def make_run(stack: Any, storage_client: Any, tmp_path: Path) -> Iterator[Callable[..., Run]]:
-    """``make_run(time_divisor=None, max_delivery_attempts=None) -> Run``; everything is removed after."""
+    """``make_run(time_divisor=None, max_delivery_attempts=None, notification_filter="") -> Run``;
+    everything is removed after."""
     base = loadgen.StackEnv(dict(stack.env))
     publisher = loadgen.new_publisher()
     runs: list[Run] = []
 
-    def _make(*, time_divisor: float | None = None, max_delivery_attempts: int | None = None) -> Run:
+    def _make(
+        *,
+        time_divisor: float | None = None,
+        max_delivery_attempts: int | None = None,
+        notification_filter: str = "",
+    ) -> Run:
         topology = loadgen.RunTopology.named(loadgen.new_run_id())
         topology.create(base, time_divisor=time_divisor, max_delivery_attempts=max_delivery_attempts)
         env = loadgen.stack_for_run(base, topology)
-        collector = loadgen.NotificationCollector(env, run_id=topology.run_id).start()
+        collector = loadgen.NotificationCollector(
+            env, run_id=topology.run_id, filter_expression=notification_filter
+        ).start()
         run = Run(base, topology, env, collector, tmp_path / topology.run_id, publisher, storage_client)
         run.workdir.mkdir(parents=True, exist_ok=True)
         runs.append(run)
@@ -299,7 +307,8 @@ def test_jobs_of_both_lanes_get_one_result_and_one_succeeded_notification(
 
 
 # --- 2. no hoarding: a second worker gets work at once --------------------------------------------------
-SECOND_WORKER_BACKLOG = 500
+SECOND_WORKER_BACKLOG = 500  # jobs still queued when the second worker starts, at least
+SECOND_WORKER_PUBLISHED = 2000  # the first worker answers ~100-200 jobs/s while the second starts
 SECOND_WORKER_WITHIN_S = 5.0
 
 
@@ -307,17 +316,19 @@ SECOND_WORKER_WITHIN_S = 5.0
 def test_a_second_worker_started_during_a_backlog_is_processing_within_5_s(
     make_run: Callable[..., Run], inputs: list[str]
 ) -> None:
-    # Given a worker busy with a 500-job backlog
+    # Given a worker busy with a backlog of more than 500 jobs
     run = make_run()
     first = run.worker("first")
     wait_started(first)
-    keys = [f"b{i:04d}" for i in range(SECOND_WORKER_BACKLOG)]
+    keys = [f"b{i:04d}" for i in range(SECOND_WORKER_PUBLISHED)]
     run.publish([run.job(key, inputs[i % len(inputs)]) for i, key in enumerate(keys)])
     deadline = time.monotonic() + 60
     while len(run.collector.snapshot()) < 20:
         assert time.monotonic() < deadline, "the first worker is not processing the backlog"
         time.sleep(0.05)
-    # When a second worker starts
+    # When a second worker starts while 500 or more jobs are still queued
+    queued = run.sub_stats()["backlog"]
+    assert queued >= SECOND_WORKER_BACKLOG, f"only {queued} jobs queued: not a backlog test"
     started_wall = time.time()
     second = run.worker("second")
     # Then it finishes a job of the backlog within 5 s of its start (the first worker holds only its slots)
@@ -336,11 +347,11 @@ def test_a_second_worker_started_during_a_backlog_is_processing_within_5_s(
     leased = _epoch(document["timeline"]["leased"])
     done = len(run.collector.snapshot())
     print(
-        f"second worker: leased {leased - started_wall:.2f} s, finished {finished - started_wall:.2f} s "
-        f"after its start; {done}/{len(keys)} answered then"
+        f"second worker started with {queued} jobs queued: leased {leased - started_wall:.2f} s, finished "
+        f"{finished - started_wall:.2f} s after its start; {done}/{len(keys)} answered then"
     )
     assert finished - started_wall <= SECOND_WORKER_WITHIN_S
-    assert done < len(keys), "the backlog was gone before the second worker started: not a backlog test"
+    assert done < len(keys), "the backlog was gone before the second worker answered: not a backlog test"
 
 
 def _epoch(rfc3339: str) -> float:
@@ -351,54 +362,70 @@ def _epoch(rfc3339: str) -> float:
 
 # --- 3. interactive overtakes a batch backlog -------------------------------------------------------------
 BATCH_BACKLOG = 2000
-IDLE_SAMPLES = 5
-LOADED_SAMPLES = 5
+IDLE_SAMPLES = 12
+LOADED_SAMPLES = 20
 
 
-def _stages_ms(run: Run, key: str, lines: list[dict[str, Any]]) -> dict[str, int | None]:
-    """Where a job's time went: pull wait, fetch+preprocess+inference, write+notify (from its result)."""
-    timeline = run.result(key)[0]["timeline"]
-    published, leased, started, finished = (
-        _epoch(timeline[k]) for k in ("published", "leased", "started", "finished")
-    )
-    # the worker's last log lines may not be flushed yet: this is a diagnostic, not an assertion
-    logged = next((x["time"] for x in lines if x.get("job_id") == run.job_id(key)), None)
-    return {
-        "pull": round((leased - published) * 1000),
-        "process": round((finished - started) * 1000),
-        "inference": round(timeline["inference_ms"]),
-        "answer": None if logged is None else round((logged - finished) * 1000),
-    }
+def _stage_medians_ms(
+    run: Run, kind: str, windows: list[tuple[float, float]], lines: list[dict[str, Any]]
+) -> dict[str, float]:
+    """Where the interactive jobs' time went (median ms per stage): the client's publish to the lease,
+    fetch+preprocess+inference, inference alone, the worker's write+notify (result to its log line),
+    and everything after the result was finished until the client had the notification."""
+    rows: dict[str, list[float]] = {}
+    for index, (published, answered) in enumerate(windows):
+        key = f"{kind}{index}"
+        timeline = run.result(key)[0]["timeline"]
+        accepted, leased, started, finished = (
+            _epoch(timeline[k]) for k in ("published", "leased", "started", "finished")
+        )
+        # the worker's last log lines may not be flushed yet: this is a diagnostic, not an assertion
+        logged = next((x["time"] for x in lines if x.get("job_id") == run.job_id(key)), None)
+        stages = {
+            "total": answered - published,
+            "from_pubsub_accept": answered - accepted,
+            "publish_to_lease": leased - published,
+            "process": finished - started,
+            "inference": timeline["inference_ms"] / 1000.0,
+            "write_and_notify": None if logged is None else logged - finished,
+            "after_finished": answered - finished,
+        }
+        for name, seconds in stages.items():
+            if seconds is not None:
+                rows.setdefault(name, []).append(seconds * 1000.0)
+    return {name: round(statistics.median(values), 1) for name, values in rows.items()}
 
 
 def _answer_window(run: Run, key: str, uri: str, *, timeout_s: float = 30.0) -> tuple[float, float]:
-    """Publish one interactive job; return (published, answered) on the monotonic clock."""
+    """Publish one interactive job; return (published, answered) in wall-clock seconds."""
+    to_wall = time.time() - time.monotonic()
     published = run.publish([run.job(key, uri, priority="interactive")])[0]
     notes = run.wait([key], timeout_s=timeout_s)
     note = notes[key][0]
     assert note.status == "succeeded", note.data
-    return published.published_monotonic, note.received_monotonic
+    return published.published_monotonic + to_wall, note.received_monotonic + to_wall
 
 
-def _batch_answered_between(run: Run, start: float, end: float) -> int:
-    return sum(
-        1
-        for key, notes in run.collector.snapshot().items()
-        if key.startswith("b") and start < notes[0].received_monotonic < end
-    )
+def _batch_results_created(run: Run) -> list[float]:
+    """When each batch job's result object was written (wall clock, from the object listing)."""
+    prefix = f"{RESULTS_PREFIX}{run.run_id}-b"
+    objects = run.result_objects()
+    return [blob.time_created.timestamp() for name, blob in objects.items() if name.startswith(prefix)]
 
 
 @pytest.mark.timeout(240)
 def test_an_interactive_job_overtakes_a_2000_job_batch_backlog(
     make_run: Callable[..., Run], inputs: list[str]
 ) -> None:
-    """Interactive jobs jump the batch queue: while one waits, no more batch jobs finish than were
-    already in the worker's hands (its pipeline slots, plus one pulled batch). That holds on any machine;
-    without lanes the job would wait behind the backlog (hundreds of batch answers). The latency ratio the
-    issue names (loaded vs idle, goal <= 2x) is wall-clock on a shared machine, so it is printed here, not
-    asserted (on 2 shared cores every hop waits for CPU the backlog uses)."""
+    """Interactive jobs jump the batch queue and are answered within 2x their idle latency.
+
+    The probe is an interactive client as the docs describe one: it receives only interactive
+    notifications (a filtered subscription), so the test process does not spend the CPU it shares with
+    the stack on the backlog's notifications. Batch progress is counted at the emulator (acks) and from
+    the result objects' creation times.
+    """
     # Given a worker, and its idle interactive latency measured now (after one warm-up job)
-    run = make_run()
+    run = make_run(notification_filter=f'attributes.priority = "{contracts.INTERACTIVE}"')
     worker = run.worker("w")
     wait_started(worker)
     _answer_window(run, "warm-up", inputs[0])
@@ -407,30 +434,33 @@ def test_an_interactive_job_overtakes_a_2000_job_batch_backlog(
     batch_keys = [f"b{i:04d}" for i in range(BATCH_BACKLOG)]
     run.publish([run.job(key, inputs[i % len(inputs)]) for i, key in enumerate(batch_keys)])
     deadline = time.monotonic() + 60
-    while sum(1 for k in run.collector.snapshot() if k.startswith("b")) < 50:
+    while run.sub_stats().get("acked", 0) < 50:
         assert time.monotonic() < deadline, "the worker is not processing the batch backlog"
         time.sleep(0.05)
     loaded = [_answer_window(run, f"busy{i}", inputs[i % len(inputs)]) for i in range(LOADED_SAMPLES)]
-    batch_done = sum(1 for k in run.collector.snapshot() if k.startswith("b"))
-    overtaken = [_batch_answered_between(run, start, end) for start, end in loaded]
+    batch_acked = run.sub_stats().get("acked", 0)
+    batch_created = _batch_results_created(run)
+    overtaken = [sum(1 for t in batch_created if start < t < end) for start, end in loaded]
     idle_s = statistics.median(end - start for start, end in idle)
     loaded_s = statistics.median(end - start for start, end in loaded)
     print(
         f"interactive latency idle median {idle_s * 1000:.0f} ms, under a batch backlog median "
-        f"{loaded_s * 1000:.0f} ms (ratio {loaded_s / idle_s:.2f}); batch jobs answered while each "
-        f"interactive job waited: {overtaken}; batch answered meanwhile: {batch_done}/{BATCH_BACKLOG}"
+        f"{loaded_s * 1000:.0f} ms (ratio {loaded_s / idle_s:.2f}); batch results written while each "
+        f"interactive job waited: {overtaken}; batch acked meanwhile: {batch_acked}/{BATCH_BACKLOG}"
     )
     lines = log_lines(worker)
-    for key in [f"idle{i}" for i in range(IDLE_SAMPLES)] + [f"busy{i}" for i in range(LOADED_SAMPLES)]:
-        print(key, _stages_ms(run, key, lines))
-    # Then each is answered before more batch work finishes than the worker already held, while most
-    # of the backlog is still queued
-    assert batch_done < BATCH_BACKLOG // 2, "the backlog drained: not a backlog test"
-    # Bound: what the worker already held (its slots) plus one batch pulled before the interactive lease;
-    # in FIFO order the job would wait behind the ~1,800 batch jobs still queued.
+    print("idle stages (ms)", _stage_medians_ms(run, "idle", idle, lines))
+    print("loaded stages (ms)", _stage_medians_ms(run, "busy", loaded, lines))
+    # Then the backlog was real: the worker was answering batch jobs, most of them still queued
+    assert len(batch_created) >= 50
+    assert batch_acked < BATCH_BACKLOG // 2, "the backlog drained: not a backlog test"
+    # and each interactive job was answered before more batch work finished than the worker already
+    # held (its slots plus one pulled batch); in FIFO order it would wait behind ~1,800 queued jobs
     fields = WorkerSettings.__dataclass_fields__
     bound = fields["pipeline_slots"].default + fields["max_batch_size"].default
     assert max(overtaken) <= bound, f"an interactive job waited behind queued batch work: {overtaken}"
+    # and, the issue's goal, the median interactive latency under the backlog is within 2x idle
+    assert loaded_s <= 2 * idle_s, f"loaded {loaded_s * 1000:.0f} ms vs idle {idle_s * 1000:.0f} ms"
 
 
 # --- 4. SIGTERM: drain, give back, nothing lost -------------------------------------------------------------

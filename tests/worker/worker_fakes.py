@@ -135,7 +135,7 @@ class FakeNotifier:
         return [json.loads(n.data) for n in self.sent]
 
 
-async def fake_preprocess(data: bytes) -> Any:
+async def fake_preprocess(data: bytes, *, urgent: bool = False) -> Any:
     if data == b"garbage":
         raise errors.ImageUndecodable("not an image")
     value = 2.0 if data == b"poison" else 0.5
