@@ -8,12 +8,13 @@ import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import numpy as np
 import pytest
 from worker_fakes import FakeModel, FakeNotifier, FakeSource, FakeStore, delivery, fake_preprocess
 
 from worker import errors
 from worker.inference import postprocess
-from worker.pipeline import Pipeline, Ports, PriorityLimiter
+from worker.pipeline import Batcher, Health, Pipeline, Ports, PriorityLimiter
 from worker.settings import WorkerSettings
 
 SETTINGS = WorkerSettings(
@@ -254,3 +255,48 @@ def test_priority_limiter_admits_interactive_first() -> None:
         return order
 
     assert asyncio.run(scenario()) == ["inter", "batch"]
+
+
+class GatedModel(FakeModel):
+    """Batch requests block until ``release`` is set; interactive requests answer at once."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = asyncio.Event()
+        self.batch_in_flight = 0
+        self.max_batch_in_flight = 0
+
+    async def infer(self, batch: Any, *, interactive: bool) -> tuple[Any, Any]:
+        if not interactive:
+            self.batch_in_flight += 1
+            self.max_batch_in_flight = max(self.max_batch_in_flight, self.batch_in_flight)
+            await self.release.wait()
+            self.batch_in_flight -= 1
+        return await super().infer(batch, interactive=interactive)
+
+
+def test_an_interactive_tensor_goes_alone_while_batch_requests_are_in_flight() -> None:
+    async def scenario() -> None:
+        model = GatedModel()
+        batcher = Batcher(model, Health(), max_size=4, max_delay_ms=1, retries=1, batch_requests=1)
+        runner = asyncio.create_task(batcher.run())
+        tensor = np.zeros((1, 4, 4), dtype=np.float32)
+        # Given 6 batch tensors: one request of 4 goes to the model and blocks there, 2 wait their turn
+        batch = [batcher.submit(tensor, interactive=False) for _ in range(6)]
+        await asyncio.sleep(0.02)
+        assert model.batches == [] and model.batch_in_flight == 1
+        # When an interactive tensor arrives
+        answer = await asyncio.wait_for(batcher.submit(tensor, interactive=True), timeout=1)
+        # Then it is answered while the batch request is still in flight, in a request of its own
+        assert len(answer[0]) == 6
+        assert model.batches == [1] and model.interactive_flags == [True]
+        assert not any(f.done() for f in batch)
+        # and the batch work follows, never more than one batch request in flight
+        model.release.set()
+        await asyncio.wait_for(asyncio.gather(*batch), timeout=1)
+        assert model.batches == [1, 4, 2] and model.interactive_flags == [True, False, False]
+        assert model.max_batch_in_flight == 1
+        runner.cancel()
+        await asyncio.gather(runner, return_exceptions=True)
+
+    asyncio.run(scenario())
