@@ -26,6 +26,7 @@ from google.pubsub_v1.services.subscriber.transports.grpc_asyncio import Subscri
 
 from worker import errors, policy
 from worker.contracts import Delivery
+from worker.flusher import IntervalFlusher
 from worker.telemetry import get_logger
 
 log = get_logger("worker.intake")
@@ -163,41 +164,24 @@ def _chunks(items: list[str], size: int) -> Iterable[list[str]]:
         yield items[start : start + size]
 
 
-class Settler:
+class Settler(IntervalFlusher):
     """The one owner of acks, nacks and deadline changes: collects decisions, applies them in batches."""
 
     def __init__(self, source: JobSource, *, interval_s: float, attempts: int = 3) -> None:
+        super().__init__(interval_s=interval_s)
         self._source = source
-        self._interval_s = interval_s
         self._attempts = attempts
         self._pending: list[Decision] = []
-        self._wake = asyncio.Event()
-        self._closed = False
         self.settled = 0
         self.failed_requests = 0
 
     def submit(self, decision: Decision) -> None:
         self._pending.append(decision)
-        if not self._wake.is_set():
-            self._wake.set()
+        self._signal()
 
     def submit_many(self, decisions: Iterable[Decision]) -> None:
         for decision in decisions:
             self.submit(decision)
-
-    async def run(self) -> None:
-        """Flush every ``interval_s`` while there is something to settle, until ``close``."""
-        while not self._closed:
-            await self._wake.wait()
-            if self._interval_s > 0:
-                await asyncio.sleep(self._interval_s)
-            self._wake.clear()
-            await self.flush()
-
-    async def close(self) -> None:
-        self._closed = True
-        self._wake.set()
-        await self.flush()
 
     async def flush(self) -> None:
         pending, self._pending = self._pending, []

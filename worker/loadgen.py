@@ -1130,21 +1130,7 @@ class PrivateStack:
             )
             self.triton.start()
         else:
-            server = self.triton
-            if server.process is not None and server.process.poll() is None:
-                return
-            install = launcher.locate(server.venv)
-            backends = launcher.prepare_backends(install, server.work_dir)
-            with open(server.log_path, "ab") as log:
-                server.process = subprocess.Popen(
-                    server.command(install, backends),
-                    stdin=subprocess.DEVNULL,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    env=launcher.triton_env(install),
-                    start_new_session=True,
-                )
-            server.wait_ready(timeout_s=180)
+            self.triton.relaunch()
         self.values["TRITON_GRPC_URL"] = self.triton.grpc_url
         self.values["TRITON_HTTP_URL"] = self.triton.http_url
         os.environ.update(self.values)

@@ -18,6 +18,7 @@ from google.pubsub_v1.services.publisher.transports.grpc_asyncio import Publishe
 
 from worker import errors
 from worker.contracts import INTERACTIVE, Notification
+from worker.flusher import IntervalFlusher
 
 MAX_MESSAGES_PER_PUBLISH = 500
 _MessagePb = pubsub_types.PubsubMessage.pb()
@@ -34,19 +35,17 @@ def publisher_client() -> PublisherAsyncClient:
     return PublisherAsyncClient()
 
 
-class PubSubNotifier:
-    """``Notifier`` port over the Publisher API; one flusher task owns every Publish call."""
+class PubSubNotifier(IntervalFlusher):
+    """``Notifier`` port over the Publisher API; batch notifications go out in one Publish per interval."""
 
     def __init__(
         self, client: PublisherAsyncClient, topic_path: str, *, interval_s: float, timeout_s: float
     ) -> None:
+        super().__init__(interval_s=interval_s)
         self._client = client
         self._topic = topic_path
-        self._interval_s = interval_s
         self._timeout_s = timeout_s
         self._pending: list[tuple[object, asyncio.Future[str]]] = []
-        self._wake = asyncio.Event()
-        self._closed = False
         self.published = 0
 
     async def publish(self, notification: Notification) -> str:
@@ -61,21 +60,8 @@ class PubSubNotifier:
             await self._send([(message, future)])
         else:
             self._pending.append((message, future))
-            self._wake.set()
+            self._signal()
         return await future
-
-    async def run(self) -> None:
-        while not self._closed:
-            await self._wake.wait()
-            if self._interval_s > 0:
-                await asyncio.sleep(self._interval_s)
-            self._wake.clear()
-            await self.flush()
-
-    async def close(self) -> None:
-        self._closed = True
-        self._wake.set()
-        await self.flush()
 
     async def flush(self) -> None:
         while self._pending:

@@ -134,39 +134,6 @@ async def with_retries(call: Callable[[], Awaitable[T]], *, attempts: int) -> T:
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-class PriorityLimiter:
-    """At most ``capacity`` holders; waiting interactive work is admitted before waiting batch work."""
-
-    def __init__(self, capacity: int) -> None:
-        self._free = capacity
-        self._waiters: tuple[collections.deque[asyncio.Future[None]], ...] = (
-            collections.deque(),
-            collections.deque(),
-        )
-
-    async def acquire(self, *, interactive: bool) -> None:
-        if self._free > 0 and not self._waiters[0] and not self._waiters[1]:
-            self._free -= 1
-            return
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiters[0 if interactive else 1].append(future)
-        try:
-            await future
-        except asyncio.CancelledError:
-            if future.done() and not future.cancelled():
-                self.release()  # admitted and cancelled in the same tick: hand the slot on
-            raise
-
-    def release(self) -> None:
-        for queue in self._waiters:
-            while queue:
-                future = queue.popleft()
-                if not future.done():
-                    future.set_result(None)
-                    return
-        self._free += 1
-
-
 @dataclass(slots=True)
 class _Pending:
     tensor: FloatArray
@@ -551,7 +518,8 @@ class Pipeline:
             model_name=ports.model.name,
             model_version=lambda: ports.model.version,
         )
-        self._fetch = PriorityLimiter(fetch_concurrency)
+        # batch input reads at once (interactive reads skip this limit and use their own threads)
+        self._batch_fetches = asyncio.Semaphore(fetch_concurrency)
         # batch decodes handed to the pool at once: one queued behind each process, no more
         self._batch_decodes = asyncio.Semaphore(settings.preprocess_processes + 1)
         self._jobs: dict[str, asyncio.Task[None]] = {}
@@ -845,12 +813,9 @@ class Pipeline:
             future = self.batcher.submit(tensor, interactive=True)
         else:
             await self._yield_to_interactive()
-            await self._fetch.acquire(interactive=False)
-            self._begun.add(ack_id)
-            try:
+            async with self._batch_fetches:
+                self._begun.add(ack_id)
                 data = await self._read_input(job, urgent=False)
-            finally:
-                self._fetch.release()
             await self._yield_to_interactive()
             async with self._batch_decodes:
                 tensor = await self._p.preprocess(data)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import textwrap
 from pathlib import Path
 from typing import Any
@@ -79,6 +81,16 @@ def test_launcher_serves_a_python_backend_model_with_the_venv_numpy(tmp_path: Pa
         np.testing.assert_array_equal(result.as_numpy("OUTPUT0"), [[0.0, 2.0, 4.0, 6.0]])
         # The stub must run on .venv-triton's numpy<2, not whatever the base interpreter has.
         assert result.as_numpy("NUMPY")[0][0].decode().startswith("1.")
+        client.close()
+        # A killed server relaunched comes back on the same address (chaos restarts rely on it)
+        url, killed = server.grpc_url, server.process
+        assert killed is not None
+        os.killpg(killed.pid, signal.SIGKILL)
+        killed.wait(timeout=10)
+        server.relaunch(timeout_s=120)
+        assert server.grpc_url == url and server.process is not killed
+        client = triton_grpc.InferenceServerClient(url)
+        assert client.is_model_ready("echo")
         client.close()
     finally:
         process = server.process

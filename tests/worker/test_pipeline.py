@@ -14,7 +14,7 @@ from worker_fakes import FakeModel, FakeNotifier, FakeSource, FakeStore, deliver
 
 from worker import errors
 from worker.inference import postprocess
-from worker.pipeline import Batcher, Health, Pipeline, Ports, PriorityLimiter
+from worker.pipeline import Batcher, Health, Pipeline, Ports
 from worker.settings import WorkerSettings
 
 SETTINGS = WorkerSettings(
@@ -235,26 +235,6 @@ def test_drain_budget_exceeded_then_nack() -> None:
 
     assert asyncio.run(scenario()) == 0
     assert w.source.nacked and not w.store.results
-
-
-def test_priority_limiter_admits_interactive_first() -> None:
-    async def scenario() -> list[str]:
-        limiter = PriorityLimiter(1)
-        order: list[str] = []
-        await limiter.acquire(interactive=False)
-
-        async def waiter(name: str, interactive: bool) -> None:
-            await limiter.acquire(interactive=interactive)
-            order.append(name)
-            limiter.release()
-
-        tasks = [asyncio.create_task(waiter("batch", False)), asyncio.create_task(waiter("inter", True))]
-        await asyncio.sleep(0.01)
-        limiter.release()
-        await asyncio.gather(*tasks)
-        return order
-
-    assert asyncio.run(scenario()) == ["inter", "batch"]
 
 
 class GatedModel(FakeModel):

@@ -209,10 +209,21 @@ class TritonServer:
             raise TritonError("tritonserver already started")
         if not self.model_repository.is_dir():
             raise TritonError(f"model repository {self.model_repository} does not exist")
+        self.grpc_port, self.http_port, self.metrics_port = free_port(), free_port(), free_port()
+        self._spawn()
+
+    def relaunch(self, *, timeout_s: float = 180.0) -> None:
+        """Start a stopped or killed server again on the ports it had (clients keep their address, as
+        they would with a local server restarted by its service manager) and wait until it is ready."""
+        if self.process is not None and self.process.poll() is None:
+            return
+        self._spawn()
+        self.wait_ready(timeout_s=timeout_s)
+
+    def _spawn(self) -> None:
         install = locate(self.venv)
         backends = prepare_backends(install, self.work_dir)
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        self.grpc_port, self.http_port, self.metrics_port = free_port(), free_port(), free_port()
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
                 self.command(install, backends),
