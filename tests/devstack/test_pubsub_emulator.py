@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import threading
 import time
+import urllib.error
 from collections.abc import Callable
 from typing import Any
 
@@ -315,3 +316,31 @@ def test_fault_failed_acks_come_back_after_the_deadline(
     assert again.message.message_id == first.message.message_id
     subscriber.acknowledge(subscription=sub, ack_ids=[again.ack_id])
     assert pubsub_faults.stats()["subscriptions"][sub.rsplit("/", 1)[-1]]["acks_dropped"] == 1
+
+
+def test_admin_pause_holds_a_subscriptions_messages_until_resumed(
+    publisher: Any, subscriber: Any, make_subscription: SubscriptionFactory, pubsub_faults: Any
+) -> None:
+    topic, sub = make_subscription()
+    # Given a paused subscription with messages published to it
+    pubsub_faults.pause_delivery(sub)
+    for index in range(3):
+        publisher.publish(topic, f"held-{index}".encode()).result(timeout=10)
+    # Then neither a plain Pull nor a long-poll delivers them
+    assert pull(subscriber, sub) == []
+    # When it is resumed while a long-poll waits
+    waiting: list[Any] = []
+    poller = threading.Thread(target=lambda: waiting.extend(pull(subscriber, sub, wait=True)))
+    poller.start()
+    time.sleep(0.3)
+    assert poller.is_alive() and waiting == []
+    pubsub_faults.pause_delivery(sub, paused=False)
+    poller.join(timeout=10)
+    # Then the waiting Pull gets them at once, nothing lost
+    assert sorted(m.message.data for m in waiting) == [b"held-0", b"held-1", b"held-2"]
+    subscriber.acknowledge(subscription=sub, ack_ids=[m.ack_id for m in waiting])
+    # and an unknown subscription is a clear error on the admin endpoint
+    with pytest.raises(urllib.error.HTTPError) as failure:
+        pubsub_faults.pause_delivery(f"{sub}-missing")
+    assert failure.value.code == 400
+    failure.value.close()

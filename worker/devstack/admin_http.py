@@ -112,3 +112,10 @@ class AdminClient:
     def reset_stats(self) -> dict[str, Any]:
         result: dict[str, Any] = self._call("POST", "/stats/reset")
         return result
+
+    def pause_delivery(self, subscription: str, *, paused: bool = True) -> dict[str, Any]:
+        """Pub/Sub emulator only: stop (or resume) delivering from one subscription."""
+        result: dict[str, Any] = self._call(
+            "POST", "/subscriptions/pause", {"subscription": subscription, "paused": paused}
+        )
+        return result

@@ -30,6 +30,9 @@ UNAVAILABLE on a fraction of unary RPCs, dropping StreamingPull streams with UNA
 probability, or all now), redelivery of already-acked messages at a rate, silently lost acks at a rate.
 ``GET /stats`` counts publishes, deliveries, acks, nacks, expiries, dead-letters and deliveries per
 message per subscription (``?messages=1`` lists them), so chaos tests can measure retry storms.
+``POST /subscriptions/pause`` ``{"subscription": ..., "paused": true|false}`` stops and resumes delivery
+from one subscription while its messages stay queued (a latency test makes a worker idle and busy again
+with the same backlog waiting).
 
 Time scale for tests: a subscription labelled ``devstack-time-divisor: "N"`` (or the whole emulator with
 ``--time-divisor N``) has every ack deadline, lease extension and retry backoff divided by N, so a test can
@@ -259,6 +262,7 @@ class _Subscription:
         self.deliveries: Counter[str] = Counter()  # message_id -> deliveries, kept after the ack
         self.counters: Counter[str] = Counter()
         self.deleted = False
+        self.paused = False  # admin: deliver nothing (messages stay queued) until resumed
         self.cond: threading.Condition | None = None
 
     @property
@@ -601,6 +605,8 @@ class PubSubCore:
     # --- delivery ---------------------------------------------------------------------------------------
     def _front_deliverable(self, sub: _Subscription, stream: _Stream | None) -> bool:
         """True when the head of the ready queue may be delivered (drops stale heads on the way)."""
+        if sub.paused:
+            return False
         while sub.ready:
             head = sub.ready[0]
             if head.state != READY or head.queued is False:
@@ -895,6 +901,15 @@ class PubSubCore:
                 "subscriptions": subscriptions,
             }
 
+    def pause_delivery(self, name: str, paused: bool) -> None:
+        """Deliver nothing from ``name`` (Pull and StreamingPull) until resumed; messages stay queued and
+        leases run on. A test's way to make a worker idle and busy again while a backlog waits."""
+        with self.lock:
+            sub = self._subscription(name)
+            sub.paused = paused
+            if sub.cond is not None:
+                sub.cond.notify_all()
+
     def reset_stats(self) -> None:
         with self.lock:
             self.counters.clear()
@@ -1145,11 +1160,22 @@ class PubSubEmulator:
             core.reset_stats()
             return {"reset": True}
 
+        def pause_delivery(body: dict[str, Any], query: dict[str, str]) -> dict[str, Any]:
+            name, paused = body.get("subscription"), body.get("paused", True)
+            if not isinstance(name, str) or not isinstance(paused, bool):
+                raise ValueError('expected {"subscription": "projects/P/subscriptions/S", "paused": bool}')
+            try:
+                core.pause_delivery(name, paused)
+            except ApiError as exc:
+                raise ValueError(str(exc)) from exc
+            return {"subscription": name, "paused": paused}
+
         return {
             ("GET", "/faults"): get_faults,
             ("POST", "/faults"): post_faults,
             ("GET", "/stats"): get_stats,
             ("POST", "/stats/reset"): reset_stats,
+            ("POST", "/subscriptions/pause"): pause_delivery,
         }
 
     def start(self) -> None:
