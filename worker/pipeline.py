@@ -18,7 +18,7 @@ import json
 import multiprocessing
 import os
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
@@ -36,7 +36,8 @@ log = get_logger("worker.pipeline")
 FloatArray = npt.NDArray[np.float32]
 T = TypeVar("T")
 
-#: How long batch work waits for interactive work to leave the worker before starting its next stage.
+#: How long batch work waits for interactive work to leave the worker before starting its next stage,
+#: and the longest the Batcher holds batch requests back for it.
 BATCH_YIELD_MAX_S = 0.5
 #: Triton requests of interactive work in flight at once; more interactive tensors wait and go together.
 INTERACTIVE_REQUESTS = 1
@@ -149,7 +150,9 @@ class Batcher:
     Batch work has at most ``batch_requests`` requests in flight; interactive work has a request of its
     own beyond that. The model has one instance more than batch work uses (model_repository configs,
     ``model_spec.INSTANCES``) and no server-side batcher, so an interactive request runs as soon as it
-    arrives instead of waiting for, or being merged into, a batch request.
+    arrives instead of waiting for, or being merged into, a batch request. While interactive work is in
+    the worker (``batch_requests_held``) no new batch request is sent (bounded), so the interactive
+    request does not share the CPU or GPU with one that started after it arrived.
     """
 
     def __init__(
@@ -161,6 +164,7 @@ class Batcher:
         max_delay_ms: float,
         retries: int,
         batch_requests: int = 1,
+        max_hold_s: float = BATCH_YIELD_MAX_S,
     ) -> None:
         self._model = model
         self._health = health
@@ -174,6 +178,27 @@ class Batcher:
         self._in_flight = {True: 0, False: 0}  # requests at Triton, by interactive
         self._tasks: set[asyncio.Task[None]] = set()
         self.batches = 0
+        self._max_hold_s = max_hold_s
+        self._holds = 0
+        self._held_since = 0.0
+
+    @contextlib.contextmanager
+    def batch_requests_held(self) -> Iterator[None]:
+        """While held (interactive work in the worker), no new batch request is sent, for at most
+        ``max_hold_s`` however holds overlap; requests already at Triton run on."""
+        if not self._holds:
+            self._held_since = time.monotonic()
+        self._holds += 1
+        try:
+            yield
+        finally:
+            self._holds -= 1
+            self._wake.set()
+
+    def _hold_left_s(self) -> float:
+        if not self._holds:
+            return 0.0
+        return max(0.0, self._max_hold_s - (time.monotonic() - self._held_since))
 
     def submit(
         self, tensor: FloatArray, *, interactive: bool
@@ -199,7 +224,10 @@ class Batcher:
                     self._send(self._interactive, interactive=True)
                     continue
                 wait_s: float | None = None  # until a request comes back or work is submitted
-                if self._batch and self._in_flight[False] < self._batch_requests:
+                hold_s = self._hold_left_s()
+                if hold_s > 0:
+                    wait_s = hold_s
+                elif self._batch and self._in_flight[False] < self._batch_requests:
                     age_ms = (time.monotonic() - self._batch[0].enqueued) * 1000.0
                     if policy.batch_due(
                         queued=len(self._batch),
@@ -774,10 +802,13 @@ class Pipeline:
         )
         if job.priority != contracts.INTERACTIVE:
             return await self._process_job(delivery, job, started)
+        # Strict priority, bounded: while interactive work is in the worker, batch work starts no new
+        # stage (_yield_to_interactive) and sends no new Triton request.
         self._interactive_jobs += 1
         self._no_interactive.clear()
         try:
-            return await self._process_job(delivery, job, started)
+            with self.batcher.batch_requests_held():
+                return await self._process_job(delivery, job, started)
         finally:
             self._interactive_jobs -= 1
             if not self._interactive_jobs:
@@ -809,8 +840,9 @@ class Pipeline:
         self._check_deadline(job)
         if job.priority == contracts.INTERACTIVE:
             self._begun.add(ack_id)
+            # No new batch request goes to Triton while this job is on its way there.
             tensor = await self._prepare_interactive(job)
-            future = self.batcher.submit(tensor, interactive=True)
+            probs, embedding, inference_ms = await self.batcher.submit(tensor, interactive=True)
         else:
             await self._yield_to_interactive()
             async with self._batch_fetches:
@@ -820,8 +852,7 @@ class Pipeline:
             async with self._batch_decodes:
                 tensor = await self._p.preprocess(data)
             self._check_deadline(job)
-            future = self.batcher.submit(tensor, interactive=False)
-        probs, embedding, inference_ms = await future
+            probs, embedding, inference_ms = await self.batcher.submit(tensor, interactive=False)
         return self._p.postprocess(probs, embedding, job.analyses), inference_ms
 
     async def _prepare_interactive(self, job: Job) -> FloatArray:

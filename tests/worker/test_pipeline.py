@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -280,3 +281,48 @@ def test_an_interactive_tensor_goes_alone_while_batch_requests_are_in_flight() -
         await asyncio.gather(runner, return_exceptions=True)
 
     asyncio.run(scenario())
+
+
+def test_no_batch_request_is_sent_while_interactive_work_is_on_its_way() -> None:
+    async def scenario() -> None:
+        model = FakeModel()
+        batcher = Batcher(model, Health(), max_size=4, max_delay_ms=1, retries=1, max_hold_s=5.0)
+        runner = asyncio.create_task(batcher.run())
+        tensor = np.zeros((1, 4, 4), dtype=np.float32)
+        # Given an interactive job on its way to inference (decoding, say)
+        with batcher.batch_requests_held():
+            # When a full batch is ready meanwhile
+            batch = [batcher.submit(tensor, interactive=False) for _ in range(4)]
+            await asyncio.sleep(0.05)
+            # Then it waits; the interactive tensor goes first when it comes
+            assert model.batches == []
+            await asyncio.wait_for(batcher.submit(tensor, interactive=True), timeout=1)
+            assert model.batches == [1]
+        # and the batch goes as soon as the hold ends
+        await asyncio.wait_for(asyncio.gather(*batch), timeout=1)
+        assert model.batches == [1, 4] and model.interactive_flags == [True, False]
+        runner.cancel()
+        await asyncio.gather(runner, return_exceptions=True)
+
+    asyncio.run(scenario())
+
+
+def test_a_hold_on_batch_requests_is_bounded() -> None:
+    async def scenario() -> float:
+        batcher = Batcher(FakeModel(), Health(), max_size=4, max_delay_ms=1, retries=1, max_hold_s=0.1)
+        runner = asyncio.create_task(batcher.run())
+        tensor = np.zeros((1, 4, 4), dtype=np.float32)
+        # Given holds that overlap for longer than max_hold_s (a stream of interactive jobs)
+        with batcher.batch_requests_held():
+            started = time.monotonic()
+            with batcher.batch_requests_held():
+                batch = [batcher.submit(tensor, interactive=False) for _ in range(4)]
+                # Then batch work is answered after the bound, while still held
+                await asyncio.wait_for(asyncio.gather(*batch), timeout=2)
+                waited = time.monotonic() - started
+        runner.cancel()
+        await asyncio.gather(runner, return_exceptions=True)
+        return waited
+
+    waited = asyncio.run(scenario())
+    assert 0.09 <= waited < 2
