@@ -270,6 +270,30 @@ def test_submit_opens_the_filtered_subscription_then_publishes_one_message_per_j
     assert client._subscriber.deleted == [client.subscription_path]  # ephemeral: cleaned up
 
 
+def test_interactive_jobs_are_published_without_the_bulk_batching_window(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    made: list[tuple[Any, FakePublisher]] = []
+
+    def publisher_client(*, batch_settings: Any, publisher_options: Any) -> FakePublisher:
+        made.append((batch_settings, FakePublisher()))
+        return made[-1][1]
+
+    monkeypatch.setattr(sdk.pubsub_v1, "PublisherClient", publisher_client)
+    client = sdk.FleetClient(SETTINGS, subscriber=FakeSubscriber(), storage_client=NoStorage())
+    requests = remote_requests(4)
+    requests[1] = sdk.JobRequest("i1", "gs://bucket/i1.png", "interactive", may_be_answered=False)
+    requests[3] = sdk.JobRequest("i3", "gs://bucket/i3.png", "interactive", may_be_answered=False)
+
+    receipt = client.submit(requests)
+
+    assert receipt.published == ("j0", "i1", "j2", "i3")
+    by_window = {settings.max_latency: fake for settings, fake in made}
+    assert sorted(by_window) == [0.001, 0.02]
+    assert [attrs["job_id"] for _, _, attrs in by_window[0.001].published] == ["i1", "i3"]
+    assert [attrs["job_id"] for _, _, attrs in by_window[0.02].published] == ["j0", "j2"]
+
+
 def test_a_durable_client_keeps_its_subscription() -> None:
     client = sdk.FleetClient(
         SETTINGS,
