@@ -143,6 +143,52 @@ class _Pending:
     future: asyncio.Future[tuple[FloatArray, FloatArray, float]]
 
 
+class InteractiveGate:
+    """Whether interactive work is in this worker; batch work yields to it, bounded.
+
+    Pipeline stages wait at most ``max_wait_s`` per wait for it to clear (``yield_to``); the Batcher
+    holds batch requests back for at most ``max_wait_s`` from when it became present, however jobs
+    overlap (``hold_left_s``), so a stream of interactive jobs slows batch work but cannot stop it.
+    """
+
+    def __init__(self, max_wait_s: float = BATCH_YIELD_MAX_S) -> None:
+        self._max_wait_s = max_wait_s
+        self._present = 0
+        self._since = 0.0
+        self._clear = asyncio.Event()
+        self._clear.set()
+        self._on_leave: list[Callable[[], None]] = []
+
+    def on_leave(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` whenever an interactive job leaves (a held Batcher re-checks its queue)."""
+        self._on_leave.append(callback)
+
+    @contextlib.contextmanager
+    def entered(self) -> Iterator[None]:
+        if not self._present:
+            self._since = time.monotonic()
+            self._clear.clear()
+        self._present += 1
+        try:
+            yield
+        finally:
+            self._present -= 1
+            if not self._present:
+                self._clear.set()
+            for callback in self._on_leave:
+                callback()
+
+    async def yield_to(self) -> None:
+        if self._present:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._clear.wait(), self._max_wait_s)
+
+    def hold_left_s(self) -> float:
+        if not self._present:
+            return 0.0
+        return max(0.0, self._max_wait_s - (time.monotonic() - self._since))
+
+
 class Batcher:
     """Micro-batches tensors into Triton requests: full batch or ``max_delay_ms`` for batch work, at once
     for interactive work, which travels alone.
@@ -151,7 +197,7 @@ class Batcher:
     own beyond that. The model has one instance more than batch work uses (model_repository configs,
     ``model_spec.INSTANCES``) and no server-side batcher, so an interactive request runs as soon as it
     arrives instead of waiting for, or being merged into, a batch request. While interactive work is in
-    the worker (``batch_requests_held``) no new batch request is sent (bounded), so the interactive
+    the worker (``gate``) no new batch request is sent (bounded), so the interactive
     request does not share the CPU or GPU with one that started after it arrived.
     """
 
@@ -164,7 +210,7 @@ class Batcher:
         max_delay_ms: float,
         retries: int,
         batch_requests: int = 1,
-        max_hold_s: float = BATCH_YIELD_MAX_S,
+        gate: InteractiveGate | None = None,
     ) -> None:
         self._model = model
         self._health = health
@@ -178,27 +224,8 @@ class Batcher:
         self._in_flight = {True: 0, False: 0}  # requests at Triton, by interactive
         self._tasks: set[asyncio.Task[None]] = set()
         self.batches = 0
-        self._max_hold_s = max_hold_s
-        self._holds = 0
-        self._held_since = 0.0
-
-    @contextlib.contextmanager
-    def batch_requests_held(self) -> Iterator[None]:
-        """While held (interactive work in the worker), no new batch request is sent, for at most
-        ``max_hold_s`` however holds overlap; requests already at Triton run on."""
-        if not self._holds:
-            self._held_since = time.monotonic()
-        self._holds += 1
-        try:
-            yield
-        finally:
-            self._holds -= 1
-            self._wake.set()
-
-    def _hold_left_s(self) -> float:
-        if not self._holds:
-            return 0.0
-        return max(0.0, self._max_hold_s - (time.monotonic() - self._held_since))
+        self._gate = gate or InteractiveGate()
+        self._gate.on_leave(self._wake.set)
 
     def submit(
         self, tensor: FloatArray, *, interactive: bool
@@ -224,7 +251,7 @@ class Batcher:
                     self._send(self._interactive, interactive=True)
                     continue
                 wait_s: float | None = None  # until a request comes back or work is submitted
-                hold_s = self._hold_left_s()
+                hold_s = self._gate.hold_left_s()
                 if hold_s > 0:
                     wait_s = hold_s
                 elif self._batch and self._in_flight[False] < self._batch_requests:
@@ -531,6 +558,7 @@ class Pipeline:
         self.leases = Leases(
             self.settler, ack_deadline_s=settings.ack_deadline_s, max_processing_s=settings.max_processing_s
         )
+        self._interactive_gate = InteractiveGate()
         self.batcher = Batcher(
             ports.model,
             self.health,
@@ -538,6 +566,7 @@ class Pipeline:
             max_delay_ms=settings.max_batch_delay_ms,
             retries=settings.transient_retries,
             batch_requests=settings.triton_batch_requests,
+            gate=self._interactive_gate,
         )
         self.answerer = Answerer(
             ports.results,
@@ -553,9 +582,6 @@ class Pipeline:
         self._jobs: dict[str, asyncio.Task[None]] = {}
         self._reserved = 0  # slots promised to an outstanding interactive long-poll
         self._begun: set[str] = set()  # ack ids of jobs that began work (fetching their input)
-        self._interactive_jobs = 0
-        self._no_interactive = asyncio.Event()
-        self._no_interactive.set()
         self._slot_freed = asyncio.Event()
         self._stopping = asyncio.Event()
         self._started = False
@@ -785,13 +811,6 @@ class Pipeline:
         except (TimeoutError, errors.FleetError):
             return Nack(delivery.subscription, delivery.ack_id)
 
-    async def _yield_to_interactive(self) -> None:
-        """Batch work starts no new stage while interactive work is in this worker (bounded wait), so
-        an interactive job does not share the CPU, the GCS threads and Triton with a backlog."""
-        if self._interactive_jobs:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._no_interactive.wait(), BATCH_YIELD_MAX_S)
-
     async def _process(self, delivery: Delivery) -> Decision:
         started = time.time()
         job = contracts.parse_job(
@@ -803,16 +822,9 @@ class Pipeline:
         if job.priority != contracts.INTERACTIVE:
             return await self._process_job(delivery, job, started)
         # Strict priority, bounded: while interactive work is in the worker, batch work starts no new
-        # stage (_yield_to_interactive) and sends no new Triton request.
-        self._interactive_jobs += 1
-        self._no_interactive.clear()
-        try:
-            with self.batcher.batch_requests_held():
-                return await self._process_job(delivery, job, started)
-        finally:
-            self._interactive_jobs -= 1
-            if not self._interactive_jobs:
-                self._no_interactive.set()
+        # stage (fetch, decode, answer) and the Batcher sends no new batch request.
+        with self._interactive_gate.entered():
+            return await self._process_job(delivery, job, started)
 
     async def _process_job(self, delivery: Delivery, job: Job | Rejection, started: float) -> Decision:
         try:
@@ -844,11 +856,11 @@ class Pipeline:
             tensor = await self._prepare_interactive(job)
             probs, embedding, inference_ms = await self.batcher.submit(tensor, interactive=True)
         else:
-            await self._yield_to_interactive()
+            await self._interactive_gate.yield_to()
             async with self._batch_fetches:
                 self._begun.add(ack_id)
                 data = await self._read_input(job, urgent=False)
-            await self._yield_to_interactive()
+            await self._interactive_gate.yield_to()
             async with self._batch_decodes:
                 tensor = await self._p.preprocess(data)
             self._check_deadline(job)
@@ -910,7 +922,7 @@ class Pipeline:
         uri = job.input_uri if isinstance(job, Job) else None
         priority = job.priority
         if priority != contracts.INTERACTIVE:
-            await self._yield_to_interactive()
+            await self._interactive_gate.yield_to()
         status, code, duplicate = await self.answerer.answer(
             delivery,
             job_id=job_id,

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import time
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -15,7 +17,7 @@ from worker_fakes import FakeModel, FakeNotifier, FakeSource, FakeStore, deliver
 
 from worker import errors
 from worker.inference import postprocess
-from worker.pipeline import Batcher, Health, Pipeline, Ports
+from worker.pipeline import Batcher, Health, InteractiveGate, Pipeline, Ports
 from worker.settings import WorkerSettings
 
 SETTINGS = WorkerSettings(
@@ -256,73 +258,76 @@ class GatedModel(FakeModel):
         return await super().infer(batch, interactive=interactive)
 
 
+TENSOR = np.zeros((1, 4, 4), dtype=np.float32)
+
+
+@contextlib.asynccontextmanager
+async def running(model: FakeModel, gate: InteractiveGate | None = None) -> AsyncIterator[Batcher]:
+    """A Batcher of 4-tensor requests (1 ms delay, one batch request in flight) running on ``model``."""
+    batcher = Batcher(model, Health(), max_size=4, max_delay_ms=1, retries=1, batch_requests=1, gate=gate)
+    runner = asyncio.create_task(batcher.run())
+    try:
+        yield batcher
+    finally:
+        runner.cancel()
+        await asyncio.gather(runner, return_exceptions=True)
+
+
 def test_an_interactive_tensor_goes_alone_while_batch_requests_are_in_flight() -> None:
     async def scenario() -> None:
         model = GatedModel()
-        batcher = Batcher(model, Health(), max_size=4, max_delay_ms=1, retries=1, batch_requests=1)
-        runner = asyncio.create_task(batcher.run())
-        tensor = np.zeros((1, 4, 4), dtype=np.float32)
-        # Given 6 batch tensors: one request of 4 goes to the model and blocks there, 2 wait their turn
-        batch = [batcher.submit(tensor, interactive=False) for _ in range(6)]
-        await asyncio.sleep(0.02)
-        assert model.batches == [] and model.batch_in_flight == 1
-        # When an interactive tensor arrives
-        answer = await asyncio.wait_for(batcher.submit(tensor, interactive=True), timeout=1)
-        # Then it is answered while the batch request is still in flight, in a request of its own
-        assert len(answer[0]) == 6
-        assert model.batches == [1] and model.interactive_flags == [True]
-        assert not any(f.done() for f in batch)
-        # and the batch work follows, never more than one batch request in flight
-        model.release.set()
-        await asyncio.wait_for(asyncio.gather(*batch), timeout=1)
-        assert model.batches == [1, 4, 2] and model.interactive_flags == [True, False, False]
-        assert model.max_batch_in_flight == 1
-        runner.cancel()
-        await asyncio.gather(runner, return_exceptions=True)
+        async with running(model) as batcher:
+            # Given 6 batch tensors: one request of 4 goes to the model and blocks there, 2 wait their turn
+            batch = [batcher.submit(TENSOR, interactive=False) for _ in range(6)]
+            await asyncio.sleep(0.02)
+            assert model.batches == [] and model.batch_in_flight == 1
+            # When an interactive tensor arrives
+            answer = await asyncio.wait_for(batcher.submit(TENSOR, interactive=True), timeout=1)
+            # Then it is answered while the batch request is still in flight, in a request of its own
+            assert len(answer[0]) == 6
+            assert model.batches == [1] and model.interactive_flags == [True]
+            assert not any(f.done() for f in batch)
+            # and the batch work follows, never more than one batch request in flight
+            model.release.set()
+            await asyncio.wait_for(asyncio.gather(*batch), timeout=1)
+            assert model.batches == [1, 4, 2] and model.interactive_flags == [True, False, False]
+            assert model.max_batch_in_flight == 1
 
     asyncio.run(scenario())
 
 
 def test_no_batch_request_is_sent_while_interactive_work_is_on_its_way() -> None:
     async def scenario() -> None:
-        model = FakeModel()
-        batcher = Batcher(model, Health(), max_size=4, max_delay_ms=1, retries=1, max_hold_s=5.0)
-        runner = asyncio.create_task(batcher.run())
-        tensor = np.zeros((1, 4, 4), dtype=np.float32)
-        # Given an interactive job on its way to inference (decoding, say)
-        with batcher.batch_requests_held():
-            # When a full batch is ready meanwhile
-            batch = [batcher.submit(tensor, interactive=False) for _ in range(4)]
-            await asyncio.sleep(0.05)
-            # Then it waits; the interactive tensor goes first when it comes
-            assert model.batches == []
-            await asyncio.wait_for(batcher.submit(tensor, interactive=True), timeout=1)
-            assert model.batches == [1]
-        # and the batch goes as soon as the hold ends
-        await asyncio.wait_for(asyncio.gather(*batch), timeout=1)
-        assert model.batches == [1, 4] and model.interactive_flags == [True, False]
-        runner.cancel()
-        await asyncio.gather(runner, return_exceptions=True)
+        model, gate = FakeModel(), InteractiveGate(max_wait_s=5.0)
+        async with running(model, gate) as batcher:
+            # Given an interactive job on its way to inference (decoding, say)
+            with gate.entered():
+                # When a full batch is ready meanwhile
+                batch = [batcher.submit(TENSOR, interactive=False) for _ in range(4)]
+                await asyncio.sleep(0.05)
+                # Then it waits; the interactive tensor goes first when it comes
+                assert model.batches == []
+                await asyncio.wait_for(batcher.submit(TENSOR, interactive=True), timeout=1)
+                assert model.batches == [1]
+            # and the batch goes as soon as the interactive job leaves
+            await asyncio.wait_for(asyncio.gather(*batch), timeout=1)
+            assert model.batches == [1, 4] and model.interactive_flags == [True, False]
 
     asyncio.run(scenario())
 
 
 def test_a_hold_on_batch_requests_is_bounded() -> None:
     async def scenario() -> float:
-        batcher = Batcher(FakeModel(), Health(), max_size=4, max_delay_ms=1, retries=1, max_hold_s=0.1)
-        runner = asyncio.create_task(batcher.run())
-        tensor = np.zeros((1, 4, 4), dtype=np.float32)
-        # Given holds that overlap for longer than max_hold_s (a stream of interactive jobs)
-        with batcher.batch_requests_held():
-            started = time.monotonic()
-            with batcher.batch_requests_held():
-                batch = [batcher.submit(tensor, interactive=False) for _ in range(4)]
-                # Then batch work is answered after the bound, while still held
-                await asyncio.wait_for(asyncio.gather(*batch), timeout=2)
-                waited = time.monotonic() - started
-        runner.cancel()
-        await asyncio.gather(runner, return_exceptions=True)
-        return waited
+        gate = InteractiveGate(max_wait_s=0.1)
+        async with running(FakeModel(), gate) as batcher:
+            # Given interactive jobs that overlap for longer than max_wait_s (a stream of them)
+            with gate.entered():
+                started = time.monotonic()
+                with gate.entered():
+                    batch = [batcher.submit(TENSOR, interactive=False) for _ in range(4)]
+                    # Then batch work is answered after the bound, while still held
+                    await asyncio.wait_for(asyncio.gather(*batch), timeout=2)
+                    return time.monotonic() - started
 
     waited = asyncio.run(scenario())
     assert 0.09 <= waited < 2

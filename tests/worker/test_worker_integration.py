@@ -32,7 +32,6 @@ import pytest
 from google.cloud import pubsub_v1
 
 from worker import contracts, loadgen
-from worker.devstack.admin_http import AdminClient
 from worker.drawings import render_drawing
 from worker.settings import WorkerSettings
 
@@ -130,6 +129,16 @@ class Run:
         stats = loadgen.delivery_stats(self.base["FLEET_PUBSUB_ADMIN_URL"], [name])
         assert name in stats, f"the emulator has no stats for {name}"
         return stats[name]
+
+
+def _wait_for(
+    condition: Callable[[], bool], message: str, *, timeout_s: float = 30.0, interval_s: float = 0.05
+) -> None:
+    """Poll ``condition`` every ``interval_s``; fail with ``message`` after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, message
+        time.sleep(interval_s)
 
 
 def wait_started(slot: loadgen.ManagedProcess, *, timeout_s: float = WORKER_START_TIMEOUT_S) -> float:
@@ -323,10 +332,11 @@ def test_a_second_worker_started_during_a_backlog_is_processing_within_5_s(
     wait_started(first)
     keys = [f"b{i:04d}" for i in range(SECOND_WORKER_PUBLISHED)]
     run.publish([run.job(key, inputs[i % len(inputs)]) for i, key in enumerate(keys)])
-    deadline = time.monotonic() + 60
-    while len(run.collector.snapshot()) < 20:
-        assert time.monotonic() < deadline, "the first worker is not processing the backlog"
-        time.sleep(0.05)
+    _wait_for(
+        lambda: len(run.collector.snapshot()) >= 20,
+        "the first worker is not processing the backlog",
+        timeout_s=60,
+    )
     # When a second worker starts while 500 or more jobs are still queued
     queued = run.sub_stats()["backlog"]
     assert queued >= SECOND_WORKER_BACKLOG, f"only {queued} jobs queued: not a backlog test"
@@ -417,7 +427,7 @@ def _batch_results_created(run: Run) -> list[float]:
 
 @pytest.mark.timeout(240)
 def test_an_interactive_job_overtakes_a_2000_job_batch_backlog(
-    make_run: Callable[..., Run], inputs: list[str]
+    stack: Any, make_run: Callable[..., Run], inputs: list[str]
 ) -> None:
     """With 2,000 batch jobs queued, an interactive job is answered within 2x its idle latency, and
     no more batch jobs finish while it waits than were already in the worker's hands.
@@ -436,7 +446,7 @@ def test_an_interactive_job_overtakes_a_2000_job_batch_backlog(
     the result objects' creation times.
     """
     run = make_run(notification_filter=f'attributes.priority = "{contracts.INTERACTIVE}"')
-    admin = AdminClient(run.base["FLEET_PUBSUB_ADMIN_URL"])
+    admin = stack.pubsub_admin
     batch_lane = run.env.subscription_path(run.topology.batch_subscription)
     worker = run.worker("w")
     wait_started(worker)
@@ -458,7 +468,9 @@ def test_an_interactive_job_overtakes_a_2000_job_batch_backlog(
     for index in range(LATENCY_PAIRS):
         # When the worker is idle (batch lane paused, nothing held): an idle sample
         top_up()
-        _wait_for(lambda: run.sub_stats()["outstanding"] == 0, "the worker still holds batch jobs")
+        _wait_for(
+            lambda: run.sub_stats()["outstanding"] == 0, "the worker still holds batch jobs", interval_s=0.01
+        )
         time.sleep(SETTLE_S)
         idle.append(_answer_window(run, f"idle{index}", inputs[index % len(inputs)]))
         # and when it is busy with the backlog again (lane resumed, batches finishing): a loaded sample
@@ -468,6 +480,7 @@ def test_an_interactive_job_overtakes_a_2000_job_batch_backlog(
         _wait_for(
             lambda busy_at=acked + BUSY_AFTER_ACKS: run.sub_stats().get("acked", 0) >= busy_at,
             "the worker is not processing the batch backlog",
+            interval_s=0.01,
         )
         busy_acks.append((run.sub_stats().get("acked", 0) - acked) / (time.monotonic() - resumed))
         loaded.append(_answer_window(run, f"busy{index}", inputs[index % len(inputs)]))
@@ -499,14 +512,6 @@ def test_an_interactive_job_overtakes_a_2000_job_batch_backlog(
     assert ratio <= 2.0, f"loaded/idle interactive latency {ratio:.2f} > 2"
 
 
-def _wait_for(condition: Callable[[], bool], message: str, timeout_s: float = 30.0) -> None:
-    """Poll ``condition`` every 10 ms; fail with ``message`` after ``timeout_s``."""
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, message
-        time.sleep(0.01)
-
-
 # --- 4. SIGTERM: drain, give back, nothing lost -------------------------------------------------------------
 @pytest.mark.timeout(180)
 def test_a_sigtermed_workers_leased_jobs_are_finished_by_another_worker(
@@ -520,10 +525,7 @@ def test_a_sigtermed_workers_leased_jobs_are_finished_by_another_worker(
     keys = [f"j{i:03d}" for i in range(120)]
     gcs_faults.set_faults(latency_ms=1000)
     run.publish([run.job(key, inputs[i % len(inputs)]) for i, key in enumerate(keys)])
-    deadline = time.monotonic() + 60
-    while run.sub_stats()["outstanding"] < 10:
-        assert time.monotonic() < deadline, "the first worker leased nothing"
-        time.sleep(0.05)
+    _wait_for(lambda: run.sub_stats()["outstanding"] >= 10, "the first worker leased nothing", timeout_s=60)
     time.sleep(0.5)
     # When it is SIGTERM'd while holding leases
     held = run.sub_stats()["outstanding"]
@@ -573,10 +575,7 @@ def test_the_preempted_flag_on_the_metadata_server_drains_the_worker(
         wait_started(worker)
         keys = [f"p{i:03d}" for i in range(100)]
         run.publish([run.job(key, inputs[i % len(inputs)]) for i, key in enumerate(keys)])
-        deadline = time.monotonic() + 60
-        while len(run.collector.snapshot()) < 5:
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
+        _wait_for(lambda: len(run.collector.snapshot()) >= 5, "the worker answered nothing", timeout_s=60)
         # When the flag turns TRUE
         flipped = time.monotonic()
         metadata.set_preempted(name, True)
@@ -610,17 +609,14 @@ def test_duplicate_deliveries_leave_exactly_one_result_object(
     first_doc, generation = run.result("dup")
     # When the same job is published again (a client retry: a new message, same job_id)
     run.publish([run.job("dup", inputs[1])])
-    deadline = time.monotonic() + 30
-    while len(run.collector.snapshot().get("dup", [])) < 2:
-        assert time.monotonic() < deadline, "the duplicate was not answered"
-        time.sleep(0.05)
+    _wait_for(lambda: len(run.collector.snapshot().get("dup", [])) >= 2, "the duplicate was not answered")
     # and Pub/Sub redelivers an acked message (the emulator's at-least-once fault)
     pubsub_faults.set_faults(redeliver_acked_rate=1.0)
     run.publish([run.job("again", inputs[2])])
-    deadline = time.monotonic() + 30
-    while len(run.collector.snapshot().get("again", [])) < 2:
-        assert time.monotonic() < deadline, "the redelivered message was not answered"
-        time.sleep(0.05)
+    _wait_for(
+        lambda: len(run.collector.snapshot().get("again", [])) >= 2,
+        "the redelivered message was not answered",
+    )
     pubsub_faults.clear_faults()
     time.sleep(0.5)
     # Then each job has exactly one result object, never overwritten, and consistent notifications
@@ -868,10 +864,12 @@ def test_a_job_that_keeps_failing_is_dead_lettered_and_answered_by_the_dlq_handl
     gcs_faults.set_faults(error_rate=1.0)
     run.publish([run.job("doomed", inputs[0], attributes={"client": "acme"})])
     # When every delivery fails transiently, the subscription dead-letters the job
-    deadline = time.monotonic() + 60
-    while run.sub_stats().get("dead_lettered", 0) < 1:
-        assert time.monotonic() < deadline, run.sub_stats()
-        time.sleep(0.1)
+    _wait_for(
+        lambda: run.sub_stats().get("dead_lettered", 0) >= 1,
+        "nothing was dead-lettered",
+        timeout_s=60,
+        interval_s=0.1,
+    )
     gcs_faults.clear_faults()
     assert "doomed" not in run.collector.snapshot()
     # and the dead-letter handler runs
