@@ -1,12 +1,15 @@
 # inference-fleet: every target bootstraps what it needs from a fresh clone.
 #   make demo   - the main job on the local stack (emulators + real tritonserver on CPU)
-#   make test   - lint-infra + the whole pytest suite (unit and integration)
+#   make test   - ruff + mypy strict + lint-infra + the whole pytest suite (unit and integration)
 PYTHON ?= python3.11
 VENV := .venv
 TRITON_VENV := .venv-triton
 TRAIN_VENV := .venv-train
 PY := $(VENV)/bin/python
 PIP_FLAGS := --quiet --disable-pip-version-check
+# Python entry points without a .py suffix: ruff only finds them when named.
+PY_SCRIPTS := scripts/bench scripts/build_trt_engine scripts/chaos scripts/demo scripts/devstack scripts/simulate
+PY_SOURCES := worker tests scripts $(PY_SCRIPTS)
 
 .PHONY: all venv triton-venv test demo lint format typecheck check lint-infra bench chaos simulate train devstack-up devstack-down clean
 
@@ -29,24 +32,24 @@ $(TRITON_VENV)/.installed: scripts/requirements-triton.txt
 	touch $@
 triton-venv: $(TRITON_VENV)/.installed
 
-test: venv triton-venv lint-infra
+test: venv triton-venv lint typecheck lint-infra
 	$(PY) -m pytest -q
 
 demo: venv triton-venv
 	$(PY) scripts/demo
 
 lint: venv
-	$(VENV)/bin/ruff check worker tests scripts
-	$(VENV)/bin/ruff format --check worker tests
+	$(VENV)/bin/ruff check $(PY_SOURCES)
+	$(VENV)/bin/ruff format --check $(PY_SOURCES)
 
 format: venv
-	$(VENV)/bin/ruff format worker tests
-	$(VENV)/bin/ruff check --fix worker tests
+	$(VENV)/bin/ruff format $(PY_SOURCES)
+	$(VENV)/bin/ruff check --fix $(PY_SOURCES)
 
 typecheck: venv
 	$(VENV)/bin/mypy
 
-check: lint typecheck test
+check: test
 
 lint-infra: venv
 	scripts/lint-infra

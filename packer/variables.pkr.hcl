@@ -105,7 +105,7 @@ variable "model_input" {
     max_batch = number
     opt_batch = number
   })
-  description = "TensorRT optimisation profile of the model input (worker/model_spec.py INPUT, MAX_BATCH_SIZE)."
+  description = "TensorRT optimisation profile of the model input (worker/runtime/model_spec.py INPUT, MAX_BATCH_SIZE)."
   default = {
     name      = "IMAGE"
     chw       = "1x192x192"

@@ -31,7 +31,8 @@ import tritonclient.grpc as grpcclient
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from worker import drawings, model_spec, preprocess  # noqa: E402
+from worker.dev import drawings  # noqa: E402
+from worker.runtime import model_spec, preprocess  # noqa: E402
 
 ONNX = ROOT / "model_repository" / "cpu" / model_spec.MODEL_NAME / model_spec.MODEL_VERSION / "model.onnx"
 
@@ -108,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     server = None
     url = args.triton_url
     if args.serve:
-        from worker.devstack.tritonserver import TritonServer  # noqa: PLC0415 (needs .venv-triton)
+        from worker.dev.devstack.tritonserver import TritonServer  # noqa: PLC0415 (needs .venv-triton)
 
         server = TritonServer(
             model_repository=ROOT / "model_repository" / args.serve,

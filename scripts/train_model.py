@@ -6,8 +6,8 @@ minutes on 2 CPU cores:
 
 1. Generate the training set (``drawings.TRAIN_SEED``) and the fixed held-out set
    (``drawings.HELDOUT_SEED``, ``HELDOUT_COUNT`` drawings at the default A4/150-dpi size, every third one
-   JPEG) through ``worker.preprocess`` - the same contract the worker uses - and cache the tensors under
-   ``build/model-data/`` (uint8, exact: the contract's values are multiples of 1/255).
+   JPEG) through ``worker.runtime.preprocess`` - the same contract the worker uses - and cache the tensors
+   under ``build/model-data/`` (uint8, exact: the contract's values are multiples of 1/255).
 2. Train a small CNN with two heads: class logits (cross-entropy) and a 128-d L2-normalised embedding
    (normalised-softmax proxy loss, which clusters each class around one direction).
 3. Report held-out class accuracy and embedding recall@1, export ONNX (opset 17, dynamic batch axis,
@@ -40,7 +40,8 @@ from torch.nn import functional as F
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from worker import drawings, model_spec, preprocess  # noqa: E402
+from worker.dev import drawings  # noqa: E402
+from worker.runtime import model_spec, preprocess  # noqa: E402
 
 DEFAULT_OUT = ROOT / "model_repository" / "cpu" / "drawing_analyzer" / model_spec.MODEL_VERSION
 CACHE_DIR = ROOT / "build" / "model-data"
@@ -48,7 +49,7 @@ CACHE_DIR = ROOT / "build" / "model-data"
 TRAIN_SIZES: tuple[tuple[int, int], ...] = ((1754, 1240), (1315, 930), (877, 620), (2104, 1488))
 SEED = 20260101
 MAX_SHIFT_PX = 16
-GENERATOR_VERSION = "1"  # bump when worker/drawings.py changes what it draws, to refresh the cache
+GENERATOR_VERSION = "1"  # bump when worker/dev/drawings.py changes what it draws, to refresh the cache
 
 
 class DrawingNet(nn.Module):

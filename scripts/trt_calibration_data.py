@@ -14,7 +14,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from worker import drawings, model_spec, preprocess
+from worker.dev import drawings
+from worker.runtime import model_spec, preprocess
 
 CALIBRATION_SEED = 4
 CALIBRATION_COUNT = 512

@@ -16,7 +16,7 @@ locals {
   subnetwork    = var.network.create ? google_compute_subnetwork.workers[0].self_link : var.network.subnetwork
   labels        = merge({ app = "inference-fleet", managed-by = "terraform" }, var.labels)
 
-  # Worker configuration: the FLEET_* contract of worker/settings.py, rendered into instance metadata
+  # Worker configuration: the FLEET_* contract of worker/runtime/settings.py, rendered into instance metadata
   # (`fleet-env`, one KEY=value per line) and turned into an env file at boot by fleet-metadata-env.
   worker_optional_env = {
     FLEET_PIPELINE_SLOTS        = var.worker.pipeline_slots
@@ -40,7 +40,7 @@ locals {
       FLEET_INPUT_BUCKET                     = local.buckets.inputs
       FLEET_RESULTS_BUCKET                   = local.buckets.results
       FLEET_MODEL_NAME                       = "drawing_analyzer"
-      # Per-process job counters and the failure alert's source (worker/telemetry.py).
+      # Per-process job counters and the failure alert's source (worker/runtime/telemetry.py).
       FLEET_METRICS_EXPORT = "true"
       # Triton runs beside the worker on the same VM (triton.service, host network).
       TRITON_GRPC_URL = "127.0.0.1:8001"

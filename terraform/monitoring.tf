@@ -77,7 +77,7 @@ resource "google_monitoring_dashboard" "fleet" {
   depends_on = [google_project_service.apis]
 }
 
-# The worker exports custom.googleapis.com/inference_fleet/jobs_completed{status} (worker/telemetry.py).
+# The worker exports custom.googleapis.com/inference_fleet/jobs_completed{status} (worker/runtime/telemetry.py).
 # Declared here so the alert policy can be created before the first VM has written a point.
 resource "google_monitoring_metric_descriptor" "jobs_completed" {
   project      = var.project_id

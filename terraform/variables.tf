@@ -64,7 +64,7 @@ variable "boot_disk" {
 }
 
 variable "worker" {
-  description = "Worker settings passed as FLEET_* environment variables through instance metadata. Null leaves the worker's own default (worker/settings.py). `drain_budget_s` must stay below the image's `docker stop -t` (25 s), itself below the 30 s spot notice."
+  description = "Worker settings passed as FLEET_* environment variables through instance metadata. Null leaves the worker's own default (worker/runtime/settings.py). `drain_budget_s` must stay below the image's `docker stop -t` (25 s), itself below the 30 s spot notice."
   type = object({
     pipeline_slots         = optional(number)
     max_batch_size         = optional(number)

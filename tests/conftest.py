@@ -1,6 +1,6 @@
 """Session fixtures shared by the whole suite: ONE local stack per pytest session and the official clients.
 
-- ``stack``: starts ``worker.devstack.stack.up`` in a private temporary work dir (so a developer's own
+- ``stack``: starts ``worker.dev.devstack.stack.up`` in a private temporary work dir (so a developer's own
   ``scripts/devstack up`` is untouched), exports its env into ``os.environ`` for the session, and stops
   every process at the end. Attributes: ``env``, ``project``, ``resources``, ``pubsub_admin``,
   ``gcs_admin``. When the stack cannot start, integration tests FAIL if ``CI`` is set, otherwise skip.
@@ -20,12 +20,12 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from google.cloud import pubsub_v1, storage
+from google.cloud import pubsub_v1, storage  # type: ignore[attr-defined]  # storage has no py.typed
 
-from worker import loadgen
-from worker.devstack.admin_http import AdminClient
-from worker.devstack.pubsub_emulator import TIME_DIVISOR_LABEL
-from worker.devstack.stack import Stack, down, up
+from worker.dev import loadgen
+from worker.dev.devstack.admin_http import AdminClient
+from worker.dev.devstack.pubsub_emulator import TIME_DIVISOR_LABEL
+from worker.dev.devstack.stack import Stack, down, up
 
 
 def unique_name(prefix: str = "t") -> str:

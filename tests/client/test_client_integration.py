@@ -18,9 +18,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from google.cloud import pubsub_v1
 
-from worker import client as sdk
-from worker.drawings import render_drawing
+from worker.client import sdk
+from worker.dev.drawings import render_drawing
 
 pytestmark = pytest.mark.integration
 
@@ -174,7 +175,7 @@ def test_two_clients_each_see_only_their_own_results(
     # and ephemeral subscriptions are deleted on exit
     subscriptions = {
         s.name.rsplit("/", 1)[1]
-        for s in sdk.pubsub_v1.SubscriberClient().list_subscriptions(
+        for s in pubsub_v1.SubscriberClient().list_subscriptions(
             request={"project": f"projects/{settings.project}"}
         )
     }

@@ -13,11 +13,12 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from google.cloud import pubsub_v1
 
-from worker import client as sdk
-from worker import client_cli
 from worker.cli import EXIT_USAGE, main
-from worker.errors import ClientInputInvalid, PublishIncomplete
+from worker.client import cli as client_cli
+from worker.client import sdk
+from worker.shared.errors import ClientInputInvalid, PublishIncomplete
 
 SETTINGS = sdk.ClientSettings(
     project="p",
@@ -279,7 +280,7 @@ def test_interactive_jobs_are_published_without_the_bulk_batching_window(
         made.append((batch_settings, FakePublisher()))
         return made[-1][1]
 
-    monkeypatch.setattr(sdk.pubsub_v1, "PublisherClient", publisher_client)
+    monkeypatch.setattr(pubsub_v1, "PublisherClient", publisher_client)
     client = sdk.FleetClient(SETTINGS, subscriber=FakeSubscriber(), storage_client=NoStorage())
     requests = remote_requests(4)
     requests[1] = sdk.JobRequest("i1", "gs://bucket/i1.png", "interactive", may_be_answered=False)

@@ -2,8 +2,8 @@
 
 Each file in ``cases/`` is one job message (data + attributes) and optionally its input object (bytes
 generated here from a recipe, so bombs and truncations never sit in the repository), plus the expected
-status and ``worker/errors.py`` code. All cases run together against ONE real ``fleet worker`` on the local
-stack, on a private copy of the topics and subscriptions (so delivery counts are this run's own). Then,
+status and ``worker/shared/errors.py`` code. All cases run together against ONE real ``fleet worker`` on the
+local stack, on a private copy of the topics and subscriptions (so delivery counts are this run's own). Then,
 per case: exactly one terminal notification with the expected code, answered on the first delivery (no
 retry storm), exactly one result object (at ``results/<job_id>.json`` or, for an unusable job id,
 ``results/_rejected/<message_id>.json``) agreeing with the notification; and the worker is still running.
@@ -21,7 +21,8 @@ from typing import Any
 
 import pytest
 
-from worker import errors, loadgen
+from worker.dev import loadgen
+from worker.shared import errors
 
 CASES_DIR = Path(__file__).parent / "cases"
 CASE_FILES = sorted(CASES_DIR.glob("*.json"))

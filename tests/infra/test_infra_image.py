@@ -14,8 +14,8 @@ from types import ModuleType
 
 import pytest
 
-from worker import model_spec
-from worker.settings import WorkerSettings
+from worker.runtime import model_spec
+from worker.runtime.settings import WorkerSettings
 
 from ._files import BIN, PACKER, REPO, SPOT_NOTICE_S, TERRAFORM, UNITS, blocks, parse_hcl, parse_unit, seconds
 

@@ -7,8 +7,8 @@ import json
 import re
 from pathlib import Path
 
-from worker import settings
-from worker.resources import load_resources
+from worker.runtime import settings
+from worker.shared.resources import load_resources
 
 from ._files import TERRAFORM, all_resources, blocks, dynamic, locals_, one, parse_hcl, resources
 
@@ -74,7 +74,7 @@ def test_names_come_from_fleet_json_shared_with_the_local_stack() -> None:
         == "${local.prefix}-${local.fleet.dead_letter_handler_subscription}"
     )
     assert "${var.project_id}-${local.prefix}-${short}" in loc["buckets"]
-    # The same expansion the local stack uses (worker.resources) gives the contract's names.
+    # The same expansion the local stack uses (worker.shared.resources) gives the contract's names.
     res = load_resources(TERRAFORM / "fleet.json")
     assert res.full(res.jobs_topic) == "fleet-jobs"
     assert {res.full(lane.subscription) for lane in res.lanes} == {
@@ -263,7 +263,7 @@ def test_monitoring_dashboard_and_alerts() -> None:
 
 
 def test_worker_env_names_are_worker_settings() -> None:
-    """Every FLEET_* the module sets is one worker/settings.py reads (no silently ignored config)."""
+    """Every FLEET_* the module sets is one worker/runtime/settings.py reads (no silently ignored config)."""
     known = set(re.findall(r'"(FLEET_[A-Z0-9_]+)"', Path(settings.__file__).read_text(encoding="utf-8")))
     main = (TERRAFORM / "main.tf").read_text(encoding="utf-8")
     set_here = set(re.findall(r"\b(FLEET_[A-Z0-9_]+)\s*=", main)) | {"FLEET_INSTANCE_GROUP"}
@@ -273,7 +273,7 @@ def test_worker_env_names_are_worker_settings() -> None:
     # Read by the client and `fleet dlq` rather than the worker; part of the shared env contract.
     not_worker = {"FLEET_JOBS_TOPIC", "FLEET_DEAD_LETTER_TOPIC", "FLEET_DEAD_LETTER_SUBSCRIPTION"}
     missing = (set_here | lanes) - known - not_worker
-    assert not missing, f"set by Terraform but unknown to worker/settings.py: {sorted(missing)}"
+    assert not missing, f"set by Terraform but unknown to worker/runtime/settings.py: {sorted(missing)}"
 
 
 def test_example_sets_the_image_in_one_line() -> None:

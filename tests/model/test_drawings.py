@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from worker import drawings, model_spec, preprocess
+from worker.dev import drawings
+from worker.runtime import model_spec, preprocess
 
 
 def test_same_seed_same_bytes() -> None:

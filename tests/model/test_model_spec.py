@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from worker import model_spec
+from worker.runtime import model_spec
 
 ROOT = Path(__file__).resolve().parents[2]
 CPU_CONFIG = ROOT / "model_repository" / "cpu" / model_spec.MODEL_NAME / "config.pbtxt"

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from worker import model_spec, preprocess
-from worker.errors import ImageTooLarge, ImageUndecodable, InputTooLarge
+from worker.runtime import model_spec, preprocess
+from worker.shared.errors import ImageTooLarge, ImageUndecodable, InputTooLarge
 
 SHAPE = model_spec.INPUT.shape
 
@@ -242,7 +242,7 @@ def test_every_allowed_format_opens_in_a_fresh_process(tmp_path: Path) -> None:
     for fmt in preprocess.ALLOWED_FORMATS:
         (tmp_path / fmt).write_bytes(_encode(_drawing_like().convert("RGB"), fmt))
     code = (
-        "import sys, pathlib; from worker import preprocess; "
+        "import sys, pathlib; from worker.runtime import preprocess; "
         "[preprocess.preprocess_bytes(p.read_bytes()) for p in pathlib.Path(sys.argv[1]).iterdir()]"
     )
     result = subprocess.run(

@@ -10,7 +10,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from worker import drawings, model_spec, preprocess
+from worker.dev import drawings
+from worker.runtime import model_spec, preprocess
 
 pytestmark = pytest.mark.integration
 

@@ -1,4 +1,4 @@
-"""Pure parts of the harness (worker/loadgen.py): the audit that decides lost/overwritten, percentiles,
+"""Pure parts of the harness (worker/dev/loadgen.py): the audit that decides lost/overwritten, percentiles,
 the fake metadata server, the env-file parser and the hostile-input recipes."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from types import SimpleNamespace
 
 from PIL import Image
 
-from worker import loadgen
+from worker.dev import loadgen
 
 
 def note(key: str, status: str = "succeeded", code: str | None = None) -> loadgen.Notification:

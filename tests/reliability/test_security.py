@@ -20,7 +20,8 @@ from typing import Any
 
 import pytest
 
-from worker import contracts, errors, loadgen
+from worker.dev import loadgen
+from worker.shared import contracts, errors
 
 PLANTED_TOKEN = "ya29.PLANTED-" + "S3cr3tT0k3n" * 3
 #: A decoded 40000 x 40000 bomb would need 1.6 GB; refusing it from the header must cost (almost) nothing.
@@ -30,8 +31,9 @@ MAX_RSS_GROWTH_MB = 64
 # --- size limits, no stack needed --------------------------------------------------------------------
 _RSS_PROBE = r"""
 import resource, sys
-from worker import loadgen, preprocess
-from worker.errors import ImageTooLarge, InputTooLarge
+from worker.dev import loadgen
+from worker.runtime import preprocess
+from worker.shared.errors import ImageTooLarge, InputTooLarge
 bombs = [loadgen.png_bomb(40000), loadgen.png_header_only(1_000_000),
          loadgen.jpeg_header_claiming(65000), loadgen.gif_header_claiming(65535)]
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

@@ -1,0 +1,142 @@
+"""In-memory fakes of the pipeline's ports, for unit tests of pure orchestration logic only."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import time
+from collections import defaultdict
+from typing import Any
+
+import numpy as np
+
+from worker.shared import errors
+from worker.shared.contracts import Delivery, Notification
+
+_ids = itertools.count(1)
+
+
+def delivery(
+    body: Any,
+    *,
+    subscription: str = "fleet-jobs-batch",
+    attempt: int = 1,
+    attributes: dict[str, str] | None = None,
+) -> Delivery:
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    n = next(_ids)
+    now = time.time()
+    return Delivery(
+        ack_id=f"ack-{n}",
+        subscription=subscription,
+        message_id=f"m{n}",
+        data=data,
+        attributes=attributes or {},
+        publish_time=now,
+        delivery_attempt=attempt,
+        leased_at=now,
+    )
+
+
+class FakeSource:
+    def __init__(self) -> None:
+        self.queues: dict[str, list[Delivery]] = defaultdict(list)
+        self.acked: list[str] = []
+        self.nacked: list[str] = []
+        self.extended: list[tuple[str, int]] = []
+        self.pull_sizes: list[tuple[str, int]] = []
+
+    def put(self, d: Delivery) -> None:
+        self.queues[d.subscription].append(d)
+
+    async def pull(self, subscription: str, max_messages: int, *, wait: bool = False) -> list[Delivery]:
+        self.pull_sizes.append((subscription, max_messages))
+        queue = self.queues[subscription]
+        out, self.queues[subscription] = queue[:max_messages], queue[max_messages:]
+        return out
+
+    async def acknowledge(self, subscription: str, ack_ids: list[str]) -> None:
+        self.acked.extend(ack_ids)
+
+    async def modify_ack_deadline(self, subscription: str, ack_ids: list[str], seconds: int) -> None:
+        if seconds == 0:
+            self.nacked.extend(ack_ids)
+        else:
+            self.extended.extend((a, seconds) for a in ack_ids)
+
+
+class FakeStore:
+    def __init__(self) -> None:
+        self.objects: dict[str, bytes] = {"in/ok.png": b"png"}
+        self.results: dict[str, bytes] = {}
+        self.writes = 0
+        self.fail_reads = False
+
+    def result_uri(self, name: str) -> str:
+        return f"gs://results/{name}"
+
+    async def read_input(self, bucket: str, name: str, *, max_bytes: int, urgent: bool = False) -> bytes:
+        if self.fail_reads:
+            raise errors.StorageUnavailable("fake 503")
+        if name not in self.objects:
+            raise errors.InputNotFound("missing")
+        return self.objects[name]
+
+    async def create_result(self, name: str, data: bytes, *, urgent: bool = False) -> bool:
+        self.writes += 1
+        if name in self.results:
+            return False
+        self.results[name] = data
+        return True
+
+    async def read_result(self, name: str) -> bytes | None:
+        return self.results.get(name)
+
+
+class FakeModel:
+    name = "drawing_analyzer"
+    version = "1"
+
+    def __init__(self) -> None:
+        self.batches: list[int] = []
+        self.interactive_flags: list[bool] = []
+        self.fail: errors.FleetError | None = None
+        self.delay_s = 0.0
+
+    async def ready(self) -> bool:
+        return self.fail is None
+
+    async def infer(self, batch: Any, *, interactive: bool) -> tuple[Any, Any]:
+        if self.delay_s:
+            await asyncio.sleep(self.delay_s)
+        if self.fail is not None:
+            raise self.fail
+        if float(batch.max()) > 1.5:  # a "poisoned" tensor the model rejects
+            raise errors.ModelRejected("bad tensor")
+        self.batches.append(len(batch))
+        self.interactive_flags.append(interactive)
+        n = len(batch)
+        probs = np.full((n, 6), 1 / 6, dtype=np.float32)
+        probs[:, 2] = 0.5
+        emb = np.ones((n, 128), dtype=np.float32) / np.sqrt(128)
+        return probs, emb
+
+
+class FakeNotifier:
+    def __init__(self) -> None:
+        self.sent: list[Notification] = []
+
+    async def publish(self, notification: Notification) -> str:
+        self.sent.append(notification)
+        return str(len(self.sent))
+
+    def bodies(self) -> list[dict[str, Any]]:
+        return [json.loads(n.data) for n in self.sent]
+
+
+async def fake_preprocess(data: bytes, *, urgent: bool = False) -> Any:
+    if data == b"garbage":
+        raise errors.ImageUndecodable("not an image")
+    value = 2.0 if data == b"poison" else 0.5
+    return np.full((1, 4, 4), value, dtype=np.float32)

@@ -1,0 +1,118 @@
+"""The tree tells where code runs: imports point one way between the subpackages of ``worker``.
+
+- ``worker.shared`` (contracts) imports only the standard library and itself;
+- ``worker.runtime`` (a GPU VM) and ``worker.client`` (a publisher) import ``worker.shared`` and
+  themselves, never each other and never ``worker.dev``;
+- ``worker.dev`` (a laptop or CI) may import everything;
+- the ``fleet`` entry point (``worker.cli``) imports only ``worker.shared``: the parts it dispatches to
+  are named as strings and imported when their command runs.
+
+Every import counts, also those inside functions. The checker is tested on a planted crossing too.
+"""
+
+from __future__ import annotations
+
+import ast
+import shutil
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[1] / "worker"
+
+#: Which parts of ``worker`` each part may import (itself included).
+ALLOWED: dict[str, frozenset[str]] = {
+    "shared": frozenset({"shared"}),
+    "runtime": frozenset({"shared", "runtime"}),
+    "client": frozenset({"shared", "client"}),
+    "dev": frozenset({"shared", "runtime", "client", "dev", "cli"}),
+    "cli": frozenset({"shared"}),
+}
+#: Third-party packages a client install does not have (they come with the ``worker`` extra or later).
+NOT_IN_CLIENT = frozenset({"numpy", "PIL", "tritonclient", "structlog", "tenacity", "onnxruntime"})
+
+
+def part_of(path: Path, root: Path) -> str:
+    relative = path.relative_to(root)
+    return relative.parts[0] if len(relative.parts) > 1 else relative.stem
+
+
+def imported_modules(path: Path, root: Path) -> Iterator[tuple[int, str]]:
+    """``(line, absolute module name)`` of every import in ``path`` (relative imports resolved)."""
+    package = ["worker", *path.relative_to(root).parent.parts]
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                yield node.lineno, alias.name
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package[: len(package) - node.level + 1]
+                module = ".".join([*base, node.module] if node.module else base)
+            else:
+                module = node.module or ""
+            if module == "worker":  # ``from worker import shared`` names the part in the alias
+                for alias in node.names:
+                    yield node.lineno, f"worker.{alias.name}"
+            else:
+                yield node.lineno, module
+
+
+def crossings(root: Path) -> list[str]:
+    """Every import in the tree under ``root`` (a ``worker`` package) that breaks ``ALLOWED``."""
+    found = []
+    for path in sorted(root.rglob("*.py")):
+        part = part_of(path, root)
+        if part not in ALLOWED:  # __init__.py of the package itself
+            continue
+        for line, module in imported_modules(path, root):
+            top = module.split(".")[0]
+            where = f"{path.relative_to(root.parent)}:{line}: {part} imports {module}"
+            if top == "worker":
+                target = module.split(".")[1] if "." in module else "worker"
+                if target not in ALLOWED[part] and target != "__version__":
+                    found.append(where)
+            elif part == "shared" and top not in sys.stdlib_module_names and top != "__future__":
+                found.append(where + " (shared code uses the standard library only)")
+            elif part == "client" and top in NOT_IN_CLIENT:
+                found.append(where + " (not installed with the client)")
+    return found
+
+
+def test_every_import_points_the_allowed_way() -> None:
+    # Given the package as committed, when every import is checked, then none crosses a boundary
+    assert crossings(PACKAGE) == []
+
+
+@pytest.mark.parametrize(
+    ("planted_in", "line", "expected"),
+    [
+        ("runtime/pipeline_extra.py", "from worker.dev import loadgen\n", "runtime imports worker.dev"),
+        ("runtime/late.py", "def f():\n    from worker.client import sdk\n", "runtime imports worker.client"),
+        ("client/fast.py", "import numpy\n", "not installed with the client"),
+        ("client/rel.py", "from ..runtime import app\n", "client imports worker.runtime"),
+        ("shared/x.py", "from worker import runtime\n", "shared imports worker.runtime"),
+        ("shared/y.py", "import yaml\n", "standard library only"),
+        ("cli.py", "from worker.client import sdk\n", "cli imports worker.client"),
+    ],
+)
+def test_a_planted_crossing_is_found(tmp_path: Path, planted_in: str, line: str, expected: str) -> None:
+    # Given a copy of the package with one import that breaks a boundary
+    root = tmp_path / "worker"
+    shutil.copytree(PACKAGE, root, ignore=shutil.ignore_patterns("__pycache__"))
+    target = root / planted_in
+    target.write_text(target.read_text(encoding="utf-8") + line if target.exists() else line, encoding="utf-8")
+    # When the copy is checked, then exactly that crossing is reported
+    found = crossings(root)
+    assert len(found) == 1 and expected in found[0], found
+
+
+def test_dev_tooling_may_import_everything(tmp_path: Path) -> None:
+    root = tmp_path / "worker"
+    shutil.copytree(PACKAGE, root, ignore=shutil.ignore_patterns("__pycache__"))
+    (root / "dev" / "anything.py").write_text(
+        "from worker.runtime import app\nfrom worker.client import sdk\nimport numpy\n", encoding="utf-8"
+    )
+    assert crossings(root) == []

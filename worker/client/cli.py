@@ -1,0 +1,450 @@
+"""``fleet submit|results|status``, ``fleet dlq list|replay``: the client on the command line.
+
+Exit codes (worker/cli.py): 0 every job succeeded, 1 some job failed, expired or is still pending (or the
+command failed), 2 usage error — bad input is reported with file and line and nothing is published.
+
+``worker.client.sdk`` (and with it the google clients) is imported inside each command, so registering these
+sub-commands costs ``fleet worker`` nothing.
+"""
+
+# Imports inside functions are deliberate (see above): the CLI root imports this module for every command.
+# ruff: noqa: PLC0415
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import hashlib
+import json
+import os
+import re
+import socket
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
+
+from worker.shared import contracts
+from worker.shared.errors import ClientInputInvalid, FleetError, PublishIncomplete
+from worker.shared.exit_codes import FAILED as EXIT_FAILED
+from worker.shared.exit_codes import OK as EXIT_OK
+from worker.shared.exit_codes import USAGE as EXIT_USAGE
+
+if TYPE_CHECKING:
+    from rich.progress import Progress
+
+    from worker.client.sdk import FleetClient, JobOutcome, SubmitReceipt
+
+DEFAULT_WAIT_TIMEOUT_S = 3600.0
+DEFAULT_RESULTS_IDLE_S = 5.0
+MAX_LISTED_FAILURES = 20
+
+
+def register(subparsers: Any) -> None:
+    """Add the client's sub-commands to ``fleet``."""
+    submit = subparsers.add_parser(
+        "submit",
+        help="submit jobs: image files, directories, gs:// URIs or JSONL manifests",
+        description="Upload local inputs to the inputs bucket (content-addressed, never twice), validate "
+        "every job, then publish them. A manifest is JSONL, one job per line: "
+        '{"job_id": "d-1", "input": "drawings/a.png"} or {"job_id": "d-2", "input_uri": "gs://b/o.png"}, '
+        "optional priority, analyses, deadline, params, attributes. Re-submitting a manifest reports jobs "
+        "that already have a result instead of running them again.",
+    )
+    submit.add_argument("targets", nargs="+", metavar="PATH|gs://…|manifest.jsonl")
+    submit.add_argument("--priority", choices=("interactive", "batch"), default="batch")
+    submit.add_argument("--analyses", help="comma list, e.g. classify,embed (default: all the model offers)")
+    submit.add_argument("--wait", action="store_true", help="wait for every job's result, with progress")
+    submit.add_argument(
+        "--timeout", type=float, default=DEFAULT_WAIT_TIMEOUT_S, help="seconds to --wait (default 3600)"
+    )
+    _common(submit)
+    submit.set_defaults(func=_guarded(cmd_submit))
+
+    results = subparsers.add_parser(
+        "results",
+        help="print result notifications for this client's jobs",
+        description="Read this client's result subscription (jobs submitted without --wait by the same "
+        "client id) and print each notification once.",
+    )
+    results.add_argument("--follow", action="store_true", help="keep reading until interrupted")
+    results.add_argument(
+        "--idle",
+        type=float,
+        default=DEFAULT_RESULTS_IDLE_S,
+        help="without --follow, stop after this many seconds without a notification (default 5)",
+    )
+    results.add_argument("--limit", type=int, help="stop after this many notifications")
+    _common(results)
+    results.set_defaults(func=_guarded(cmd_results))
+
+    status = subparsers.add_parser("status", help="show one job's status from its result object")
+    status.add_argument("job_id")
+    status.add_argument("--full", action="store_true", help="print the whole result object")
+    _common(status, client_id=False)
+    status.set_defaults(func=_guarded(cmd_status))
+
+    dlq = subparsers.add_parser("dlq", help="inspect or replay dead-lettered jobs (the hold subscription)")
+    dlq_sub = dlq.add_subparsers(dest="dlq_command", metavar="{list,replay}")
+    dlq.set_defaults(func=lambda args: _usage(dlq, "choose 'list' or 'replay'"))
+    dlq_list = dlq_sub.add_parser("list", help="list held dead letters without consuming them")
+    dlq_list.add_argument("--max", type=int, default=100, dest="max_messages")
+    _common(dlq_list, client_id=False)
+    dlq_list.set_defaults(func=_guarded(cmd_dlq_list))
+    dlq_replay = dlq_sub.add_parser(
+        "replay",
+        help="republish held dead letters to the jobs topic (as <job_id>.replay-N) and ack them",
+    )
+    dlq_replay.add_argument("job_ids", nargs="*", metavar="JOB_ID")
+    dlq_replay.add_argument("--all", action="store_true", help="replay every held dead letter")
+    dlq_replay.add_argument("--max", type=int, default=100, dest="max_messages")
+    _common(dlq_replay, client_id=False)
+    dlq_replay.set_defaults(func=_guarded(lambda args: cmd_dlq_replay(args, dlq_replay)))
+
+
+def _common(parser: argparse.ArgumentParser, *, client_id: bool = True) -> None:
+    parser.add_argument("--json", action="store_true", help="machine-readable output on stdout")
+    parser.add_argument("--project", help="Google Cloud project (default: GOOGLE_CLOUD_PROJECT)")
+    if client_id:
+        parser.add_argument(
+            "--client-id",
+            help="durable client id whose results subscription is kept (default: FLEET_CLIENT_ID, else "
+            "one per user and host; --wait uses a fresh ephemeral id)",
+        )
+
+
+# --- commands -------------------------------------------------------------------------------------------
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    from worker.client import sdk
+
+    started = time.monotonic()
+    requests = sdk.requests_from_targets(
+        args.targets, priority=args.priority, analyses=_analyses(args.analyses)
+    )
+    # submit() opens the results subscription itself, after validating every job
+    with (
+        _client(args, ephemeral_when_waiting=args.wait, results=False) as client,
+        _progress(args) as progress,
+    ):
+        upload_task = None
+
+        def on_upload(done: int, total: int) -> None:
+            nonlocal upload_task
+            if progress is not None:
+                if upload_task is None:
+                    upload_task = progress.add_task("uploading inputs", total=total)
+                progress.update(upload_task, completed=done)
+
+        receipt = client.submit(requests, on_upload=on_upload)
+        outcomes = _wait_with_progress(client, receipt, args.timeout, progress) if args.wait else None
+    return _report_submit(args, receipt, outcomes, time.monotonic() - started)
+
+
+def cmd_results(args: argparse.Namespace) -> int:
+    counts: Counter[str] = Counter()
+    with _client(args, ephemeral_when_waiting=False) as client:
+        idle = None if args.follow else args.idle
+        try:
+            for outcome in client.results(idle_timeout_s=idle):
+                counts[outcome.status] += 1
+                if args.json:
+                    _print_json(outcome.to_json())
+                else:
+                    print(_outcome_line(outcome), flush=True)
+                if args.limit is not None and sum(counts.values()) >= args.limit:
+                    break
+        except KeyboardInterrupt:  # --follow ends with Ctrl-C; what was printed was acked
+            pass
+    if not args.json and not counts:
+        _err("no new results")
+    return EXIT_OK if set(counts) <= {"succeeded"} else EXIT_FAILED
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from worker.client import sdk
+
+    if not contracts.valid_job_id(args.job_id):
+        raise ClientInputInvalid(f"job id {args.job_id!r} must match [A-Za-z0-9._-]{{1,128}}")
+    with _client(args, ephemeral_when_waiting=False, results=False) as client:
+        document = client.fetch_result(args.job_id)
+        outcome = (
+            None
+            if document is None
+            else sdk.outcome_from_result(document, client.settings.result_uri(args.job_id))
+        )
+    if document is None or outcome is None:
+        if args.json:
+            _print_json({"job_id": args.job_id, "status": "pending", "result_uri": None, "error": None})
+        else:
+            print(f"{args.job_id}: pending (no result object yet)")
+        return EXIT_FAILED
+    if args.json:
+        _print_json(document if args.full else {**outcome.to_json(), "outputs": document.get("outputs")})
+    elif args.full:
+        print(json.dumps(document, indent=2))
+    else:
+        print(_outcome_line(outcome))
+        print(_outputs_summary(document))
+    return EXIT_OK if outcome.succeeded else EXIT_FAILED
+
+
+def cmd_dlq_list(args: argparse.Namespace) -> int:
+    with _client(args, ephemeral_when_waiting=False, results=False) as client:
+        letters = client.dead_letters(max_messages=args.max_messages)
+    if args.json:
+        _print_json([letter.to_json() for letter in letters])
+        return EXIT_OK
+    if not letters:
+        print("the dead-letter hold is empty")
+    for letter in letters:
+        attempts = "?" if letter.delivery_attempts is None else str(letter.delivery_attempts)
+        owner = letter.attributes.get("client_id", "-")
+        print(f"{letter.job_id or '(no job id)'}  attempts={attempts}  client={owner}  {letter.publish_time}")
+    return EXIT_OK
+
+
+def cmd_dlq_replay(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    if not args.all and not args.job_ids:
+        return _usage(parser, "name JOB_IDs to replay, or pass --all")
+    if args.all and args.job_ids:
+        return _usage(parser, "pass JOB_IDs or --all, not both")
+    wanted = None if args.all else set(args.job_ids)
+    with _client(args, ephemeral_when_waiting=False, results=False) as client:
+        replays = client.replay_dead_letters(wanted, max_messages=args.max_messages)
+    missing = sorted((wanted or set()) - {r.original_job_id for r in replays})
+    if args.json:
+        _print_json(
+            {
+                "replayed": [
+                    {"message_id": r.message_id, "original_job_id": r.original_job_id, "job_id": r.job_id}
+                    for r in replays
+                ],
+                "not_found": missing,
+            }
+        )
+    else:
+        for replay in replays:
+            print(f"replayed {replay.original_job_id} as {replay.job_id}")
+        for job_id in missing:
+            _err(f"{job_id}: not in the dead-letter hold")
+        if not replays and not missing:
+            print("the dead-letter hold is empty")
+    return EXIT_FAILED if missing else EXIT_OK
+
+
+# --- helpers --------------------------------------------------------------------------------------------
+
+
+@contextmanager
+def _client(
+    args: argparse.Namespace, *, ephemeral_when_waiting: bool, results: bool = True
+) -> Iterator[FleetClient]:
+    """The client for one command: ``--wait`` gets a fresh ephemeral id, other commands the durable one."""
+    from worker.client import sdk
+
+    sdk.apply_devstack_env()
+    settings = sdk.ClientSettings.from_env(project=args.project)
+    client_id = getattr(args, "client_id", None)
+    if ephemeral_when_waiting and not client_id:
+        client = sdk.FleetClient(settings)
+    else:
+        client = sdk.FleetClient(settings, client_id=client_id or default_client_id(), ephemeral=False)
+    try:
+        yield client.open() if results else client
+    finally:
+        client.close()
+
+
+def default_client_id() -> str:
+    """``FLEET_CLIENT_ID``, else one durable id per user and host (its subscription collects results)."""
+    explicit = os.environ.get("FLEET_CLIENT_ID")
+    if explicit:
+        return explicit
+    user = re.sub(r"[^a-z0-9-]", "-", getpass.getuser().lower())[:24].strip("-") or "user"
+    host = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
+    return f"cli-{user}-{host}"
+
+
+def _analyses(raw: str | None) -> tuple[str, ...] | None:
+    if raw is None:
+        return None
+    names = tuple(name.strip() for name in raw.split(",") if name.strip())
+    if not names:
+        raise ClientInputInvalid("--analyses needs at least one name")
+    return names
+
+
+@contextmanager
+def _progress(args: argparse.Namespace) -> Iterator[Progress | None]:
+    """Rich progress bars on stderr; none with --json or when stderr is not a terminal."""
+    if args.json or not sys.stderr.isatty():
+        yield None
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=Console(stderr=True)) as progress:
+        yield progress
+
+
+def _wait_with_progress(
+    client: FleetClient, receipt: SubmitReceipt, timeout_s: float, progress: Progress | None
+) -> dict[str, JobOutcome]:
+    task = None if progress is None else progress.add_task("waiting for results", total=len(receipt.job_ids))
+    failed = 0
+
+    def on_answer(outcome: JobOutcome) -> None:
+        nonlocal failed
+        if progress is None or task is None:
+            return
+        failed += not outcome.succeeded
+        label = "waiting for results" + (f" ({failed} not succeeded)" if failed else "")
+        progress.update(task, advance=1, description=label)
+
+    on: Callable[[JobOutcome], None] = on_answer
+    return client.wait(receipt.job_ids, timeout_s, on_answer=on)
+
+
+def _report_submit(
+    args: argparse.Namespace,
+    receipt: SubmitReceipt,
+    outcomes: dict[str, JobOutcome] | None,
+    elapsed_s: float,
+) -> int:
+    if outcomes is None:  # not waiting: report what was published and what was answered before
+        outcomes = dict(receipt.already_answered)
+        statuses = Counter(o.status for o in outcomes.values())
+        statuses["published"] = len(receipt.published)
+        ok = all(o.succeeded for o in receipt.already_answered.values())
+    else:
+        statuses = Counter(o.status for o in outcomes.values())
+        ok = all(o.succeeded for o in outcomes.values())
+    if args.json:
+        _print_json(
+            {
+                "client_id": receipt.client_id,
+                "published": list(receipt.published),
+                "already_answered": sorted(receipt.already_answered),
+                "uploads": {"uploaded": receipt.uploaded_objects, "reused": receipt.reused_objects},
+                "summary": dict(statuses),
+                "elapsed_s": round(elapsed_s, 3),
+                "jobs": [outcomes[j].to_json() for j in receipt.job_ids if j in outcomes],
+            }
+        )
+        return EXIT_OK if ok else EXIT_FAILED
+    print(
+        f"published {len(receipt.published)} job(s) as client {receipt.client_id}; "
+        f"inputs uploaded {receipt.uploaded_objects}, already there {receipt.reused_objects}"
+    )
+    for job_id in sorted(receipt.already_answered):
+        print(f"already answered, not re-run: {_outcome_line(receipt.already_answered[job_id])}")
+    if args.wait:
+        summary = ", ".join(f"{count} {status}" for status, count in sorted(statuses.items()))
+        rate = len(outcomes) / elapsed_s if elapsed_s > 0 else 0.0
+        print(f"{summary} in {elapsed_s:.1f} s ({rate:.1f} jobs/s)")
+        not_ok = [o for o in outcomes.values() if not o.succeeded]
+        for outcome in not_ok[:MAX_LISTED_FAILURES]:
+            print(_outcome_line(outcome))
+        if len(not_ok) > MAX_LISTED_FAILURES:
+            print(f"... and {len(not_ok) - MAX_LISTED_FAILURES} more not succeeded")
+    elif receipt.published:
+        print("follow them with: fleet results   (or fleet status JOB_ID)")
+        if len(receipt.published) <= 10:
+            print("job ids: " + " ".join(receipt.published))
+    return EXIT_OK if ok else EXIT_FAILED
+
+
+def _outcome_line(outcome: JobOutcome) -> str:
+    line = f"{outcome.job_id}: {outcome.status}"
+    if outcome.error_code:
+        line += f" [{outcome.error_code}] {outcome.error_message or ''}".rstrip()
+    if outcome.result_uri:
+        line += f"  {outcome.result_uri}"
+    return line
+
+
+def _outputs_summary(document: dict[str, Any]) -> str:
+    outputs = document.get("outputs") or {}
+    parts = []
+    classify = outputs.get("classify")
+    if isinstance(classify, dict) and "label" in classify:
+        score = (classify.get("scores") or {}).get(classify["label"])
+        parts.append(f"label={classify['label']}" + (f" ({score:.3f})" if isinstance(score, float) else ""))
+    embed = outputs.get("embed")
+    if isinstance(embed, dict) and isinstance(embed.get("embedding"), list):
+        parts.append(f"embedding[{len(embed['embedding'])}]")
+    model = document.get("model") or {}
+    if model:
+        parts.append(f"model={model.get('name')}:{model.get('version')}")
+    timeline = document.get("timeline") or {}
+    if "queue_wait_ms" in timeline:
+        parts.append(f"queue_wait={timeline['queue_wait_ms']}ms inference={timeline.get('inference_ms')}ms")
+    return "  " + "  ".join(parts) if parts else "  (no outputs)"
+
+
+def _guarded(command: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """Map errors to exit codes in one place: bad input 2, everything else that went wrong 1."""
+
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return command(args)
+        except ClientInputInvalid as exc:
+            return _fail(args, exc, EXIT_USAGE)
+        except PublishIncomplete as exc:
+            if args.json:
+                _print_json(
+                    {"error": _error_json(exc), "published": exc.published, "unpublished": exc.unpublished}
+                )
+            else:
+                _err(f"error: {exc}")
+                _err("published: " + (" ".join(exc.published) or "(none)"))
+                _err("not published: " + " ".join(exc.unpublished))
+            return EXIT_FAILED
+        except FleetError as exc:
+            return _fail(args, exc, EXIT_FAILED)
+        except Exception as exc:
+            if not type(exc).__module__.startswith("google."):
+                raise
+            # a Google API error (unreachable emulator, permission, missing topic): say what, not a traceback
+            _err(f"error: {type(exc).__name__}: {exc}")
+            return EXIT_FAILED
+
+    return run
+
+
+def _usage(parser: argparse.ArgumentParser, message: str) -> int:
+    parser.print_usage(sys.stderr)
+    _err(f"{parser.prog}: error: {message}")
+    return EXIT_USAGE
+
+
+def _fail(args: argparse.Namespace, exc: FleetError, code: int) -> int:
+    if getattr(args, "json", False):
+        _print_json({"error": _error_json(exc)})
+    else:
+        _err(f"error: {exc}")
+    return code
+
+
+def _error_json(exc: FleetError) -> dict[str, Any]:
+    body: dict[str, Any] = {"code": exc.code, "message": str(exc)}
+    problems = getattr(exc, "problems", None)
+    if problems:
+        body["problems"] = list(problems)
+    return body
+
+
+def _print_json(value: Any) -> None:
+    print(json.dumps(value, indent=None, separators=(",", ":")), flush=True)
+
+
+def _err(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+__all__: Sequence[str] = ("default_client_id", "register")

@@ -1,0 +1,703 @@
+"""Procedural engineering drawings: deterministic from a seed, one of ``model_spec.CLASS_NAMES`` each.
+
+A drawing is a sheet with a border, a title block, notes and a revision table, and two or three
+orthographic views of a parametric part: outlines (thick), hidden lines (dashed), centre lines
+(dash-dot), hatching on section views, dimension lines with arrowheads and numbers, and scanner-like
+noise (paper tone, skew, blur, grain, specks). Part parameters, view scale, position and rotation
+(multiples of 90 degrees), clutter and noise all vary with the seed, so classes are separable but not
+trivially.
+
+Geometry is laid out in sheet units (A3 = 420 units wide) and scaled to the requested pixel size, so a
+drawing rendered at a reduced ``size`` is the same picture at lower resolution (tests and training use
+that to stay fast). Pillow only.
+
+    >>> data, label = render_drawing(7)                     # PNG bytes, 1754 x 1240 (A4 at 150 dpi)
+    >>> data, label = render_drawing(7, "gear", fmt="jpeg")
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import random
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Final, Literal
+
+import numpy as np
+from PIL import Image, ImageChops, ImageDraw, ImageFilter, ImageFont
+
+from worker.runtime.model_spec import CLASS_NAMES
+
+#: Default sheet size in pixels: A4 landscape at 150 dpi. A3 at 300 dpi is (4961, 3508).
+DEFAULT_SIZE: Final = (1754, 1240)
+#: Sheet width in drawing units (A3 in mm); everything is drawn in these units and scaled.
+SHEET_UNITS: Final = 420.0
+
+#: Dataset bases (``dataset(seed=...)``): training and the fixed held-out set never share a drawing.
+TRAIN_SEED: Final = 1
+HELDOUT_SEED: Final = 2
+#: Size of the fixed held-out set that training, the parity check and the model card report on.
+HELDOUT_COUNT: Final = 480
+
+Format = Literal["png", "jpeg"]
+Point = tuple[float, float]
+Style = Literal["outline", "thin", "hidden", "center"]
+
+
+# --- primitives in part coordinates (units, origin at the view's centre, y down) ------------------------
+@dataclass(frozen=True)
+class Line:
+    a: Point
+    b: Point
+    style: Style = "outline"
+
+
+@dataclass(frozen=True)
+class Circle:
+    c: Point
+    r: float
+    style: Style = "outline"
+
+
+@dataclass(frozen=True)
+class Poly:
+    points: tuple[Point, ...]
+    style: Style = "outline"
+
+
+@dataclass(frozen=True)
+class Hatch:
+    x0: float
+    y0: float
+    x1: float
+    y1: float
+
+
+@dataclass(frozen=True)
+class Dim:
+    """A linear dimension between ``a`` and ``b``, its dimension line ``offset`` units to the side."""
+
+    a: Point
+    b: Point
+    offset: float
+
+
+@dataclass(frozen=True)
+class Diameter:
+    c: Point
+    r: float
+    angle_deg: float
+
+
+Primitive = Line | Circle | Poly | Hatch | Dim | Diameter
+
+
+@dataclass
+class View:
+    """One orthographic view: primitives around (0, 0) and its half extents in units."""
+
+    half_w: float
+    half_h: float
+    items: list[Primitive] = field(default_factory=list)
+
+    def add(self, *items: Primitive) -> None:
+        self.items.extend(items)
+
+
+def _rect(x0: float, y0: float, x1: float, y1: float, style: Style = "outline") -> Poly:
+    return Poly(((x0, y0), (x1, y0), (x1, y1), (x0, y1)), style)
+
+
+def _cross(c: Point, r: float) -> list[Primitive]:
+    """Centre-line cross through a hole, overhanging it a little."""
+    ext = r + max(2.0, 0.3 * r)
+    return [
+        Line((c[0] - ext, c[1]), (c[0] + ext, c[1]), "center"),
+        Line((c[0], c[1] - ext), (c[0], c[1] + ext), "center"),
+    ]
+
+
+# --- part classes -----------------------------------------------------------------------------------------
+def _plate(rng: random.Random) -> list[View]:
+    w, h, t = rng.uniform(70, 150), rng.uniform(45, 100), rng.uniform(4, 14)
+    cols, rows = rng.randint(2, 4), rng.randint(2, 3)
+    r = rng.uniform(2.5, min(w / cols, h / rows) * 0.22)
+    mx, my = rng.uniform(0.12, 0.2) * w, rng.uniform(0.15, 0.25) * h
+    xs = [-w / 2 + mx + i * (w - 2 * mx) / (cols - 1) for i in range(cols)]
+    ys = [-h / 2 + my + j * (h - 2 * my) / (rows - 1) for j in range(rows)]
+    front = View(w / 2, h / 2)
+    c = rng.uniform(0, 6)
+    front.add(
+        Poly(
+            (
+                (-w / 2 + c, -h / 2),
+                (w / 2 - c, -h / 2),
+                (w / 2, -h / 2 + c),
+                (w / 2, h / 2 - c),
+                (w / 2 - c, h / 2),
+                (-w / 2 + c, h / 2),
+                (-w / 2, h / 2 - c),
+                (-w / 2, -h / 2 + c),
+            )
+        )
+    )
+    for x in xs:
+        for y in ys:
+            front.add(Circle((x, y), r), *_cross((x, y), r))
+    if rng.random() < 0.5:  # a central cut-out
+        front.add(_rect(-w * 0.12, -h * 0.12, w * 0.12, h * 0.12))
+    front.add(Dim((-w / 2, h / 2), (w / 2, h / 2), 12), Dim((w / 2, -h / 2), (w / 2, h / 2), 12))
+    front.add(Dim((xs[0], -h / 2), (xs[1], -h / 2), -8), Diameter((xs[-1], ys[0]), r, rng.uniform(20, 70)))
+    side = View(t / 2, h / 2)
+    side.add(_rect(-t / 2, -h / 2, t / 2, h / 2))
+    for y in ys:
+        side.add(
+            Line((-t / 2, y - r), (t / 2, y - r), "hidden"), Line((-t / 2, y + r), (t / 2, y + r), "hidden")
+        )
+        side.add(Line((-t / 2 - 3, y), (t / 2 + 3, y), "center"))
+    side.add(Dim((-t / 2, h / 2), (t / 2, h / 2), 10))
+    return [front, side]
+
+
+def _shaft(rng: random.Random) -> list[View]:
+    steps = rng.randint(3, 6)
+    lengths = [rng.uniform(15, 45) for _ in range(steps)]
+    peak = rng.randrange(steps)
+    diams = sorted((rng.uniform(12, 45) for _ in range(steps)), reverse=True)
+    diams = [diams[abs(i - peak)] for i in range(steps)]  # thickest at the peak step, thinner outwards
+    total = sum(lengths)
+    front = View(total / 2 + 6, max(diams) / 2)
+    x = -total / 2
+    for length, d in zip(lengths, diams, strict=True):
+        front.add(_rect(x, -d / 2, x + length, d / 2))
+        x += length
+    front.add(Line((-total / 2 - 6, 0), (total / 2 + 6, 0), "center"))
+    i = rng.randrange(steps)  # keyway on one step
+    kx = -total / 2 + sum(lengths[:i])
+    kl, kw = lengths[i] * 0.6, diams[i] * 0.25
+    front.add(
+        Poly(
+            (
+                (kx + lengths[i] * 0.2, -kw / 2),
+                (kx + lengths[i] * 0.2 + kl, -kw / 2),
+                (kx + lengths[i] * 0.2 + kl, kw / 2),
+                (kx + lengths[i] * 0.2, kw / 2),
+            ),
+            "outline",
+        )
+    )
+    if rng.random() < 0.6:  # centre drill, hidden
+        front.add(
+            Line((-total / 2, -2.5), (-total / 2 + 12, -2.5), "hidden"),
+            Line((-total / 2, 2.5), (-total / 2 + 12, 2.5), "hidden"),
+        )
+    front.add(Dim((-total / 2, max(diams) / 2), (total / 2, max(diams) / 2), 12))
+    front.add(Dim((kx, -diams[i] / 2), (kx + lengths[i], -diams[i] / 2), -9))
+    rd = max(diams) / 2
+    side = View(rd + 4, rd + 4)
+    for d in sorted(set(diams), reverse=True)[:3]:
+        side.add(Circle((0, 0), d / 2))
+    side.add(*_cross((0, 0), rd))
+    side.add(Diameter((0, 0), rd, rng.uniform(30, 60)))
+    return [front, side]
+
+
+def _flange(rng: random.Random) -> list[View]:
+    od = rng.uniform(80, 150)
+    bore = od * rng.uniform(0.25, 0.4)
+    hub = bore + rng.uniform(10, 25)
+    pcd = (od + hub) / 2
+    n = rng.choice((4, 6, 8, 8, 10, 12))
+    hr = rng.uniform(2.5, min(7.0, math.pi * pcd / n * 0.25))
+    front = View(od / 2 + 4, od / 2 + 4)
+    front.add(Circle((0, 0), od / 2), Circle((0, 0), bore / 2), Circle((0, 0), hub / 2, "thin"))
+    front.add(Circle((0, 0), pcd / 2, "center"), *_cross((0, 0), od / 2))
+    a0 = rng.uniform(0, math.pi / n)
+    for k in range(n):
+        a = a0 + 2 * math.pi * k / n
+        front.add(Circle((pcd / 2 * math.cos(a), pcd / 2 * math.sin(a)), hr))
+    front.add(
+        Diameter((0, 0), od / 2, rng.uniform(20, 70)), Diameter((0, 0), bore / 2, rng.uniform(200, 250))
+    )
+    t, hl = rng.uniform(10, 22), rng.uniform(12, 35)
+    side = View((t + hl) / 2, od / 2)
+    x0 = -(t + hl) / 2
+    side.add(_rect(x0, -od / 2, x0 + t, od / 2), _rect(x0 + t, -hub / 2, x0 + t + hl, hub / 2))
+    # half section: hatch the upper wall between the bore and the outside
+    side.add(Hatch(x0, -od / 2, x0 + t, -bore / 2), Hatch(x0 + t, -hub / 2, x0 + t + hl, -bore / 2))
+    side.add(
+        Line((x0, -bore / 2), (x0 + t + hl, -bore / 2)),
+        Line((x0, bore / 2), (x0 + t + hl, bore / 2), "hidden"),
+    )
+    side.add(Line((x0 - 5, 0), (x0 + t + hl + 5, 0), "center"))
+    side.add(Dim((x0, od / 2), (x0 + t + hl, od / 2), 10))
+    return [front, side]
+
+
+def _bracket(rng: random.Random) -> list[View]:
+    a, b = rng.uniform(60, 120), rng.uniform(50, 100)
+    t = rng.uniform(6, 15)
+    depth = rng.uniform(30, 70)
+    front = View(a / 2, b / 2)
+    x0, y0 = -a / 2, -b / 2
+    front.add(
+        Poly(
+            (
+                (x0, y0),
+                (x0 + t, y0),
+                (x0 + t, y0 + b - t),
+                (x0 + a, y0 + b - t),
+                (x0 + a, y0 + b),
+                (x0, y0 + b),
+            )
+        )
+    )
+    if rng.random() < 0.7:  # gusset
+        g = rng.uniform(0.3, 0.6) * min(a, b)
+        front.add(Line((x0 + t, y0 + b - t - g), (x0 + t + g, y0 + b - t), "outline"))
+    hr = rng.uniform(2.5, t * 0.45)
+    hy = y0 + rng.uniform(0.2, 0.5) * b
+    hx = x0 + rng.uniform(0.55, 0.85) * a
+    front.add(
+        Line((x0, hy - hr), (x0 + t, hy - hr), "hidden"), Line((x0, hy + hr), (x0 + t, hy + hr), "hidden")
+    )
+    front.add(
+        Line((hx - hr, y0 + b - t), (hx - hr, y0 + b), "hidden"),
+        Line((hx + hr, y0 + b - t), (hx + hr, y0 + b), "hidden"),
+    )
+    front.add(
+        Line((x0 - 3, hy), (x0 + t + 3, hy), "center"), Line((hx, y0 + b - t - 3), (hx, y0 + b + 3), "center")
+    )
+    front.add(
+        Dim((x0, y0 + b), (x0 + a, y0 + b), 12),
+        Dim((x0, y0), (x0, y0 + b), -12),
+        Dim((x0, y0), (x0 + t, y0), -8),
+    )
+    side = View(depth / 2, b / 2)
+    side.add(
+        _rect(-depth / 2, y0, depth / 2, y0 + b), Line((-depth / 2, y0 + b - t), (depth / 2, y0 + b - t))
+    )
+    slots = rng.randint(1, 2)
+    for k in range(slots):
+        cx = -depth / 2 + depth * (k + 1) / (slots + 1)
+        side.add(Circle((cx, hy), hr), *_cross((cx, hy), hr))
+    side.add(Dim((-depth / 2, y0 + b), (depth / 2, y0 + b), 12))
+    top = View(a / 2, depth / 2)
+    top.add(
+        _rect(-a / 2, -depth / 2, a / 2, depth / 2), Line((-a / 2 + t, -depth / 2), (-a / 2 + t, depth / 2))
+    )
+    for k in range(slots):
+        cy = -depth / 2 + depth * (k + 1) / (slots + 1)
+        top.add(Circle((hx, cy), hr), *_cross((hx, cy), hr))
+    return [front, side, top] if rng.random() < 0.6 else [front, side]
+
+
+def _gear(rng: random.Random) -> list[View]:
+    teeth = rng.randint(14, 40)
+    od = rng.uniform(70, 150)
+    depth = od * rng.uniform(0.05, 0.09)
+    root = od / 2 - depth
+    pts: list[Point] = []
+    for k in range(teeth):
+        base = 2 * math.pi * k / teeth
+        for frac, rad in ((0.0, root), (0.15, root), (0.3, od / 2), (0.55, od / 2), (0.7, root)):
+            a = base + frac * 2 * math.pi / teeth
+            pts.append((rad * math.cos(a), rad * math.sin(a)))
+    bore = od * rng.uniform(0.15, 0.3)
+    front = View(od / 2 + 4, od / 2 + 4)
+    front.add(Poly(tuple(pts)), Circle((0, 0), od / 2 - depth / 2, "center"), Circle((0, 0), bore / 2))
+    kw = bore * 0.3
+    front.add(_rect(-kw / 2, -bore / 2 - kw * 0.6, kw / 2, -bore / 2 + 1))
+    front.add(*_cross((0, 0), od / 2))
+    if rng.random() < 0.5:  # lightening holes
+        hub = bore * 1.8
+        n = rng.choice((4, 5, 6))
+        rr = (root - hub / 2) * 0.3
+        for k in range(n):
+            a = 2 * math.pi * k / n
+            cc = ((root + hub / 2) / 2 * math.cos(a), (root + hub / 2) / 2 * math.sin(a))
+            front.add(Circle(cc, rr))
+    front.add(Diameter((0, 0), od / 2, rng.uniform(20, 70)))
+    width = rng.uniform(12, 35)
+    side = View(width / 2, od / 2)
+    side.add(
+        _rect(-width / 2, -od / 2, width / 2, od / 2),
+        Line((-width / 2, -root), (width / 2, -root), "thin"),
+        Line((-width / 2, root), (width / 2, root), "thin"),
+    )
+    side.add(
+        Hatch(-width / 2, -root, width / 2, -bore / 2), Line((-width / 2, -bore / 2), (width / 2, -bore / 2))
+    )
+    side.add(Line((-width / 2, bore / 2), (width / 2, bore / 2), "hidden"))
+    side.add(
+        Line((-width / 2 - 5, 0), (width / 2 + 5, 0), "center"),
+        Dim((-width / 2, od / 2), (width / 2, od / 2), 10),
+    )
+    return [front, side]
+
+
+def _pipe_fitting(rng: random.Random) -> list[View]:
+    od = rng.uniform(25, 50)
+    wall = od * rng.uniform(0.1, 0.2)
+    arm = rng.uniform(35, 70)
+    fl = od * rng.uniform(1.3, 1.7)  # flange diameter at the ends
+    ft = rng.uniform(4, 9)
+    tee = rng.random() < 0.5
+    front = View(arm + ft, arm + ft if tee else arm / 2 + od / 2 + ft)
+    o, i = od / 2, od / 2 - wall
+    # horizontal run; an elbow turns down at x = 0, a tee carries on to the right
+    front.add(Line((-arm, -o), (arm if tee else o, -o)), Line((-arm, o), (-o, o)))
+    front.add(Line((-arm, -i), (arm if tee else i, -i), "hidden"), Line((-arm, i), (-i, i), "hidden"))
+    front.add(
+        _rect(-arm - ft, -fl / 2, -arm, fl / 2),
+        Line((-arm - ft - 5, 0), (arm + ft + 5 if tee else 5, 0), "center"),
+    )
+    if tee:
+        front.add(Line((o, o), (arm, o)), Line((i, i), (arm, i), "hidden"))
+        front.add(_rect(arm, -fl / 2, arm + ft, fl / 2))
+    # the branch going down
+    front.add(Line((-o, o), (-o, arm)), Line((o, o if tee else -o), (o, arm)))
+    front.add(Line((-i, i), (-i, arm), "hidden"), Line((i, i if tee else -i), (i, arm), "hidden"))
+    front.add(_rect(-fl / 2, arm, fl / 2, arm + ft), Line((0, -o - 5), (0, arm + ft + 5), "center"))
+    front.add(Dim((-arm - ft, -fl / 2), (0, -fl / 2), -10), Diameter((0, arm), fl / 2, rng.uniform(20, 60)))
+    front.half_h = arm + ft
+    side = View(fl / 2 + 3, fl / 2 + 3)
+    side.add(Circle((0, 0), fl / 2), Circle((0, 0), o), Circle((0, 0), i, "hidden"), *_cross((0, 0), fl / 2))
+    nb = rng.choice((0, 4, 4, 6))
+    for k in range(nb):
+        a = 2 * math.pi * k / nb + math.pi / 4
+        side.add(
+            Circle(((o + fl / 2) / 2 * math.cos(a), (o + fl / 2) / 2 * math.sin(a)), (fl / 2 - o) * 0.22)
+        )
+    return [front, side]
+
+
+_BUILDERS: Final[dict[str, Callable[[random.Random], list[View]]]] = {
+    "plate": _plate,
+    "shaft": _shaft,
+    "flange": _flange,
+    "bracket": _bracket,
+    "gear": _gear,
+    "pipe_fitting": _pipe_fitting,
+}
+assert tuple(_BUILDERS) == CLASS_NAMES, "drawings and model_spec must list the same classes in order"
+
+
+# --- rendering ----------------------------------------------------------------------------------------------
+class _Canvas:
+    """Draws primitives of one view, mapping part units -> pixels (scale, 90-degree turns, translation)."""
+
+    def __init__(
+        self, draw: ImageDraw.ImageDraw, px_per_unit: float, rng: random.Random, font: ImageFont.FreeTypeFont
+    ):
+        self.draw = draw
+        self.k = px_per_unit
+        self.rng = rng
+        self.font = font
+        self.thick = max(1, round(0.55 * px_per_unit))
+        self.thin = max(1, round(0.25 * px_per_unit))
+        self.ink = rng.randint(0, 45)
+        self.origin: Point = (0.0, 0.0)
+        self.scale = 1.0
+        self.turns = 0
+
+    def place(self, origin: Point, scale: float, turns: int) -> None:
+        self.origin, self.scale, self.turns = origin, scale, turns % 4
+
+    def px(self, p: Point) -> Point:
+        x, y = p
+        for _ in range(self.turns):
+            x, y = -y, x
+        return (self.origin[0] + x * self.scale * self.k, self.origin[1] + y * self.scale * self.k)
+
+    def width(self, style: Style) -> int:
+        return self.thick if style == "outline" else self.thin
+
+    def segment(self, a: Point, b: Point, style: Style) -> None:
+        """A line in pixel coordinates with the style's dash pattern."""
+        w = self.width(style)
+        if style in ("outline", "thin"):
+            self.draw.line((a, b), fill=self.ink, width=w)
+            return
+        pattern = (3.0, 1.5) if style == "hidden" else (7.0, 1.2, 0.8, 1.2)
+        pattern_px = [v * self.k for v in pattern]
+        length = math.dist(a, b)
+        if length < 1e-6:
+            return
+        ux, uy = (b[0] - a[0]) / length, (b[1] - a[1]) / length
+        pos, idx = 0.0, 0
+        while pos < length:
+            step = pattern_px[idx % len(pattern_px)]
+            end = min(length, pos + step)
+            if idx % 2 == 0:
+                self.draw.line(
+                    ((a[0] + ux * pos, a[1] + uy * pos), (a[0] + ux * end, a[1] + uy * end)),
+                    fill=self.ink,
+                    width=w,
+                )
+            pos, idx = end, idx + 1
+
+    def circle(self, c: Point, r: float, style: Style) -> None:
+        cx, cy = self.px(c)
+        rp = r * self.scale * self.k
+        box = (cx - rp, cy - rp, cx + rp, cy + rp)
+        if style in ("outline", "thin") or rp < 3:
+            self.draw.ellipse(box, outline=self.ink, width=self.width(style))
+            return
+        dash = (3.0 if style == "hidden" else 7.0) * self.k / rp * 180 / math.pi
+        gap = 1.5 * self.k / rp * 180 / math.pi
+        a = self.rng.uniform(0, 30)
+        while a < 360:
+            self.draw.arc(box, a, min(360, a + dash), fill=self.ink, width=self.width(style))
+            a += dash + gap
+
+    def hatch(self, h: Hatch) -> None:
+        (x0, y0), (x1, y1) = self.px((h.x0, h.y0)), self.px((h.x1, h.y1))
+        x0, x1 = sorted((x0, x1))
+        y0, y1 = sorted((y0, y1))
+        spacing = 2.2 * self.k
+        c = x0 - (y1 - y0)
+        while c < x1:  # lines x - y' = c with y' measured from y0, clipped to the box
+            p0 = (max(x0, c), y0 + max(0.0, x0 - c))
+            p1 = (min(x1, c + (y1 - y0)), y0 + min(y1 - y0, x1 - c))
+            if p1[0] > p0[0]:
+                self.draw.line((p0, p1), fill=self.ink, width=self.thin)
+            c += spacing
+
+    def arrow(self, tip: Point, tail: Point) -> None:
+        length = math.dist(tip, tail) or 1.0
+        ux, uy = (tail[0] - tip[0]) / length, (tail[1] - tip[1]) / length
+        al, aw = 3.0 * self.k, 0.9 * self.k
+        base = (tip[0] + ux * al, tip[1] + uy * al)
+        self.draw.polygon(
+            [tip, (base[0] - uy * aw, base[1] + ux * aw), (base[0] + uy * aw, base[1] - ux * aw)],
+            fill=self.ink,
+        )
+
+    def text(self, at: Point, value: str) -> None:
+        self.draw.text(at, value, fill=self.ink, font=self.font, anchor="mm")
+
+    def dim(self, d: Dim) -> None:
+        a, b = self.px(d.a), self.px(d.b)
+        length = math.dist(a, b)
+        if length < 2:
+            return
+        nx, ny = -(b[1] - a[1]) / length, (b[0] - a[0]) / length
+        off = d.offset * self.k  # offsets are in sheet units, not scaled with the part
+        a2, b2 = (a[0] + nx * off, a[1] + ny * off), (b[0] + nx * off, b[1] + ny * off)
+        ext = math.copysign(2.0 * self.k, off)
+        self.draw.line((a, (a2[0] + nx * ext, a2[1] + ny * ext)), fill=self.ink, width=self.thin)
+        self.draw.line((b, (b2[0] + nx * ext, b2[1] + ny * ext)), fill=self.ink, width=self.thin)
+        self.draw.line((a2, b2), fill=self.ink, width=self.thin)
+        self.arrow(a2, b2)
+        self.arrow(b2, a2)
+        value = math.dist(d.a, d.b)
+        mid = ((a2[0] + b2[0]) / 2 + nx * 3.0 * self.k, (a2[1] + b2[1]) / 2 + ny * 3.0 * self.k)
+        self.text(mid, f"{value:.1f}" if self.rng.random() < 0.3 else f"{value:.0f}")
+
+    def diameter(self, d: Diameter) -> None:
+        c = self.px(d.c)
+        rp = d.r * self.scale * self.k
+        a = math.radians(d.angle_deg)
+        tip = (c[0] + rp * math.cos(a), c[1] - rp * math.sin(a))
+        knee = (c[0] + (rp + 9 * self.k) * math.cos(a), c[1] - (rp + 9 * self.k) * math.sin(a))
+        end = (knee[0] + math.copysign(10 * self.k, math.cos(a)), knee[1])
+        self.draw.line((tip, knee, end), fill=self.ink, width=self.thin)
+        self.arrow(tip, knee)
+        self.text(
+            (end[0] + math.copysign(6 * self.k, math.cos(a)), end[1] - 2.5 * self.k), f"DIA {2 * d.r:.0f}"
+        )
+
+    def render(self, item: Primitive) -> None:
+        if isinstance(item, Line):
+            self.segment(self.px(item.a), self.px(item.b), item.style)
+        elif isinstance(item, Circle):
+            self.circle(item.c, item.r, item.style)
+        elif isinstance(item, Poly):
+            pts = [self.px(p) for p in item.points]
+            for p, q in zip(pts, pts[1:] + pts[:1], strict=True):
+                self.segment(p, q, item.style)
+        elif isinstance(item, Hatch):
+            self.hatch(item)
+        elif isinstance(item, Dim):
+            self.dim(item)
+        else:
+            self.diameter(item)
+
+
+def _font(px_per_unit: float, height_units: float) -> ImageFont.FreeTypeFont:
+    font = ImageFont.load_default(size=max(6, round(height_units * px_per_unit)))
+    assert isinstance(font, ImageFont.FreeTypeFont)
+    return font
+
+
+def _sheet(
+    draw: ImageDraw.ImageDraw, k: float, w_u: float, h_u: float, *, rng: random.Random, ink: int
+) -> tuple[float, float]:
+    """Border, title block, notes, revision table; returns the drawing area's lower-right corner (units)."""
+    m = 10.0
+    draw.rectangle((m * k, m * k, (w_u - m) * k, (h_u - m) * k), outline=ink, width=max(1, round(0.7 * k)))
+    tb_w, tb_h = rng.uniform(150, 185), rng.uniform(32, 45)
+    x0, y0 = w_u - m - tb_w, h_u - m - tb_h
+    thin = max(1, round(0.25 * k))
+    draw.rectangle((x0 * k, y0 * k, (w_u - m) * k, (h_u - m) * k), outline=ink, width=max(1, round(0.5 * k)))
+    rows = rng.randint(3, 4)
+    for r in range(1, rows):
+        yy = y0 + tb_h * r / rows
+        draw.line((x0 * k, yy * k, (w_u - m) * k, yy * k), fill=ink, width=thin)
+    for frac in (0.3, 0.62):
+        xx = x0 + tb_w * frac
+        draw.line((xx * k, y0 * k, xx * k, (h_u - m) * k), fill=ink, width=thin)
+    small, big = _font(k, 3.0), _font(k, 5.0)
+    labels = ("TITLE", "DRAWING NO.", "SCALE", "MATERIAL", "DRAWN", "CHECKED", "DATE", "SHEET")
+    for r in range(rows):
+        for frac in (0.0, 0.3, 0.62):
+            draw.text(
+                ((x0 + tb_w * frac + 1.5) * k, (y0 + tb_h * r / rows + 1.2) * k),
+                rng.choice(labels),
+                fill=ink,
+                font=small,
+            )
+    draw.text(
+        ((x0 + tb_w * 0.33) * k, (y0 + tb_h * 0.5) * k),
+        f"DWG-{rng.randint(1000, 99999)}-{rng.choice('ABCDE')}",
+        fill=ink,
+        font=big,
+    )
+    draw.text(
+        ((x0 + tb_w * 0.66) * k, (y0 + tb_h * 0.75) * k), f"1:{rng.choice((1, 2, 5, 10))}", fill=ink, font=big
+    )
+    if rng.random() < 0.8:  # general notes, bottom left
+        for i in range(rng.randint(2, 5)):
+            note = rng.choice(
+                (
+                    "ALL DIMENSIONS IN MM",
+                    "DEBURR ALL EDGES",
+                    "UNTOLERANCED +/-0.2",
+                    "SURFACE Ra 3.2",
+                    "MATERIAL S355J2",
+                    "REMOVE SHARP CORNERS",
+                    "HEAT TREAT 45 HRC",
+                )
+            )
+            draw.text(((m + 4) * k, (h_u - m - 6 - 5 * i) * k), f"{i + 1}. {note}", fill=ink, font=small)
+    if rng.random() < 0.5:  # revision table, top right
+        rw, rh = rng.uniform(60, 90), 5.0 * rng.randint(2, 4)
+        draw.rectangle(((w_u - m - rw) * k, m * k, (w_u - m) * k, (m + rh) * k), outline=ink, width=thin)
+        for yy in range(1, int(rh // 5)):
+            draw.line(
+                ((w_u - m - rw) * k, (m + 5 * yy) * k, (w_u - m) * k, (m + 5 * yy) * k), fill=ink, width=thin
+            )
+    return w_u - m, y0
+
+
+def _layout(
+    views: list[View], area: tuple[float, float, float, float], rng: random.Random
+) -> list[tuple[Point, float, int]]:
+    """Scale, rotation and centre (units) for each view: front left, side to its right, top below."""
+    ax0, ay0, ax1, ay1 = area
+    turns = rng.choice((0, 0, 1, 2, 3))
+    dims = [(v.half_w, v.half_h) if turns % 2 == 0 else (v.half_h, v.half_w) for v in views]
+    gap = 28.0
+    need_w = 2 * dims[0][0] + gap + 2 * dims[1][0] + 2 * gap
+    need_h = 2 * dims[0][1] + 2 * gap + (2 * dims[2][1] + gap if len(views) > 2 else 0)
+    fit = min((ax1 - ax0) / need_w, (ay1 - ay0) / need_h)
+    scale = min(fit, 3.0) * rng.uniform(0.6, 0.95)
+    total_w = (2 * dims[0][0] + gap + 2 * dims[1][0]) * scale
+    total_h = (2 * dims[0][1] + (2 * dims[2][1] + gap if len(views) > 2 else 0)) * scale
+    left = ax0 + gap * scale + rng.uniform(0, max(0.0, (ax1 - ax0) - total_w - 2 * gap * scale))
+    top = ay0 + gap * scale + rng.uniform(0, max(0.0, (ay1 - ay0) - total_h - 2 * gap * scale))
+    fx, fy = left + dims[0][0] * scale, top + dims[0][1] * scale
+    placed = [((fx, fy), scale, turns), ((fx + (dims[0][0] + gap + dims[1][0]) * scale, fy), scale, turns)]
+    if len(views) > 2:
+        placed.append(((fx, fy + (dims[0][1] + gap + dims[2][1]) * scale), scale, turns))
+    return placed
+
+
+def _scan(image: Image.Image, rng: random.Random) -> Image.Image:
+    """Scanner-like degradation: skew, paper tone, blur, grain and specks."""
+    size = image.size
+    k = size[0] / SHEET_UNITS
+    if rng.random() < 0.7:
+        image = image.rotate(rng.uniform(-1.2, 1.2), resample=Image.Resampling.BILINEAR, fillcolor=255)
+    if rng.random() < 0.6:
+        image = image.filter(ImageFilter.GaussianBlur(rng.uniform(0.3, 0.8) * max(1.0, k / 4)))
+    draw = ImageDraw.Draw(image)
+    for _ in range(rng.randint(20, 300)):  # dust and specks
+        x, y, r = rng.uniform(0, size[0]), rng.uniform(0, size[1]), rng.uniform(0.2, 0.8) * k
+        draw.ellipse((x - r, y - r, x + r, y + r), fill=rng.randint(0, 160))
+    shade = rng.uniform(0.0, 0.1)  # uneven lighting: a gradient from one edge, up to 25 grey levels
+    tone = Image.linear_gradient("L").point(lambda v: round(v * shade)).rotate(rng.choice((0, 90, 180, 270)))
+    image = ImageChops.subtract(image, tone.resize(size, Image.Resampling.BILINEAR))
+    # Grain from a seeded generator at half resolution (Pillow's effect_noise is unseeded and slow).
+    amp = rng.randint(4, 18)
+    noise = np.random.default_rng(rng.getrandbits(64)).integers(
+        128 - amp, 128 + amp + 1, size=((size[1] + 1) // 2, (size[0] + 1) // 2), dtype=np.uint8
+    )
+    grain = Image.fromarray(noise).resize(size, Image.Resampling.NEAREST)
+    return ImageChops.add(image, grain, scale=1.0, offset=-128)
+
+
+def render_image(
+    seed: int, part_class: str | None = None, *, size: tuple[int, int] = DEFAULT_SIZE
+) -> tuple[Image.Image, str]:
+    """Render one drawing (mode ``L``) and return it with its class name."""
+    rng = random.Random(seed)
+    label = part_class if part_class is not None else rng.choice(CLASS_NAMES)
+    if label not in _BUILDERS:
+        raise ValueError(f"unknown part class {label!r}; expected one of {CLASS_NAMES}")
+    width, height = size
+    k = width / SHEET_UNITS
+    w_u, h_u = SHEET_UNITS, height / k
+    image = Image.new("L", size, rng.randint(232, 255))
+    draw = ImageDraw.Draw(image)
+    canvas = _Canvas(draw, k, rng, _font(k, rng.uniform(3.0, 4.2)))
+    right, bottom = _sheet(draw, k, w_u, h_u, rng=rng, ink=canvas.ink)
+    views = _BUILDERS[label](rng)
+    for view, (origin, scale, turns) in zip(
+        views, _layout(views, (10.0, 10.0, right, bottom), rng), strict=True
+    ):
+        canvas.place((origin[0] * k, origin[1] * k), scale, turns)
+        for item in view.items:
+            canvas.render(item)
+    return _scan(image, rng), label
+
+
+def encode(image: Image.Image, fmt: Format = "png", *, quality: int = 85) -> bytes:
+    """PNG (lossless, fast compression) or JPEG bytes of a rendered drawing."""
+    buf = io.BytesIO()
+    if fmt == "png":
+        image.save(buf, "PNG", compress_level=1)
+    elif fmt == "jpeg":
+        image.save(buf, "JPEG", quality=quality)
+    else:
+        raise ValueError(f"unknown format {fmt!r}; expected 'png' or 'jpeg'")
+    return buf.getvalue()
+
+
+def render_drawing(
+    seed: int, part_class: str | None = None, *, size: tuple[int, int] = DEFAULT_SIZE, fmt: Format = "png"
+) -> tuple[bytes, str]:
+    """Render one drawing and encode it; returns ``(bytes, class name)``. Same seed, same bytes."""
+    image, label = render_image(seed, part_class, size=size)
+    return encode(image, fmt, quality=70 + seed % 26), label
+
+
+def dataset_labels(count: int, *, seed: int = 0) -> list[str]:
+    """The class of each item of ``dataset(count, seed=seed)``: balanced, cycling through CLASS_NAMES."""
+    return [CLASS_NAMES[i % len(CLASS_NAMES)] for i in range(count)]
+
+
+def dataset_seed(index: int, *, seed: int = 0) -> int:
+    """The drawing seed of item ``index`` of the dataset with base ``seed`` (disjoint across bases < 1e6)."""
+    return seed * 1_000_003 + index
+
+
+def dataset(
+    count: int, *, seed: int = 0, size: tuple[int, int] = DEFAULT_SIZE, fmt: Format | Literal["mixed"] = "png"
+) -> Iterator[tuple[bytes, str]]:
+    """A balanced, deterministic set of ``count`` encoded drawings (``mixed``: every third one is JPEG)."""
+    for i, label in enumerate(dataset_labels(count, seed=seed)):
+        item_fmt: Format = ("jpeg" if i % 3 == 2 else "png") if fmt == "mixed" else fmt
+        yield render_drawing(dataset_seed(i, seed=seed), label, size=size, fmt=item_fmt)

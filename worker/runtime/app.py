@@ -1,0 +1,300 @@
+"""Composition root: builds the adapters, wires them into the pipeline, owns process lifecycle.
+
+``fleet worker`` runs the inference worker; ``fleet dlq-handler`` answers dead-lettered jobs. This is the
+only module that imports both the Pub/Sub intake and the Triton adapter.
+"""
+
+# Imports are lazy on purpose: `fleet --help` and other sub-commands must not pay for gRPC/Triton imports.
+# ruff: noqa: PLC0415
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import concurrent.futures
+import dataclasses
+import os
+import time
+from typing import Any
+
+from worker.runtime.settings import WorkerSettings, describe_options
+from worker.shared import exit_codes
+
+EXIT_STARTUP_FAILED = exit_codes.STARTUP_FAILED
+
+
+def _flag(field: str) -> str:
+    return "--" + field.replace("_", "-")
+
+
+def _add_setting_flags(parser: argparse.ArgumentParser) -> None:
+    types = {f.name: f.type for f in dataclasses.fields(WorkerSettings)}
+    for option, default in describe_options():
+        kind = str(types[option.field])
+        help_text = f"{option.help} [env {option.env}; default {default!r}]"
+        if kind == "bool":
+            parser.add_argument(
+                _flag(option.field),
+                dest=option.field,
+                action=argparse.BooleanOptionalAction,
+                default=None,
+                help=help_text,
+            )
+        elif kind.startswith("tuple"):
+            parser.add_argument(
+                _flag(option.field),
+                dest=option.field,
+                default=None,
+                metavar="A,B",
+                type=lambda raw: tuple(p.strip() for p in raw.split(",") if p.strip()),
+                help=help_text,
+            )
+        else:
+            converter: Any = {"int": int, "float": float}.get(kind, str)
+            parser.add_argument(
+                _flag(option.field), dest=option.field, type=converter, default=None, help=help_text
+            )
+
+
+def register(subparsers: Any) -> None:
+    """Add ``fleet worker`` and ``fleet dlq-handler``."""
+    worker = subparsers.add_parser(
+        "worker",
+        help="run an inference worker (pull jobs, batch into Triton, write results, notify)",
+        description="Run an inference worker. Every option can also be set by its environment variable; "
+        "flags win. Units are in the option names (_s seconds, _ms milliseconds).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    _add_setting_flags(worker)
+    worker.set_defaults(func=run_worker_command)
+    dlq = subparsers.add_parser(
+        "dlq-handler",
+        help="answer dead-lettered jobs with a DEAD_LETTERED failure result and notification",
+        description="Pull the dead-letter handler subscription and answer every dead-lettered job.",
+    )
+    _add_setting_flags(dlq)
+    dlq.set_defaults(func=run_dlq_command)
+
+
+def settings_from_args(args: argparse.Namespace) -> WorkerSettings:
+    names = {f.name for f in dataclasses.fields(WorkerSettings)}
+    overrides = {k: v for k, v in vars(args).items() if k in names and v is not None}
+    settings = WorkerSettings.from_env(**overrides)
+    if settings.one_at_a_time:
+        # The naive baseline of the benchmark: one job in flight, no batching, no settle batching,
+        # decode in the main process.
+        settings = dataclasses.replace(
+            settings, pipeline_slots=1, max_batch_size=1, max_batch_delay_ms=0.0, settle_interval_ms=0.0
+        )
+    return settings
+
+
+def run_worker_command(args: argparse.Namespace) -> int:
+    settings = settings_from_args(args)
+    return asyncio.run(run_worker(settings))
+
+
+def run_dlq_command(args: argparse.Namespace) -> int:
+    settings = settings_from_args(args)
+    return asyncio.run(run_dlq_handler(settings))
+
+
+@dataclasses.dataclass
+class _Worker:
+    """The wired worker: what ``run_worker`` starts and stops."""
+
+    pipeline: Any
+    model: Any
+    notifier: Any
+    preprocessor: Any
+    threads: tuple[concurrent.futures.ThreadPoolExecutor, ...]
+    #: The preprocess pool's start-up (spawning and importing), awaited before the first pull.
+    warm_up: asyncio.Task[None] | None = None
+
+
+async def _build_worker(settings: WorkerSettings, metrics: Any) -> _Worker:
+    from worker.runtime import preprocess
+    from worker.runtime.pipeline import InlinePreprocessor, Pipeline, PoolPreprocessor, Ports
+
+    pre: PoolPreprocessor | InlinePreprocessor
+    warm_up: asyncio.Task[None] | None = None
+    if settings.one_at_a_time:
+        pre = InlinePreprocessor(preprocess.preprocess_bytes, metrics=metrics)
+    else:
+        pre = PoolPreprocessor(
+            preprocess.preprocess_bytes,
+            processes=settings.preprocess_processes,
+            metrics=metrics,
+            batch_nice=settings.batch_preprocess_nice,
+        )
+        # The pool processes start while this process imports the adapters and waits for the model:
+        # a worker started during a backlog takes its first jobs that much sooner.
+        warm_up = asyncio.create_task(asyncio.to_thread(pre.warm_up))
+        await asyncio.sleep(0)  # let the task hand the warm-up to its thread before the imports below
+    from worker.runtime import inference, intake
+
+    model = inference.TritonModel(
+        settings.triton_grpc_url, settings.model_name, timeout_s=settings.triton_timeout_s
+    )
+    threads = concurrent.futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="gcs")
+    urgent_threads = concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="gcs-urgent")
+    notifier = _notifier(settings)
+    store = _gcs(settings, threads, urgent_threads)
+    ports = Ports(
+        source=intake.PubSubSource(
+            intake.subscriber_client(), settings.project, timeout_s=settings.pubsub_timeout_s
+        ),
+        inputs=store,
+        results=store,
+        model=model,
+        notifier=notifier,
+        preprocess=pre,
+        postprocess=inference.postprocess,
+    )
+    return _Worker(
+        Pipeline(settings, ports, metrics=metrics), model, notifier, pre, (threads, urgent_threads), warm_up
+    )
+
+
+async def run_worker(settings: WorkerSettings) -> int:
+    """Start, run until drained or failed, stop; returns the exit code."""
+    from worker.runtime import preemption, telemetry
+
+    telemetry.configure_logging(settings.log_level)
+    log = telemetry.get_logger("worker.runtime.app")
+    started = time.monotonic()
+    metrics = telemetry.Metrics(slots=settings.pipeline_slots)
+    loop = asyncio.get_running_loop()
+    worker = await _build_worker(settings, metrics)
+    exporter = _exporter(settings, metrics)
+    watcher = preemption.PreemptionWatcher(settings.metadata_url, loop, worker.pipeline.drain)
+    notifier_task = asyncio.create_task(worker.notifier.run())
+    preemption.install_signal_handlers(loop, worker.pipeline.drain)
+    code = EXIT_STARTUP_FAILED
+    try:
+        log.info("waiting for model", model=settings.model_name, url=settings.triton_grpc_url)
+        try:
+            await worker.model.wait_ready(timeout_s=settings.triton_ready_timeout_s)
+        except Exception as exc:
+            log.error("model never became ready", reason=type(exc).__name__)
+            return EXIT_STARTUP_FAILED
+        if worker.warm_up is not None:
+            try:
+                await worker.warm_up
+            except Exception as exc:
+                log.error("preprocess pool did not start", reason=type(exc).__name__)
+                return EXIT_STARTUP_FAILED
+        if settings.watch_metadata:
+            watcher.start()
+        if exporter is not None:
+            exporter.start()
+        log.info(
+            "worker started",
+            model=worker.model.name,
+            version=worker.model.version,
+            slots=settings.pipeline_slots,
+            instance=settings.instance,
+        )
+        metrics.mark_started()
+        code = int(await worker.pipeline.run())
+        return code
+    finally:
+        watcher.stop()
+        await _close_notifier(worker.notifier, notifier_task)
+        if exporter is not None:
+            await asyncio.to_thread(exporter.stop)
+        if hasattr(worker.preprocessor, "close"):
+            await asyncio.to_thread(worker.preprocessor.close)
+        await worker.model.close()
+        for pool in worker.threads:
+            pool.shutdown(wait=False)
+        stats = telemetry.process_stats(metrics, started_monotonic=started)
+        log.info("worker stats", stats=stats, exit_code=code, reason=worker.pipeline.drain_reason)
+        if settings.stats_file:
+            telemetry.write_stats(stats, settings.stats_file)
+
+
+def _notifier(settings: WorkerSettings) -> Any:
+    from worker.runtime import notify
+
+    return notify.PubSubNotifier(
+        notify.publisher_client(),
+        f"projects/{settings.project}/topics/{settings.results_topic}",
+        interval_s=settings.settle_interval_ms / 1000.0,
+        timeout_s=settings.pubsub_timeout_s,
+    )
+
+
+async def _close_notifier(notifier: Any, task: asyncio.Task[None]) -> None:
+    await notifier.close()
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+
+
+def _gcs(
+    settings: WorkerSettings,
+    threads: concurrent.futures.Executor,
+    urgent_threads: concurrent.futures.Executor | None = None,
+) -> Any:
+    from worker.runtime.storage import GcsStorage, http_client
+
+    http, endpoint = http_client(
+        emulator_host=os.environ.get("STORAGE_EMULATOR_HOST") or None, max_connections=16
+    )
+    return GcsStorage(
+        http,
+        results_bucket=settings.results_bucket,
+        results_prefix=settings.results_prefix,
+        timeout_s=settings.storage_timeout_s,
+        executor=threads,
+        urgent_executor=urgent_threads,
+        api_endpoint=endpoint,
+    )
+
+
+def _exporter(settings: WorkerSettings, metrics: Any) -> Any:
+    if not settings.metrics_export:
+        return None
+    from google.cloud import monitoring_v3
+
+    from worker.runtime.telemetry import ExportLabels, MonitoringExporter
+
+    if settings.monitoring_endpoint:
+        import grpc
+        from google.cloud.monitoring_v3.services.metric_service.transports import MetricServiceGrpcTransport
+
+        channel = grpc.insecure_channel(settings.monitoring_endpoint)
+        client = monitoring_v3.MetricServiceClient(transport=MetricServiceGrpcTransport(channel=channel))
+    else:
+        client = monitoring_v3.MetricServiceClient()
+    labels = ExportLabels(project=settings.project, instance=settings.instance, group=settings.instance_group)
+    return MonitoringExporter(metrics, labels, client=client, interval_s=settings.metrics_interval_s)
+
+
+async def run_dlq_handler(settings: WorkerSettings) -> int:
+    from worker.runtime import intake, preemption, telemetry
+    from worker.runtime.dead_letter import DeadLetterHandler
+    from worker.runtime.pipeline import Answerer
+
+    telemetry.configure_logging(settings.log_level)
+    threads = concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="gcs")
+    notifier = _notifier(settings)
+    answerer = Answerer(
+        _gcs(settings, threads),
+        notifier,
+        settings=settings,
+        model_name=settings.model_name,
+        model_version=lambda: "",
+    )
+    source = intake.PubSubSource(
+        intake.subscriber_client(), settings.project, timeout_s=settings.pubsub_timeout_s
+    )
+    handler = DeadLetterHandler(settings, source, answerer)
+    preemption.install_signal_handlers(asyncio.get_running_loop(), handler.stop)
+    notifier_task = asyncio.create_task(notifier.run())
+    try:
+        return await handler.run()
+    finally:
+        await _close_notifier(notifier, notifier_task)
+        threads.shutdown(wait=False)
+        telemetry.get_logger("worker.runtime.app").info("dlq handler stopped", count=handler.answered)

@@ -1,0 +1,111 @@
+"""Triton adapter: readiness, batched inference over gRPC (asyncio client), postprocessing.
+
+Every call carries a timeout. Errors leave already classified (policy.classify_inference_status):
+INVALID_ARGUMENT-like statuses are the request's fault (ModelRejected, permanent); unavailability,
+timeouts and "model not loaded" are InferenceUnavailable (transient). This module never imports Pub/Sub.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import tritonclient.grpc.aio as triton_aio
+from tritonclient.grpc import InferInput, InferRequestedOutput
+from tritonclient.utils import InferenceServerException
+
+from worker.runtime import model_spec, policy
+from worker.shared import errors
+
+FloatArray = npt.NDArray[np.float32]
+
+
+def _classify(exc: BaseException) -> errors.FleetError:
+    if isinstance(exc, InferenceServerException):
+        return policy.classify_inference_status(exc.status() or "UNAVAILABLE", exc.message() or "")
+    return errors.InferenceUnavailable(f"triton: {type(exc).__name__}")
+
+
+class TritonModel:
+    """The ``Model`` port: one long-lived asyncio gRPC client to the local tritonserver."""
+
+    def __init__(self, url: str, model_name: str, *, timeout_s: float) -> None:
+        self._url = url
+        self._model = model_name
+        self._timeout_s = timeout_s
+        self._client = triton_aio.InferenceServerClient(url=url)
+        self._outputs = [InferRequestedOutput(spec.name) for spec in model_spec.OUTPUTS]
+        self.version = model_spec.MODEL_VERSION
+
+    @property
+    def name(self) -> str:
+        return self._model
+
+    async def ready(self) -> bool:
+        """Model ready (false on any error; never raises)."""
+        try:
+            return bool(
+                await asyncio.wait_for(
+                    self._client.is_model_ready(self._model), timeout=min(5.0, self._timeout_s)
+                )
+            )
+        except Exception:
+            return False
+
+    async def wait_ready(self, *, timeout_s: float) -> None:
+        """Block until the model is ready, with backoff; InferenceUnavailable after ``timeout_s``."""
+        deadline = time.monotonic() + timeout_s
+        attempt = 0
+        while not await self.ready():
+            attempt += 1
+            if time.monotonic() >= deadline:
+                raise errors.InferenceUnavailable(f"model {self._model} not ready after {timeout_s:.0f} s")
+            await asyncio.sleep(policy.backoff_s(attempt, base_s=0.2, cap_s=2.0))
+        await self._read_version()
+
+    async def _read_version(self) -> None:
+        try:
+            metadata: Any = await asyncio.wait_for(
+                self._client.get_model_metadata(self._model, as_json=True), timeout=self._timeout_s
+            )
+            versions = metadata.get("versions") or [self.version]
+            self.version = str(versions[-1])
+        except Exception as exc:
+            raise _classify(exc) from exc
+
+    async def infer(self, batch: FloatArray, *, interactive: bool) -> tuple[FloatArray, FloatArray]:
+        """``[n, 1, H, W]`` -> (class probabilities ``[n, C]``, embeddings ``[n, 128]``)."""
+        tensor = InferInput(model_spec.INPUT.name, list(batch.shape), model_spec.INPUT.triton_dtype)
+        tensor.set_data_from_numpy(batch)
+        # ``interactive`` decides nothing here: the batcher keeps a model instance free for it.
+        try:
+            result = await self._client.infer(
+                self._model, [tensor], outputs=self._outputs, client_timeout=self._timeout_s
+            )
+        except Exception as exc:
+            raise _classify(exc) from exc
+        probs = result.as_numpy(model_spec.OUTPUT_PROBS.name)
+        embeddings = result.as_numpy(model_spec.OUTPUT_EMBEDDING.name)
+        if probs is None or embeddings is None or len(probs) != len(batch):
+            raise errors.ModelRejected("triton returned no or mis-sized outputs")
+        return probs, embeddings
+
+    async def close(self) -> None:
+        await self._client.close()
+
+
+def postprocess(probs: FloatArray, embedding: FloatArray, analyses: tuple[str, ...]) -> dict[str, Any]:
+    """One job's outputs, limited to the analyses it asked for."""
+    outputs: dict[str, Any] = {}
+    if "classify" in analyses:
+        scores = np.round(probs.astype(np.float64), 6).tolist()
+        outputs["classify"] = {
+            "label": model_spec.CLASS_NAMES[int(np.argmax(probs))],
+            "scores": dict(zip(model_spec.CLASS_NAMES, scores, strict=True)),
+        }
+    if "embed" in analyses:
+        outputs["embed"] = {"embedding": np.round(embedding.astype(np.float64), 6).tolist()}
+    return outputs

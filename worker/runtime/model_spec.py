@@ -1,0 +1,75 @@
+"""The drawing-analyzer model's contract: Triton name, tensor names/shapes/dtypes, class names, analyses.
+
+This module is the single source of truth for everything the worker, the training script, the parity
+check and the Triton ``config.pbtxt`` files must agree on; ``tests/model/test_model_spec.py`` checks both
+config files against these constants. It has no heavy imports (no numpy, no tritonclient) so any module
+may import it.
+
+Tensor layout: the input is a batch of preprocessed grayscale images, ``[batch, 1, H, W]`` FP32, ink = 1.0
+and paper = 0.0 (see ``worker.runtime.preprocess``). Outputs are ``[batch, NUM_CLASSES]`` softmax
+probabilities in ``CLASS_NAMES`` order and ``[batch, EMBEDDING_DIM]`` L2-normalised embeddings.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Final
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One model tensor as Triton sees it: shape excludes the batch axis (``max_batch_size > 0``)."""
+
+    name: str
+    triton_dtype: str  # Triton's name ("FP32"); config.pbtxt spells it "TYPE_FP32"
+    shape: tuple[int, ...]
+
+    @property
+    def config_dtype(self) -> str:
+        """The dtype as written in ``config.pbtxt`` (``TYPE_FP32``)."""
+        return f"TYPE_{self.triton_dtype}"
+
+    @property
+    def numpy_dtype(self) -> str:
+        """The numpy dtype name of the tensor (only FP32 is used)."""
+        return {"FP32": "float32", "FP16": "float16", "INT64": "int64"}[self.triton_dtype]
+
+
+MODEL_NAME: Final = "drawing_analyzer"
+#: The version directory served in both repositories (``model_repository/*/drawing_analyzer/1``).
+MODEL_VERSION: Final = "1"
+
+#: Part classes, in the order of the class-probability output.
+CLASS_NAMES: Final[tuple[str, ...]] = ("plate", "shaft", "flange", "bracket", "gear", "pipe_fitting")
+NUM_CLASSES: Final = len(CLASS_NAMES)
+EMBEDDING_DIM: Final = 128
+
+#: Side of the square model input in pixels; drawings are letterboxed into it (worker.runtime.preprocess).
+INPUT_SIZE_PX: Final = 192
+INPUT_CHANNELS: Final = 1
+
+INPUT: Final = TensorSpec("IMAGE", "FP32", (INPUT_CHANNELS, INPUT_SIZE_PX, INPUT_SIZE_PX))
+OUTPUT_PROBS: Final = TensorSpec("CLASS_PROBS", "FP32", (NUM_CLASSES,))
+OUTPUT_EMBEDDING: Final = TensorSpec("EMBEDDING", "FP32", (EMBEDDING_DIM,))
+OUTPUTS: Final[tuple[TensorSpec, ...]] = (OUTPUT_PROBS, OUTPUT_EMBEDDING)
+
+#: Largest batch Triton accepts (config.pbtxt ``max_batch_size``; TensorRT profile max).
+MAX_BATCH_SIZE: Final = 32
+#: Images per batch request the worker sends by default (``WorkerSettings.max_batch_size``); TensorRT
+#: engines are optimised for it (scripts/build_trt_engine ``--optShapes``).
+WORKER_BATCH_SIZE: Final = 16
+#: Model instances in both repositories (``instance_group`` count): one serves the worker's batch
+#: requests, the other stays free for interactive ones (no dynamic batcher: the worker forms batches).
+INSTANCES: Final = 2
+
+#: Analyses a job may request, and the output tensor each one reads.
+ANALYSES: Final[tuple[str, ...]] = ("classify", "embed")
+ANALYSIS_OUTPUTS: Final[dict[str, str]] = {
+    "classify": OUTPUT_PROBS.name,
+    "embed": OUTPUT_EMBEDDING.name,
+}
+
+
+def output_names_for(analyses: tuple[str, ...] | list[str]) -> tuple[str, ...]:
+    """The output tensor names to request for ``analyses`` (unknown names raise ``KeyError``)."""
+    return tuple(dict.fromkeys(ANALYSIS_OUTPUTS[a] for a in analyses))

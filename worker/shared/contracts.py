@@ -1,0 +1,318 @@
+"""The public records: job message in, result object and notification out (schema_version 1).
+
+Parsing is hand-written (not jsonschema) because it runs once per job on the hot path; the JSON Schemas in
+``worker/schemas/`` describe the same contract for clients and are checked against these functions in
+tests. Nothing here does I/O.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from worker.shared import errors
+
+SCHEMA_VERSION = 1
+SCHEMA_DIR = Path(__file__).resolve().parent / "schemas"
+SUPPORTED_SCHEMA_VERSIONS = frozenset({1})
+PRIORITIES = ("interactive", "batch")
+INTERACTIVE = "interactive"
+BATCH = "batch"
+STATUS_SUCCEEDED = "succeeded"
+STATUS_FAILED = "failed"
+STATUS_EXPIRED = "expired"
+DEFAULT_ANALYSES: tuple[str, ...] = ("classify", "embed")
+MAX_CLIENT_ATTRIBUTES = 32
+MAX_ERROR_MESSAGE_CHARS = 500
+# Attributes the worker sets itself on a notification; a client attribute of the same name is not echoed.
+RESERVED_ATTRIBUTES = frozenset({"job_id", "status", "error_code", "priority"})
+JOB_KEYS = frozenset({"schema_version", "job_id", "input_uri", "priority", "analyses", "deadline", "params"})
+
+_JOB_ID_RE = re.compile(r"[A-Za-z0-9._-]{1,128}")
+_GS_URI_RE = re.compile(r"gs://([a-z0-9][a-z0-9._-]{1,220}[a-z0-9])/(.+)", re.DOTALL)
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """One leased Pub/Sub message, as the pipeline sees it (no Pub/Sub types leak past the intake)."""
+
+    ack_id: str
+    subscription: str
+    message_id: str
+    data: bytes
+    attributes: dict[str, str]
+    publish_time: float
+    delivery_attempt: int
+    leased_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """A valid job message."""
+
+    job_id: str
+    input_uri: str
+    input_bucket: str
+    input_object: str
+    priority: str
+    analyses: tuple[str, ...]
+    deadline: float | None
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """A job message that cannot run; ``job_id``/``priority`` are what could be salvaged from it."""
+
+    error: errors.PermanentError
+    job_id: str | None
+    priority: str
+
+
+def valid_job_id(value: object) -> bool:
+    return isinstance(value, str) and value not in (".", "..") and _JOB_ID_RE.fullmatch(value) is not None
+
+
+def parse_job(
+    delivery: Delivery,
+    *,
+    allowed_buckets: frozenset[str],
+    offered_analyses: tuple[str, ...] = DEFAULT_ANALYSES,
+    max_message_bytes: int = 64 * 1024,
+) -> Job | Rejection:
+    """Validate a job message; every failure maps to one stable error code (worker/shared/errors.py)."""
+    priority = _lane_priority(delivery.attributes)
+    if len(delivery.data) > max_message_bytes:
+        return Rejection(
+            errors.MessageTooLarge(f"message data is {len(delivery.data)} bytes; limit {max_message_bytes}"),
+            None,
+            priority,
+        )
+    if len(delivery.attributes) > MAX_CLIENT_ATTRIBUTES + len(RESERVED_ATTRIBUTES):
+        return Rejection(errors.MessageTooLarge("too many attributes"), None, priority)
+    try:
+        body = json.loads(delivery.data)
+    except (UnicodeDecodeError, ValueError, RecursionError):  # RecursionError: nesting within the size limit
+        return Rejection(
+            errors.MalformedJob("message data is not UTF-8 JSON (or nests too deeply)"), None, priority
+        )
+    if not isinstance(body, dict):
+        return Rejection(errors.MalformedJob("message data is not a JSON object"), None, priority)
+    job_id = body.get("job_id")
+    salvaged = job_id if valid_job_id(job_id) else None
+    if isinstance(body.get("priority"), str) and body["priority"] in PRIORITIES:
+        priority = body["priority"]
+    try:
+        return _parse_body(body, allowed_buckets, offered_analyses)
+    except errors.PermanentError as exc:
+        return Rejection(exc, salvaged, priority)
+
+
+def _parse_body(body: dict[str, Any], allowed_buckets: frozenset[str], offered: tuple[str, ...]) -> Job:
+    version = body.get("schema_version", SCHEMA_VERSION)
+    if type(version) is not int or version not in SUPPORTED_SCHEMA_VERSIONS:
+        raise errors.UnsupportedSchemaVersion(
+            f"schema_version {str(version)[:20]!r} is not supported; this worker speaks {SCHEMA_VERSION}"
+        )
+    unknown = set(body) - JOB_KEYS
+    if unknown:
+        raise errors.SchemaInvalid(f"unknown field(s): {', '.join(sorted(map(_clip, unknown))[:5])}")
+    job_id = body.get("job_id")
+    if job_id is None:
+        raise errors.SchemaInvalid("job_id is required")
+    if not valid_job_id(job_id):
+        raise errors.InvalidJobId("job_id must match [A-Za-z0-9._-]{1,128} and not be '.' or '..'")
+    priority = body.get("priority", BATCH)
+    if not isinstance(priority, str) or priority not in PRIORITIES:
+        raise errors.UnknownPriority("priority must be 'interactive' or 'batch'")
+    bucket, obj, uri = _parse_input_uri(body.get("input_uri"), allowed_buckets)
+    return Job(
+        job_id=job_id,
+        input_uri=uri,
+        input_bucket=bucket,
+        input_object=obj,
+        priority=priority,
+        analyses=_parse_analyses(body.get("analyses"), offered),
+        deadline=_parse_deadline(body.get("deadline")),
+        params=_parse_params(body.get("params")),
+    )
+
+
+def _parse_input_uri(value: object, allowed_buckets: frozenset[str]) -> tuple[str, str, str]:
+    if value is None:
+        raise errors.SchemaInvalid("input_uri is required")
+    if not isinstance(value, str):
+        raise errors.SchemaInvalid("input_uri must be a string")
+    match = _GS_URI_RE.fullmatch(value)
+    if match is None or any(ord(ch) < 32 for ch in value):
+        raise errors.InputUriInvalid("input_uri must be gs://bucket/object")
+    bucket, obj = match.group(1), match.group(2)
+    if bucket not in allowed_buckets:
+        raise errors.InputNotAllowed("input_uri names a bucket this worker may not read")
+    return bucket, obj, value
+
+
+def _parse_analyses(value: object, offered: tuple[str, ...]) -> tuple[str, ...]:
+    if value is None:
+        return offered
+    if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
+        raise errors.SchemaInvalid("analyses must be a non-empty list of strings")
+    unknown = [v for v in value if v not in offered]
+    if unknown:
+        raise errors.UnknownAnalysis(f"unknown analysis {_clip(unknown[0])!r}; offered: {', '.join(offered)}")
+    return tuple(a for a in offered if a in value)
+
+
+def _parse_deadline(value: object) -> float | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or len(value) > 40:
+        raise errors.SchemaInvalid("deadline must be an RFC 3339 string")
+    try:
+        parsed = datetime.fromisoformat(value.replace("z", "Z"))
+    except ValueError as exc:
+        raise errors.SchemaInvalid("deadline must be an RFC 3339 string") from exc
+    if parsed.tzinfo is None:
+        raise errors.SchemaInvalid("deadline must carry a UTC offset")
+    return parsed.timestamp()
+
+
+def _parse_params(value: object) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise errors.SchemaInvalid("params must be an object")
+    return value
+
+
+def _lane_priority(attributes: dict[str, str]) -> str:
+    return INTERACTIVE if attributes.get("priority") == INTERACTIVE else BATCH
+
+
+def _clip(text: str, limit: int = 40) -> str:
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+# --- outputs -----------------------------------------------------------------------------------------
+
+
+def rfc3339(timestamp: float) -> str:
+    """Seconds since the epoch -> ``2024-05-01T12:00:00.123Z``."""
+    return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def result_object_name(prefix: str, job_id: str | None, message_id: str) -> str:
+    """Deterministic path of a job's one result object (unusable ids go under ``_rejected/``)."""
+    if job_id is not None:
+        return f"{prefix}{job_id}.json"
+    safe = "".join(ch for ch in message_id if ch.isalnum() or ch in "._-")[:128] or "unknown"
+    return f"{prefix}_rejected/{safe}.json"
+
+
+def error_body(error: errors.FleetError) -> dict[str, str]:
+    return {"code": error.code, "message": _clip(error.message, MAX_ERROR_MESSAGE_CHARS)}
+
+
+def status_for(error: errors.FleetError | None) -> str:
+    if error is None:
+        return STATUS_SUCCEEDED
+    return STATUS_EXPIRED if isinstance(error, errors.DeadlineExceeded) else STATUS_FAILED
+
+
+@dataclass(frozen=True, slots=True)
+class Timeline:
+    """Wall-clock seconds since the epoch of each step, plus the measured inference time."""
+
+    published: float
+    leased: float
+    started: float
+    finished: float
+    inference_ms: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "published": rfc3339(self.published),
+            "leased": rfc3339(self.leased),
+            "started": rfc3339(self.started),
+            "finished": rfc3339(self.finished),
+            "queue_wait_ms": round(max(0.0, self.started - self.published) * 1000.0, 1),
+            "inference_ms": round(self.inference_ms, 1),
+        }
+
+
+def build_result(
+    *,
+    job_id: str | None,
+    input_uri: str | None,
+    outputs: dict[str, Any] | None,
+    error: errors.FleetError | None,
+    model: dict[str, str],
+    timeline: Timeline,
+    instance: str,
+    pid: int,
+    delivery_attempt: int,
+) -> dict[str, Any]:
+    """The result object's JSON document (docs/contracts.md, worker/schemas/result.v1.json)."""
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "job_id": job_id,
+        "status": status_for(error),
+        "input_uri": input_uri,
+        "outputs": outputs if error is None else None,
+        "error": None if error is None else error_body(error),
+        "model": model,
+        "timeline": timeline.to_json(),
+        "worker": {"instance": instance, "pid": pid},
+        "delivery_attempt": delivery_attempt,
+    }
+
+
+def encode(document: dict[str, Any]) -> bytes:
+    """Compact UTF-8 JSON; the one serialiser for results and notifications."""
+    return json.dumps(document, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
+
+
+@dataclass(frozen=True, slots=True)
+class Notification:
+    """A result notification ready to publish: data bytes and attributes."""
+
+    data: bytes
+    attributes: dict[str, str]
+
+
+def build_notification(
+    *,
+    job_id: str | None,
+    status: str,
+    result_uri: str,
+    error: dict[str, str] | None,
+    priority: str,
+    client_attributes: dict[str, str],
+) -> Notification:
+    """The notification for one job; client attributes are echoed, the worker's own names win."""
+    body = {
+        "schema_version": SCHEMA_VERSION,
+        "job_id": job_id,
+        "status": status,
+        "result_uri": result_uri,
+        "error": error,
+    }
+    attributes = {k: v for k, v in client_attributes.items() if k not in RESERVED_ATTRIBUTES}
+    if job_id is not None:
+        attributes["job_id"] = job_id
+    attributes["status"] = status
+    attributes["priority"] = priority
+    if error is not None and status == STATUS_FAILED:
+        attributes["error_code"] = error["code"]
+    return Notification(encode(body), attributes)
+
+
+def load_schema(name: str) -> dict[str, Any]:
+    """``job``, ``result`` or ``notification`` -> the JSON Schema (v1) shipped in worker/schemas."""
+    text = (SCHEMA_DIR / f"{name}.v1.json").read_text(encoding="utf-8")
+    schema: dict[str, Any] = json.loads(text)
+    return schema

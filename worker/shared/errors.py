@@ -1,0 +1,200 @@
+"""The error hierarchy: permanent errors answer a job with ``failed``; transient ones are retried.
+
+Every error carries a stable ``code`` that clients see in the notification's ``error.code`` and in the
+result object. Codes are part of the public contract (docs/contracts.md): never rename one.
+"""
+
+from __future__ import annotations
+
+
+class FleetError(Exception):
+    """Base of every error the fleet raises on purpose."""
+
+    code: str = "INTERNAL"
+
+    def __init__(self, message: str, *, code: str | None = None) -> None:
+        super().__init__(message)
+        if code is not None:
+            self.code = code
+
+    @property
+    def message(self) -> str:
+        return str(self)
+
+
+class PermanentError(FleetError):
+    """Retrying cannot help: answer the job ``failed`` once and ack it."""
+
+    code = "PERMANENT"
+
+
+class TransientError(FleetError):
+    """May succeed later: retry in process with backoff, then nack for the subscription's retry policy."""
+
+    code = "TRANSIENT"
+
+
+# --- permanent: the job message itself ---------------------------------------------------------------
+class MalformedJob(PermanentError):
+    """The message data is not UTF-8 JSON object."""
+
+    code = "MALFORMED_JOB"
+
+
+class MessageTooLarge(PermanentError):
+    """The message data or its attributes exceed the worker's limits."""
+
+    code = "MESSAGE_TOO_LARGE"
+
+
+class SchemaInvalid(PermanentError):
+    """A field is missing, has the wrong type or an invalid value."""
+
+    code = "SCHEMA_INVALID"
+
+
+class UnsupportedSchemaVersion(PermanentError):
+    """The job declares a ``schema_version`` this worker does not speak."""
+
+    code = "UNSUPPORTED_SCHEMA_VERSION"
+
+
+class InvalidJobId(PermanentError):
+    """``job_id`` is not ``[A-Za-z0-9._-]{1,128}`` (or is ``.``/``..``)."""
+
+    code = "INVALID_JOB_ID"
+
+
+class UnknownAnalysis(PermanentError):
+    """``analyses`` names something the model does not offer."""
+
+    code = "UNKNOWN_ANALYSIS"
+
+
+class UnknownPriority(PermanentError):
+    """``priority`` is neither ``interactive`` nor ``batch``."""
+
+    code = "UNKNOWN_PRIORITY"
+
+
+class DeadlineExceeded(PermanentError):
+    """The job's ``deadline`` passed before it could run; answered ``expired``, not ``failed``."""
+
+    code = "DEADLINE_EXCEEDED"
+
+
+# --- permanent: the input object ---------------------------------------------------------------------
+class InputUriInvalid(PermanentError):
+    """``input_uri`` is not ``gs://bucket/object``."""
+
+    code = "INPUT_URI_INVALID"
+
+
+class InputNotAllowed(PermanentError):
+    """``input_uri`` names a bucket outside the worker's allowed input buckets."""
+
+    code = "INPUT_NOT_ALLOWED"
+
+
+class InputNotFound(PermanentError):
+    """The input object does not exist."""
+
+    code = "INPUT_NOT_FOUND"
+
+
+class InputTooLarge(PermanentError):
+    """The input object is larger than the worker's byte limit (checked before download)."""
+
+    code = "INPUT_TOO_LARGE"
+
+
+class ImageUndecodable(PermanentError):
+    """The input bytes are empty, truncated, or not an image format the worker reads."""
+
+    code = "IMAGE_UNDECODABLE"
+
+
+class ImageTooLarge(PermanentError):
+    """The image's pixel count exceeds the limit (decompression-bomb guard, checked before decoding)."""
+
+    code = "IMAGE_TOO_LARGE"
+
+
+class ModelRejected(PermanentError):
+    """Triton refused the request as invalid (INVALID_ARGUMENT): retrying the same tensor cannot help."""
+
+    code = "MODEL_REJECTED"
+
+
+class ProcessingTimeout(PermanentError):
+    """The job ran past the worker's maximum processing time."""
+
+    code = "PROCESSING_TIMEOUT"
+
+
+class DeadLettered(PermanentError):
+    """The job exhausted its delivery attempts and was answered by the dead-letter handler."""
+
+    code = "DEAD_LETTERED"
+
+
+# --- transient -----------------------------------------------------------------------------------------
+class StorageUnavailable(TransientError):
+    """GCS failed with a retryable status (429, 5xx) or a connection error."""
+
+    code = "STORAGE_UNAVAILABLE"
+
+
+class InferenceUnavailable(TransientError):
+    """Triton is unreachable, not ready, or timed out."""
+
+    code = "INFERENCE_UNAVAILABLE"
+
+
+class PubSubUnavailable(TransientError):
+    """Pub/Sub failed with a retryable status."""
+
+    code = "PUBSUB_UNAVAILABLE"
+
+
+# --- client side (raised by worker.client.sdk before or while publishing; never sent to a worker) --------
+class ClientInputInvalid(FleetError):
+    """A local file, manifest line, URI or option is bad; nothing was published."""
+
+    code = "CLIENT_INPUT_INVALID"
+
+    def __init__(self, message: str, *, problems: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.problems = problems or (message,)
+
+
+class PublishIncomplete(FleetError):
+    """Publishing failed part-way; the error lists exactly which job ids were and were not published."""
+
+    code = "PUBLISH_INCOMPLETE"
+
+    def __init__(self, message: str, *, published: tuple[str, ...], unpublished: tuple[str, ...]) -> None:
+        super().__init__(message)
+        self.published = published
+        self.unpublished = unpublished
+
+
+PERMANENT_ERRORS: tuple[type[PermanentError], ...] = (
+    MalformedJob,
+    MessageTooLarge,
+    SchemaInvalid,
+    UnsupportedSchemaVersion,
+    InvalidJobId,
+    UnknownAnalysis,
+    UnknownPriority,
+    DeadlineExceeded,
+    InputUriInvalid,
+    InputNotAllowed,
+    InputNotFound,
+    InputTooLarge,
+    ImageUndecodable,
+    ImageTooLarge,
+    ModelRejected,
+    ProcessingTimeout,
+    DeadLettered,
+)
