@@ -103,7 +103,8 @@ def test_a_planted_crossing_is_found(tmp_path: Path, planted_in: str, line: str,
     root = tmp_path / "worker"
     shutil.copytree(PACKAGE, root, ignore=shutil.ignore_patterns("__pycache__"))
     target = root / planted_in
-    target.write_text(target.read_text(encoding="utf-8") + line if target.exists() else line, encoding="utf-8")
+    before = target.read_text(encoding="utf-8") if target.exists() else ""
+    target.write_text(before + line, encoding="utf-8")
     # When the copy is checked, then exactly that crossing is reported
     found = crossings(root)
     assert len(found) == 1 and expected in found[0], found
