@@ -14,6 +14,12 @@ and handlers unchanged and wraps dispatch:
   two racing ``ifGenerationMatch=0`` writers cannot both win.
 - the server is threaded (the upstream one serves one request at a time); handlers still run one at a time
   under that lock because the upstream storage is not thread-safe.
+- request bodies are framed here, not upstream (RFC 9112 section 7.1): a ``Transfer-Encoding: chunked``
+  body is read through its last chunk, trailer section and final CRLF, so a keep-alive connection stays
+  usable for the next request. Upstream stops at the zero-length chunk and leaves that CRLF on the wire,
+  where it reads as an empty request line and the connection dies: Node's storage client, which uploads
+  chunked over keep-alive connections, saw EPIPE on most uploads. A malformed chunked body is answered
+  400 with ``Connection: close`` (its framing is lost).
 - fault injection: ``error_rate`` (fraction of requests answered 503 ``backendError``) and ``latency_ms``,
   set with CLI flags or at run time through ``/_devstack/faults`` (JSON ``GET``/``POST``, the value of
   ``FLEET_GCS_ADMIN_URL``); ``GET /_devstack/stats`` counts requests, 412s and injected 503s.
@@ -25,6 +31,8 @@ headers, object versioning (no history of generations), IAM, retention policies.
 from __future__ import annotations
 
 import argparse
+import copy
+import io
 import json
 import logging
 import os
@@ -38,7 +46,7 @@ from dataclasses import asdict, dataclass, fields
 from functools import partial
 from http import HTTPStatus
 from http.server import ThreadingHTTPServer
-from typing import Any
+from typing import Any, BinaryIO
 from urllib.parse import parse_qs, urlparse
 
 from gcp_storage_emulator import server as upstream
@@ -56,6 +64,61 @@ PRECONDITION_PARAMS = (
     "ifMetagenerationNotMatch",
 )
 _UPLOAD_ID_RE = re.compile(r"[?&]upload_id=([^&]+)")
+_CHUNK_SIZE_RE = re.compile(rb"[0-9A-Fa-f]{1,16}")
+MAX_FRAMING_LINE_BYTES = 8192  # a chunk-size line (with extensions) or a trailer field; longer is malformed
+
+
+class MalformedBody(ValueError):
+    """The request body's framing is broken (bad chunk size, truncated chunk, missing CRLF)."""
+
+
+def _framing_line(rfile: BinaryIO) -> bytes:
+    line = rfile.readline(MAX_FRAMING_LINE_BYTES + 1)
+    if not line.endswith(b"\n"):
+        raise MalformedBody(f"chunked body: line truncated or longer than {MAX_FRAMING_LINE_BYTES} bytes")
+    return line
+
+
+def read_chunked(rfile: BinaryIO) -> bytes:
+    """Decode a chunked body off ``rfile``, consuming it through the trailer section's final CRLF."""
+    body = bytearray()
+    while True:
+        size_text = _framing_line(rfile).split(b";", 1)[0].strip()  # chunk extensions are ignored
+        if not _CHUNK_SIZE_RE.fullmatch(size_text):
+            raise MalformedBody(f"chunked body: bad chunk size {size_text[:32]!r}")
+        size = int(size_text, 16)
+        if size == 0:
+            break
+        chunk = rfile.read(size)
+        if len(chunk) != size:
+            raise MalformedBody("chunked body: connection closed inside a chunk")
+        body += chunk
+        if _framing_line(rfile).strip():
+            raise MalformedBody("chunked body: chunk data not followed by CRLF")
+    # The trailer section (usually empty) ends with an empty line; it is part of this request.
+    while _framing_line(rfile).strip():
+        pass
+    return bytes(body)
+
+
+def read_body(rfile: BinaryIO, headers: Any) -> bytes | None:
+    """The request body as framed by ``headers``: chunked wins over Content-Length (RFC 9112 6.3); None
+    when the request has neither (no body)."""
+    codings = [c.strip().lower() for c in (headers.get("Transfer-Encoding") or "").split(",") if c.strip()]
+    if codings:
+        if codings[-1] != "chunked":
+            raise MalformedBody(f"unsupported Transfer-Encoding {headers.get('Transfer-Encoding')!r}")
+        return read_chunked(rfile)
+    length = headers.get("Content-Length")
+    if not length:
+        return None
+    try:
+        size = int(length)
+    except ValueError as exc:
+        raise MalformedBody(f"bad Content-Length {length!r}") from exc
+    if size < 0:
+        raise MalformedBody(f"bad Content-Length {length!r}")
+    return rfile.read(size)
 
 
 @dataclass
@@ -140,6 +203,36 @@ def _error_body(code: int, reason: str, message: str) -> str:
     )
 
 
+class _BufferedBody:
+    """What upstream's body parser reads from a handler (``headers``, ``rfile``), over a body already read
+    off the connection and re-framed with a Content-Length."""
+
+    def __init__(self, headers: Any, body: bytes | None) -> None:
+        self.headers = copy.copy(headers)
+        del self.headers["Transfer-Encoding"]
+        del self.headers["Content-Length"]
+        if body is not None:
+            self.headers["Content-Length"] = str(len(body))
+        self.rfile = io.BytesIO(body or b"")
+
+
+class BufferedRequest(upstream.Request):  # type: ignore[misc]
+    """Upstream's request whose ``data`` is parsed (JSON, multipart, gzip) from an already-read body."""
+
+    def __init__(self, handler: Any, method: str, body: bytes | None) -> None:
+        super().__init__(handler, method)
+        self._source = _BufferedBody(handler.headers, body)
+        self._parsed = False
+        self._parsed_data: Any = None
+
+    @property
+    def data(self) -> Any:
+        if not self._parsed:
+            self._parsed_data = upstream._read_data(self._source, self.query)
+            self._parsed = True
+        return self._parsed_data
+
+
 class PreconditionRequestHandler(upstream.RequestHandler):  # type: ignore[misc]
     """The upstream handler with faults, preconditions and a lock around the (non-thread-safe) storage."""
 
@@ -173,20 +266,26 @@ class PreconditionRequestHandler(upstream.RequestHandler):  # type: ignore[misc]
     # --- dispatch ---------------------------------------------------------------------------------------
     def _handle(self, method: str) -> None:
         method = self.headers.get("x-http-method-override") or method
+        # The whole body comes off the connection first, whatever the answer, so that the next request
+        # on a keep-alive connection starts where this one ended.
+        try:
+            body = read_body(self.rfile, self.headers)
+        except MalformedBody as exc:
+            self.close_connection = True
+            self._reply(HTTPStatus.BAD_REQUEST, _error_body(400, "invalid", str(exc)))
+            return
         if urlparse(self.path).path.startswith(ADMIN_PREFIX):
-            self._admin(method)
+            self._admin(method, body or b"")
             return
         state = self.state
-        request = upstream.Request(self, method)
+        request = BufferedRequest(self, method, body)
         response = upstream.Response(self)
         faults = state.faults
         if faults.latency_ms > 0:
             time.sleep(faults.latency_ms / 1000.0)
         handler = self._route(request)
         if handler is not None:
-            _ = request.data  # read the body before taking the lock (and always consume it)
-        else:
-            upstream._read_raw_data(self)
+            _ = request.data  # parse the body before taking the lock
         with state.lock:
             state.counters["requests"] += 1
             if state.random.random() < faults.error_rate:
@@ -293,15 +392,15 @@ class PreconditionRequestHandler(upstream.RequestHandler):  # type: ignore[misc]
         self.send_response(status.value, status.phrase)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
+        if self.close_connection:
+            self.send_header("Connection", "close")
         self.end_headers()
         self.wfile.write(data)
 
     # --- admin ------------------------------------------------------------------------------------------
-    def _admin(self, method: str) -> None:
+    def _admin(self, method: str, raw: bytes) -> None:
         state = self.state
         path = urlparse(self.path).path[len(ADMIN_PREFIX) :]
-        length = int(self.headers.get("Content-Length") or 0)
-        raw = self.rfile.read(length) if length else b""
         try:
             body = json.loads(raw) if raw.strip() else {}
             if (method, path) == ("GET", "/faults"):
