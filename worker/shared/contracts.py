@@ -7,9 +7,10 @@ tests. Nothing here does I/O.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -31,8 +32,17 @@ MAX_ERROR_MESSAGE_CHARS = 500
 # Attributes the worker sets itself on a notification; a client attribute of the same name is not echoed.
 RESERVED_ATTRIBUTES = frozenset({"job_id", "status", "error_code", "priority"})
 JOB_KEYS = frozenset({"schema_version", "job_id", "input_uri", "priority", "analyses", "deadline", "params"})
+#: The job attribute that scopes a job's result path (``results/<namespace>/<job_id>.json``). It is the
+#: publisher's own word, not an identity: Pub/Sub does not tell a subscriber who published (docs/security.md).
+NAMESPACE_ATTRIBUTE = "namespace"
+#: Results of messages that cannot have a result at their job's path: no usable job_id, or a job_id whose
+#: result answers another job (JOB_ID_CONFLICT). Keyed by message id, so never shared.
+REJECTED_FOLDER = "_rejected"
+#: Version of the fingerprint recipe; a stored result with another version is compared by request only.
+FINGERPRINT_VERSION = 1
 
 _JOB_ID_RE = re.compile(r"[A-Za-z0-9._-]{1,128}")
+_NAMESPACE_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
 _GS_URI_RE = re.compile(r"gs://([a-z0-9][a-z0-9._-]{1,220}[a-z0-9])/(.+)", re.DOTALL)
 
 
@@ -62,6 +72,7 @@ class Job:
     analyses: tuple[str, ...]
     deadline: float | None
     params: dict[str, Any] = field(default_factory=dict)
+    namespace: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,10 +82,15 @@ class Rejection:
     error: errors.PermanentError
     job_id: str | None
     priority: str
+    namespace: str | None = None
 
 
 def valid_job_id(value: object) -> bool:
     return isinstance(value, str) and value not in (".", "..") and _JOB_ID_RE.fullmatch(value) is not None
+
+
+def valid_namespace(value: object) -> bool:
+    return isinstance(value, str) and _NAMESPACE_RE.fullmatch(value) is not None
 
 
 def parse_job(
@@ -86,30 +102,37 @@ def parse_job(
 ) -> Job | Rejection:
     """Validate a job message; every failure maps to one stable error code (worker/shared/errors.py)."""
     priority = _lane_priority(delivery.attributes)
-    if len(delivery.data) > max_message_bytes:
-        return Rejection(
-            errors.MessageTooLarge(f"message data is {len(delivery.data)} bytes; limit {max_message_bytes}"),
-            None,
-            priority,
-        )
-    if len(delivery.attributes) > MAX_CLIENT_ATTRIBUTES + len(RESERVED_ATTRIBUTES):
-        return Rejection(errors.MessageTooLarge("too many attributes"), None, priority)
+    namespace = delivery.attributes.get(NAMESPACE_ATTRIBUTE)
     try:
-        body = json.loads(delivery.data)
-    except (UnicodeDecodeError, ValueError, RecursionError):  # RecursionError: nesting within the size limit
-        return Rejection(
-            errors.MalformedJob("message data is not UTF-8 JSON (or nests too deeply)"), None, priority
-        )
-    if not isinstance(body, dict):
-        return Rejection(errors.MalformedJob("message data is not a JSON object"), None, priority)
+        body = _parse_envelope(delivery, namespace, max_message_bytes)
+    except errors.PermanentError as exc:
+        return Rejection(exc, None, priority, namespace if valid_namespace(namespace) else None)
     job_id = body.get("job_id")
     salvaged = job_id if valid_job_id(job_id) else None
     if isinstance(body.get("priority"), str) and body["priority"] in PRIORITIES:
         priority = body["priority"]
     try:
-        return _parse_body(body, allowed_buckets, offered_analyses)
+        job = _parse_body(body, allowed_buckets, offered_analyses)
     except errors.PermanentError as exc:
-        return Rejection(exc, salvaged, priority)
+        return Rejection(exc, salvaged, priority, namespace)
+    return job if namespace is None else replace(job, namespace=namespace)
+
+
+def _parse_envelope(delivery: Delivery, namespace: str | None, max_message_bytes: int) -> dict[str, Any]:
+    """The checks before the body: attributes, size, JSON object. Raises the permanent error."""
+    if namespace is not None and not valid_namespace(namespace):
+        raise errors.InvalidNamespace("the namespace attribute must match [a-z0-9][a-z0-9-]{0,62}")
+    if len(delivery.data) > max_message_bytes:
+        raise errors.MessageTooLarge(f"message data is {len(delivery.data)} bytes; limit {max_message_bytes}")
+    if len(delivery.attributes) > MAX_CLIENT_ATTRIBUTES + len(RESERVED_ATTRIBUTES):
+        raise errors.MessageTooLarge("too many attributes")
+    try:
+        body = json.loads(delivery.data)
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:  # RecursionError: deep nesting
+        raise errors.MalformedJob("message data is not UTF-8 JSON (or nests too deeply)") from exc
+    if not isinstance(body, dict):
+        raise errors.MalformedJob("message data is not a JSON object")
+    return body
 
 
 def _parse_body(body: dict[str, Any], allowed_buckets: frozenset[str], offered: tuple[str, ...]) -> Job:
@@ -205,12 +228,72 @@ def rfc3339(timestamp: float) -> str:
     return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def result_object_name(prefix: str, job_id: str | None, message_id: str) -> str:
-    """Deterministic path of a job's one result object (unusable ids go under ``_rejected/``)."""
-    if job_id is not None:
-        return f"{prefix}{job_id}.json"
+def result_object_name(prefix: str, job_id: str | None, message_id: str, namespace: str | None = None) -> str:
+    """Deterministic path of a job's one result object (unusable ids go under ``_rejected/``).
+
+    A namespace scopes the path (``<prefix><namespace>/<job_id>.json``) so two publishers' job ids never
+    meet; a namespace cannot start with ``_``, so it never collides with ``_rejected/``.
+    """
+    if job_id is None:
+        return rejected_object_name(prefix, message_id)
+    return f"{prefix}{namespace}/{job_id}.json" if namespace else f"{prefix}{job_id}.json"
+
+
+def rejected_object_name(prefix: str, message_id: str) -> str:
+    """The result path of one message that cannot use its job's path: keyed by the message id."""
     safe = "".join(ch for ch in message_id if ch.isalnum() or ch in "._-")[:128] or "unknown"
-    return f"{prefix}_rejected/{safe}.json"
+    return f"{prefix}{REJECTED_FOLDER}/{safe}.json"
+
+
+# --- fingerprints: does a stored result answer this job? ---------------------------------------------
+
+
+def request_fingerprint(job: Job | Rejection, data: bytes) -> str:
+    """Digest of what decides a job's answer, apart from the input's bytes.
+
+    For a valid job: schema version, namespace, job_id, input_uri, analyses and params (not priority or
+    deadline: they decide when, not what). For a rejected message: its raw data, since that is what was
+    answered. The input's bytes enter separately (``input_sha256``) because they are known only after
+    the read.
+    """
+    if isinstance(job, Rejection):
+        recipe: dict[str, Any] = {"rejected": hashlib.sha256(data).hexdigest(), "namespace": job.namespace}
+    else:
+        recipe = {
+            "schema_version": SCHEMA_VERSION,
+            "namespace": job.namespace,
+            "job_id": job.job_id,
+            "input_uri": job.input_uri,
+            "analyses": list(job.analyses),
+            "params": job.params,
+        }
+    canonical = json.dumps(recipe, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def input_digest(data: bytes) -> str:
+    """``sha256`` hex of the input object's bytes as the worker read them."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def fingerprint_body(request: str, input_sha256: str | None) -> dict[str, Any]:
+    return {"version": FINGERPRINT_VERSION, "request": request, "input_sha256": input_sha256}
+
+
+def answers_same_job(stored: dict[str, Any], request: str, input_sha256: str | None) -> bool:
+    """Whether a stored result answers the job with this fingerprint (the idempotency-key check).
+
+    The requests must match; the inputs must match where both are known (a result written before the
+    input was read, e.g. a failure or a dead-letter answer, has none). A result written by a worker that
+    predates fingerprints has none at all: it is taken as this job's, as before.
+    """
+    fingerprint = stored.get("fingerprint")
+    if not isinstance(fingerprint, dict):
+        return True
+    if fingerprint.get("request") != request:
+        return False
+    stored_input = fingerprint.get("input_sha256")
+    return stored_input is None or input_sha256 is None or stored_input == input_sha256
 
 
 def error_body(error: errors.FleetError) -> dict[str, str]:
@@ -255,9 +338,11 @@ def build_result(
     instance: str,
     pid: int,
     delivery_attempt: int,
+    fingerprint: dict[str, Any] | None = None,
+    namespace: str | None = None,
 ) -> dict[str, Any]:
-    """The result object's JSON document (docs/contracts.md, worker/schemas/result.v1.json)."""
-    return {
+    """The result object's JSON document (docs/contracts.md, worker/shared/schemas/result.v1.json)."""
+    document: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,
         "job_id": job_id,
         "status": status_for(error),
@@ -269,6 +354,11 @@ def build_result(
         "worker": {"instance": instance, "pid": pid},
         "delivery_attempt": delivery_attempt,
     }
+    if namespace is not None:
+        document["namespace"] = namespace
+    if fingerprint is not None:
+        document["fingerprint"] = fingerprint
+    return document
 
 
 def encode(document: dict[str, Any]) -> bytes:

@@ -138,6 +138,18 @@ class DeadLettered(PermanentError):
     code = "DEAD_LETTERED"
 
 
+class JobIdConflict(PermanentError):
+    """A result for this job_id already exists and answers a different job (another input or options)."""
+
+    code = "JOB_ID_CONFLICT"
+
+
+class InvalidNamespace(PermanentError):
+    """The job's ``namespace`` attribute is not ``[a-z0-9][a-z0-9-]{0,62}``."""
+
+    code = "INVALID_NAMESPACE"
+
+
 # --- transient -----------------------------------------------------------------------------------------
 class StorageUnavailable(TransientError):
     """GCS failed with a retryable status (429, 5xx) or a connection error."""
