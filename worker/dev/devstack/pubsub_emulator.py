@@ -13,7 +13,10 @@ Implemented, with the real service's documented semantics:
   deadline), ``dead_letter_policy`` (``max_delivery_attempts`` 5-100; ``delivery_attempt`` is set on
   delivered messages only when a policy exists; after that many failed deliveries the message goes to the
   dead-letter topic with the ``CloudPubSubDeadLetterSource*`` attributes), ``message_retention_duration``
-  (10 min - 7 days; older unacked messages are dropped), labels.
+  (10 min - 7 days; older unacked messages are dropped), ``retain_acked_messages`` (acked messages are kept
+  for Seek within the retention window; dead-lettered ones are not), labels.
+- Seek to a time: retained messages published before it are marked acknowledged, those published at or
+  after it unacknowledged, so acked ones are delivered again (``SeekRequest.time`` as documented).
 - Publish: message_id, publish_time, attributes; INVALID_ARGUMENT for an empty message, a message or request
   over 10 MB, more than 100 attributes, keys over 256 bytes or values over 1024 bytes.
 - Pull (unary, ``max_messages``; ``return_immediately=false`` waits up to ``--pull-wait-s`` for a message).
@@ -23,7 +26,7 @@ Implemented, with the real service's documented semantics:
 - Acknowledge (unknown or expired ack ids are ignored, malformed ones are INVALID_ARGUMENT),
   ModifyAckDeadline (0 = nack, which honours the retry policy; 0-600 s), redelivery when a deadline expires.
 - Status codes: INVALID_ARGUMENT (bad names, bad settings, bad filter), NOT_FOUND, ALREADY_EXISTS,
-  UNIMPLEMENTED (push/BigQuery/Cloud Storage subscriptions, exactly-once, ordering, seek, snapshots, schemas).
+  UNIMPLEMENTED (push/BigQuery/Cloud Storage subscriptions, exactly-once, ordering, snapshots, schemas).
 
 Fault injection (CLI flags at start, ``POST /faults`` on the admin endpoint at run time): added latency,
 UNAVAILABLE on a fraction of unary RPCs, dropping StreamingPull streams with UNAVAILABLE (per response
@@ -39,11 +42,12 @@ Time scale for tests: a subscription labelled ``devstack-time-divisor: "N"`` (or
 see a 10 s deadline expire in 0.5 s while the API still enforces the real 10-600 s ranges.
 
 Not implemented (honest list): message ordering (``enable_message_ordering`` is rejected; ordering keys on
-publish are stored but not honoured), exactly-once delivery, seek and snapshots, schemas, push / BigQuery /
-Cloud Storage subscriptions, subscription ``expiration_policy`` (stored, never expires), topic retention
-and ``retain_acked_messages`` (no replay), detached subscriptions, IAM, message storage policy / KMS, the
-``subscription_properties`` and ack confirmations of StreamingPull responses, server-initiated stream
-closes every ~30 min, publish-side flow control and quotas. State is in memory only.
+publish are stored but not honoured), exactly-once delivery, snapshots (and Seek to one), schemas, push /
+BigQuery / Cloud Storage subscriptions, subscription ``expiration_policy`` (stored, never expires), topic
+message retention (stored; a Seek replays only what the subscription itself retained), detached
+subscriptions, IAM, message storage policy / KMS, the ``subscription_properties`` and ack confirmations of
+StreamingPull responses, server-initiated stream closes every ~30 min, publish-side flow control and
+quotas. State is in memory only.
 """
 
 from __future__ import annotations
@@ -102,6 +106,8 @@ PB: dict[str, Any] = {
         "ModifyAckDeadlineRequest",
         "StreamingPullRequest",
         "StreamingPullResponse",
+        "SeekRequest",
+        "SeekResponse",
     )
 }
 
@@ -209,12 +215,14 @@ def _validate_dead_letter_policy(policy: Any) -> None:
 
 
 class _Message:
-    __slots__ = ("attributes", "pb", "publish_wall", "size")
+    __slots__ = ("attributes", "pb", "publish_ns", "publish_wall", "size")
 
     def __init__(self, pb: Any, publish_wall: float) -> None:
         self.pb = pb
         self.attributes: dict[str, str] = dict(pb.attributes)
         self.publish_wall = publish_wall
+        # Seek compares against the client's Timestamp exactly, in integer nanoseconds as published.
+        self.publish_ns: int = pb.publish_time.ToNanoseconds()
         self.size = pb.ByteSize()
 
 
@@ -256,7 +264,10 @@ class _Subscription:
         self.predicate = predicate
         self.scale = scale
         self.ready: deque[_SubMessage] = deque()
-        self.messages: dict[int, _SubMessage] = {}
+        self.messages: dict[int, _SubMessage] = {}  # unacked, by seq
+        self.retained: dict[
+            int, _SubMessage
+        ] = {}  # acked but kept for Seek (retain_acked_messages), ack order
         self.leases: dict[str, _SubMessage] = {}
         self.streams: set[_Stream] = set()
         self.deliveries: Counter[str] = Counter()  # message_id -> deliveries, kept after the ack
@@ -268,6 +279,22 @@ class _Subscription:
     @property
     def ack_deadline_s(self) -> float:
         return float(self.pb.ack_deadline_seconds)
+
+    @property
+    def retention_s(self) -> float:
+        return _duration_s(self.pb.message_retention_duration)
+
+    def retain_acked(self, entry: _SubMessage, now_wall: float) -> None:
+        """Keep an acked message for Seek while it is within the retention window; prune expired ones."""
+        if not self.pb.retain_acked_messages:
+            return
+        self.retained[entry.seq] = entry
+        # Oldest acks first: amortised O(1) per ack, so retained messages never outlive the window by much.
+        while self.retained:
+            oldest = next(iter(self.retained.values()))
+            if now_wall - oldest.message.publish_wall <= self.retention_s:
+                break
+            del self.retained[oldest.seq]
 
     @property
     def max_attempts(self) -> int:
@@ -438,7 +465,6 @@ class PubSubCore:
             "cloud_storage_config": bool(pb.cloud_storage_config.bucket),
             "enable_message_ordering": pb.enable_message_ordering,
             "enable_exactly_once_delivery": pb.enable_exactly_once_delivery,
-            "retain_acked_messages": pb.retain_acked_messages,
         }
         for field_name, used in unsupported.items():
             if used:
@@ -518,6 +544,7 @@ class PubSubCore:
                     "labels",
                     "message_retention_duration",
                     "expiration_policy",
+                    "retain_acked_messages",
                 ):
                     raise _invalid(f"updating subscription field {path!r} is not supported by the emulator")
                 candidate.ClearField(path)
@@ -525,11 +552,15 @@ class PubSubCore:
                     candidate.labels.update(request.subscription.labels)
                 elif path == "ack_deadline_seconds":
                     candidate.ack_deadline_seconds = request.subscription.ack_deadline_seconds
+                elif path == "retain_acked_messages":
+                    candidate.retain_acked_messages = request.subscription.retain_acked_messages
                 elif request.subscription.HasField(path):
                     getattr(candidate, path).CopyFrom(getattr(request.subscription, path))
             self._validate_subscription(candidate)
             sub.scale = self._scale_of(candidate)
             sub.pb = candidate
+            if not candidate.retain_acked_messages:
+                sub.retained.clear()
             return candidate
 
     def list_subscriptions(self, project: str) -> list[Any]:
@@ -549,6 +580,7 @@ class PubSubCore:
             self.topic_subscriptions.get(sub.pb.topic, set()).discard(name)
             sub.deleted = True
             sub.messages.clear()
+            sub.retained.clear()
             sub.ready.clear()
             sub.leases.clear()
             for stream in sub.streams:
@@ -785,6 +817,7 @@ class PubSubCore:
                 continue
             entry.state = DONE
             sub.messages.pop(entry.seq, None)
+            sub.retain_acked(entry, time.time())
 
     def modify_ack_deadline(self, name: str, ack_ids: Any, seconds: int) -> None:
         self._check_ack_ids(ack_ids)
@@ -806,6 +839,45 @@ class PubSubCore:
                 continue
             entry.deadline = now + min(max(deadline_s, 0), MAX_ACK_DEADLINE_S) * sub.scale
             self._schedule(entry.deadline, 0, sub, entry)
+
+    # --- seek -----------------------------------------------------------------------------------------
+    def seek(self, request: Any) -> None:
+        """Seek to a time, as documented for ``SeekRequest.time``: retained messages published before it
+        are marked acknowledged (unacked ones too: a seek forward purges), retained messages published at
+        or after it unacknowledged (acked ones are delivered again). Only what the subscription retains
+        counts: without ``retain_acked_messages`` nothing acked comes back, and the emulator has no topic
+        retention to replay from. Snapshots are not implemented."""
+        if request.snapshot:
+            raise ApiError(grpc.StatusCode.UNIMPLEMENTED, "snapshots are not implemented by the emulator")
+        if not request.HasField("time"):
+            raise _invalid("Seek needs a time or a snapshot")
+        target_ns = request.time.ToNanoseconds()
+        with self.lock:
+            sub = self._subscription(request.subscription)
+            now_wall = time.time()
+            purged = [entry for entry in sub.messages.values() if entry.message.publish_ns < target_ns]
+            for entry in purged:
+                if entry.state == LEASED:
+                    self._end_lease(sub, entry)  # its ack id is now unknown, so a late ack is ignored
+                entry.state = DONE  # a queued entry is dropped when it reaches the head of the queue
+                del sub.messages[entry.seq]
+                sub.retain_acked(entry, now_wall)
+            replayed = sorted(
+                (
+                    entry
+                    for entry in sub.retained.values()
+                    if entry.message.publish_ns >= target_ns
+                    and now_wall - entry.message.publish_wall <= sub.retention_s
+                ),
+                key=lambda entry: entry.seq,
+            )
+            for entry in replayed:
+                del sub.retained[entry.seq]
+                sub.messages[entry.seq] = entry
+                self._make_ready(sub, entry)  # delivery_attempt keeps counting across seeks
+            sub.counters["seeks"] += 1
+            sub.counters["seek_acked"] += len(purged)
+            sub.counters["seek_replayed"] += len(replayed)
 
     # --- streaming pull ---------------------------------------------------------------------------------
     def open_stream(self, request: Any) -> _Stream:
@@ -884,6 +956,7 @@ class PubSubCore:
                 entry_stats: dict[str, Any] = {
                     **{key: sub.counters[key] for key in sorted(sub.counters)},
                     "unacked": len(sub.messages),
+                    "retained_acked": len(sub.retained),
                     "outstanding": len(sub.leases),
                     "backlog": len(sub.messages) - len(sub.leases),
                     "delayed": delayed,
@@ -1000,6 +1073,10 @@ class PubSubServicer:
             received.delivery_attempt = attempt
         return response
 
+    def seek(self, request: Any) -> Any:
+        self.core.seek(request)
+        return PB["SeekResponse"]()
+
     def streaming_pull(self, request_iterator: Iterator[Any], context: grpc.ServicerContext) -> Iterator[Any]:
         try:
             first = next(request_iterator)
@@ -1084,6 +1161,7 @@ class PubSubServicer:
                 lambda r: core.modify_ack_deadline(r.subscription, r.ack_ids, r.ack_deadline_seconds),
                 may_fail=True,
             ),
+            "Seek": self.unary("SeekRequest", "SeekResponse", self.seek),
             "StreamingPull": grpc.stream_stream_rpc_method_handler(
                 self.streaming_pull,
                 request_deserializer=PB["StreamingPullRequest"].FromString,
