@@ -255,7 +255,7 @@ def test_dead_letters_are_listed_and_replayed_under_a_new_job_id(
     with sdk.FleetClient(settings) as owner:
         (request,) = [sdk.JobRequest(f"dead-{run_id()}", str(drawings / "d2.png"))]
         prepared = sdk.prepare_jobs([request], settings=settings, client_id=owner.client_id)
-        owner._upload_inputs(prepared, None)
+        owner.uploader.upload(prepared)
         dead_letter_topic = os.environ.get("FLEET_DEAD_LETTER_TOPIC", "fleet-dead-letter")
         publisher.publish(
             f"projects/{settings.project}/topics/{dead_letter_topic}",

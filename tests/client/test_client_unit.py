@@ -18,6 +18,7 @@ from google.cloud import pubsub_v1
 from worker.cli import EXIT_USAGE, main
 from worker.client import cli as client_cli
 from worker.client import sdk
+from worker.client.connections import Connections
 from worker.shared.errors import ClientInputInvalid, PublishIncomplete
 
 SETTINGS = sdk.ClientSettings(
@@ -49,9 +50,13 @@ class FakePublisher:
 
 
 class FakeSubscriber:
+    """Records subscriptions created and deleted, acks and nacks; every pull comes back empty."""
+
     def __init__(self) -> None:
         self.created: list[dict[str, Any]] = []
         self.deleted: list[str] = []
+        self.acked: list[str] = []
+        self.nacked: list[str] = []
 
     def create_subscription(self, request: dict[str, Any]) -> None:
         self.created.append(request)
@@ -59,17 +64,29 @@ class FakeSubscriber:
     def delete_subscription(self, request: dict[str, Any]) -> None:
         self.deleted.append(request["subscription"])
 
+    def pull(self, request: dict[str, Any], timeout: float) -> Any:
+        return SimpleNamespace(received_messages=[])
+
+    def acknowledge(self, request: dict[str, Any]) -> None:
+        self.acked.extend(request["ack_ids"])
+
+    def modify_ack_deadline(self, request: dict[str, Any]) -> None:
+        assert request["ack_deadline_seconds"] == 0
+        self.nacked.extend(request["ack_ids"])
+
 
 class NoStorage:
     def bucket(self, name: str) -> Any:
         raise AssertionError("storage must not be touched")
 
 
-def fake_client(publisher: FakePublisher | None = None) -> sdk.FleetClient:
+def fake_client(
+    publisher: FakePublisher | None = None, subscriber: FakeSubscriber | None = None
+) -> sdk.FleetClient:
     return sdk.FleetClient(
         SETTINGS,
         publisher=publisher or FakePublisher(),
-        subscriber=FakeSubscriber(),
+        subscriber=subscriber or FakeSubscriber(),
         storage_client=NoStorage(),
     )
 
@@ -229,15 +246,15 @@ def test_invalid_jobs_are_rejected_by_the_workers_parser_before_anything_is_publ
     tmp_path: Path, entry: dict[str, Any], message: str
 ) -> None:
     manifest = write_manifest(tmp_path / "jobs.jsonl", {"job_id": "ok", "input_uri": "gs://bucket/o"}, entry)
-    publisher = FakePublisher()
-    client = fake_client(publisher)
+    publisher, subscriber = FakePublisher(), FakeSubscriber()
+    client = fake_client(publisher, subscriber)
 
     with pytest.raises(ClientInputInvalid) as caught:
         client.submit(sdk.read_manifest(manifest))
 
     assert f"{manifest}:2: " in str(caught.value) and message in str(caught.value)
     assert publisher.published == []
-    assert client._subscriber.created == []  # not even the results subscription was created
+    assert subscriber.created == []  # not even the results subscription was created
 
 
 def test_a_directory_given_as_a_manifest_input_is_rejected(tmp_path: Path) -> None:
@@ -256,19 +273,19 @@ def remote_requests(count: int) -> list[sdk.JobRequest]:
 
 
 def test_submit_opens_the_filtered_subscription_then_publishes_one_message_per_job() -> None:
-    publisher = FakePublisher()
-    client = fake_client(publisher)
+    publisher, subscriber = FakePublisher(), FakeSubscriber()
+    client = fake_client(publisher, subscriber)
 
     receipt = client.submit(remote_requests(3))
 
     assert receipt.published == ("j0", "j1", "j2")
-    (created,) = client._subscriber.created
+    (created,) = subscriber.created
     assert created["filter"] == f'attributes.client_id = "{client.client_id}"'
     assert created["topic"] == "projects/p/topics/fleet-results"
     assert {attrs["client_id"] for _, _, attrs in publisher.published} == {client.client_id}
     assert publisher.published[0][0] == "projects/p/topics/fleet-jobs"
     client.close()
-    assert client._subscriber.deleted == [client.subscription_path]  # ephemeral: cleaned up
+    assert subscriber.deleted == [client.subscription_path]  # ephemeral: cleaned up
 
 
 def test_interactive_jobs_are_published_without_the_bulk_batching_window(
@@ -296,17 +313,18 @@ def test_interactive_jobs_are_published_without_the_bulk_batching_window(
 
 
 def test_a_durable_client_keeps_its_subscription() -> None:
+    subscriber = FakeSubscriber()
     client = sdk.FleetClient(
         SETTINGS,
         client_id="cli-me",
         publisher=FakePublisher(),
-        subscriber=FakeSubscriber(),
+        subscriber=subscriber,
         storage_client=NoStorage(),
     )
     with client:
         client.submit(remote_requests(1))
     assert client.subscription_id == "fleet-results-client-cli-me"
-    assert client._subscriber.deleted == []
+    assert subscriber.deleted == []
 
 
 def test_publish_failure_midway_names_exactly_the_published_and_unpublished_jobs() -> None:
@@ -400,7 +418,7 @@ def no_network(monkeypatch: pytest.MonkeyPatch) -> None:
         raise AssertionError("the CLI reached the network on bad input")
 
     monkeypatch.setattr(sdk.FleetClient, "open", refuse)
-    monkeypatch.setattr(sdk.FleetClient, "_publisher_client", refuse)
+    monkeypatch.setattr(Connections, "publisher", refuse)
     monkeypatch.setenv("GOOGLE_CLOUD_PROJECT", "local-project")
     monkeypatch.setenv("FLEET_DEVSTACK_ENV", "/nonexistent")
 
@@ -449,8 +467,6 @@ class PullingSubscriber(FakeSubscriber):
     def __init__(self, notifications: list[dict[str, Any]]) -> None:
         super().__init__()
         self.batches = [notifications]
-        self.acked: list[str] = []
-        self.nacked: list[str] = []
 
     def pull(self, request: dict[str, Any], timeout: float) -> Any:
         batch = self.batches.pop(0) if self.batches else []
@@ -463,13 +479,6 @@ class PullingSubscriber(FakeSubscriber):
                 for i, n in enumerate(batch)
             ]
         )
-
-    def acknowledge(self, request: dict[str, Any]) -> None:
-        self.acked.extend(request["ack_ids"])
-
-    def modify_ack_deadline(self, request: dict[str, Any]) -> None:
-        assert request["ack_deadline_seconds"] == 0
-        self.nacked.extend(request["ack_ids"])
 
 
 def test_results_acks_what_the_consumer_took_and_hands_back_the_rest() -> None:

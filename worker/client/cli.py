@@ -1,7 +1,8 @@
 """``fleet submit|results|status``, ``fleet dlq list|replay``: the client on the command line.
 
-Exit codes (worker/cli.py): 0 every job succeeded, 1 some job failed, expired or is still pending (or the
-command failed), 2 usage error — bad input is reported with file and line and nothing is published.
+Exit codes (``worker.shared.exit_codes``): 0 every job succeeded, 1 some job failed, expired or is still
+pending (or the command failed), 2 usage error — bad input is reported with file and line and nothing is
+published.
 
 ``worker.client.sdk`` (and with it the google clients) is imported inside each command, so registering these
 sub-commands costs ``fleet worker`` nothing.
@@ -40,10 +41,19 @@ if TYPE_CHECKING:
 DEFAULT_WAIT_TIMEOUT_S = 3600.0
 DEFAULT_RESULTS_IDLE_S = 5.0
 MAX_LISTED_FAILURES = 20
+#: A durable client id for every command of this shell (default: one per user and host).
+CLIENT_ID_VARIABLE = "FLEET_CLIENT_ID"
 
 
 def register(subparsers: Any) -> None:
     """Add the client's sub-commands to ``fleet``."""
+    _register_submit(subparsers)
+    _register_results(subparsers)
+    _register_status(subparsers)
+    _register_dlq(subparsers)
+
+
+def _register_submit(subparsers: Any) -> None:
     submit = subparsers.add_parser(
         "submit",
         help="submit jobs: image files, directories, gs:// URIs or JSONL manifests",
@@ -63,6 +73,8 @@ def register(subparsers: Any) -> None:
     _common(submit)
     submit.set_defaults(func=_guarded(cmd_submit))
 
+
+def _register_results(subparsers: Any) -> None:
     results = subparsers.add_parser(
         "results",
         help="print result notifications for this client's jobs",
@@ -80,12 +92,16 @@ def register(subparsers: Any) -> None:
     _common(results)
     results.set_defaults(func=_guarded(cmd_results))
 
+
+def _register_status(subparsers: Any) -> None:
     status = subparsers.add_parser("status", help="show one job's status from its result object")
     status.add_argument("job_id")
     status.add_argument("--full", action="store_true", help="print the whole result object")
     _common(status, client_id=False)
     status.set_defaults(func=_guarded(cmd_status))
 
+
+def _register_dlq(subparsers: Any) -> None:
     dlq = subparsers.add_parser("dlq", help="inspect or replay dead-lettered jobs (the hold subscription)")
     dlq_sub = dlq.add_subparsers(dest="dlq_command", metavar="{list,replay}")
     dlq.set_defaults(func=lambda args: _usage(dlq, "choose 'list' or 'replay'"))
@@ -261,7 +277,7 @@ def _client(
 
 def default_client_id() -> str:
     """``FLEET_CLIENT_ID``, else one durable id per user and host (its subscription collects results)."""
-    explicit = os.environ.get("FLEET_CLIENT_ID")
+    explicit = os.environ.get(CLIENT_ID_VARIABLE)
     if explicit:
         return explicit
     user = re.sub(r"[^a-z0-9-]", "-", getpass.getuser().lower())[:24].strip("-") or "user"
