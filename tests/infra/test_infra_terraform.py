@@ -5,7 +5,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import re
-from pathlib import Path
 
 from worker.runtime import settings
 from worker.shared.resources import load_resources
@@ -264,7 +263,7 @@ def test_monitoring_dashboard_and_alerts() -> None:
 
 def test_worker_env_names_are_worker_settings() -> None:
     """Every FLEET_* the module sets is one worker/runtime/settings.py reads (no silently ignored config)."""
-    known = set(re.findall(r'"(FLEET_[A-Z0-9_]+)"', Path(settings.__file__).read_text(encoding="utf-8")))
+    known = {option.env for option in settings.FIELDS}
     main = (TERRAFORM / "main.tf").read_text(encoding="utf-8")
     set_here = set(re.findall(r"\b(FLEET_[A-Z0-9_]+)\s*=", main)) | {"FLEET_INSTANCE_GROUP"}
     lanes = {

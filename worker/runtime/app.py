@@ -15,12 +15,19 @@ import concurrent.futures
 import dataclasses
 import os
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from worker.runtime.settings import WorkerSettings, describe_options
 from worker.shared import exit_codes
 
-EXIT_STARTUP_FAILED = exit_codes.STARTUP_FAILED
+if TYPE_CHECKING:  # the wiring's types; the modules themselves are imported when a command runs
+    from worker.runtime.inference import TritonModel
+    from worker.runtime.notify import PubSubNotifier
+    from worker.runtime.pipeline import InlinePreprocessor, Pipeline, PoolPreprocessor
+    from worker.runtime.preemption import PreemptionWatcher
+    from worker.runtime.storage import GcsStorage
+    from worker.runtime.telemetry import Metrics, MonitoringExporter
 
 
 def _flag(field: str) -> str:
@@ -50,7 +57,7 @@ def _add_setting_flags(parser: argparse.ArgumentParser) -> None:
                 help=help_text,
             )
         else:
-            converter: Any = {"int": int, "float": float}.get(kind, str)
+            converter: Callable[[str], object] = {"int": int, "float": float}.get(kind, str)
             parser.add_argument(
                 _flag(option.field), dest=option.field, type=converter, default=None, help=help_text
             )
@@ -77,6 +84,7 @@ def register(subparsers: Any) -> None:
 
 
 def settings_from_args(args: argparse.Namespace) -> WorkerSettings:
+    """Settings from the environment, with the command line's flags winning."""
     names = {f.name for f in dataclasses.fields(WorkerSettings)}
     overrides = {k: v for k, v in vars(args).items() if k in names and v is not None}
     settings = WorkerSettings.from_env(**overrides)
@@ -90,48 +98,65 @@ def settings_from_args(args: argparse.Namespace) -> WorkerSettings:
 
 
 def run_worker_command(args: argparse.Namespace) -> int:
+    """``fleet worker``: the process exit code."""
     settings = settings_from_args(args)
     return asyncio.run(run_worker(settings))
 
 
 def run_dlq_command(args: argparse.Namespace) -> int:
+    """``fleet dlq-handler``: the process exit code."""
     settings = settings_from_args(args)
     return asyncio.run(run_dlq_handler(settings))
 
 
 @dataclasses.dataclass
 class _Worker:
-    """The wired worker: what ``run_worker`` starts and stops."""
+    """The wired worker: what ``run_worker`` starts and closes, each part by its own start/close."""
 
-    pipeline: Any
-    model: Any
-    notifier: Any
-    preprocessor: Any
+    pipeline: Pipeline
+    model: TritonModel
+    notifier: PubSubNotifier
+    preprocessor: PoolPreprocessor | InlinePreprocessor
+    watcher: PreemptionWatcher
+    exporter: MonitoringExporter | None
     threads: tuple[concurrent.futures.ThreadPoolExecutor, ...]
     #: The preprocess pool's start-up (spawning and importing), awaited before the first pull.
-    warm_up: asyncio.Task[None] | None = None
+    warm_up: asyncio.Task[None]
+
+    async def close(self) -> None:
+        """Close every part, in the reverse of the order they start."""
+        self.watcher.stop()
+        await self.notifier.close()
+        if self.exporter is not None:
+            await asyncio.to_thread(self.exporter.stop)
+        await asyncio.to_thread(self.preprocessor.close)
+        await self.model.close()
+        for pool in self.threads:
+            pool.shutdown(wait=False)
 
 
-async def _build_worker(settings: WorkerSettings, metrics: Any) -> _Worker:
+def _preprocessor(settings: WorkerSettings, metrics: Metrics) -> PoolPreprocessor | InlinePreprocessor:
     from worker.runtime import preprocess
-    from worker.runtime.pipeline import InlinePreprocessor, Pipeline, PoolPreprocessor, Ports
+    from worker.runtime.pipeline.preprocessors import InlinePreprocessor, PoolPreprocessor
 
-    pre: PoolPreprocessor | InlinePreprocessor
-    warm_up: asyncio.Task[None] | None = None
     if settings.one_at_a_time:
-        pre = InlinePreprocessor(preprocess.preprocess_bytes, metrics=metrics)
-    else:
-        pre = PoolPreprocessor(
-            preprocess.preprocess_bytes,
-            processes=settings.preprocess_processes,
-            metrics=metrics,
-            batch_nice=settings.batch_preprocess_nice,
-        )
-        # The pool processes start while this process imports the adapters and waits for the model:
-        # a worker started during a backlog takes its first jobs that much sooner.
-        warm_up = asyncio.create_task(asyncio.to_thread(pre.warm_up))
-        await asyncio.sleep(0)  # let the task hand the warm-up to its thread before the imports below
-    from worker.runtime import inference, intake
+        return InlinePreprocessor(preprocess.preprocess_bytes, metrics=metrics)
+    return PoolPreprocessor(
+        preprocess.preprocess_bytes,
+        processes=settings.preprocess_processes,
+        metrics=metrics,
+        batch_nice=settings.batch_preprocess_nice,
+    )
+
+
+async def _build_worker(settings: WorkerSettings, metrics: Metrics) -> _Worker:
+    pre = _preprocessor(settings, metrics)
+    # The pool processes start while this process imports the adapters and waits for the model: a
+    # worker started during a backlog takes its first jobs that much sooner.
+    warm_up = asyncio.create_task(asyncio.to_thread(pre.warm_up))
+    await asyncio.sleep(0)  # let the task hand the warm-up to its thread before the imports below
+    from worker.runtime import inference, intake, preemption
+    from worker.runtime.pipeline import Pipeline, Ports
 
     model = inference.TritonModel(
         settings.triton_grpc_url, settings.model_name, timeout_s=settings.triton_timeout_s
@@ -151,9 +176,48 @@ async def _build_worker(settings: WorkerSettings, metrics: Any) -> _Worker:
         preprocess=pre,
         postprocess=inference.postprocess,
     )
+    pipeline = Pipeline(settings, ports, metrics=metrics)
+    watcher = preemption.PreemptionWatcher(settings.metadata_url, asyncio.get_running_loop(), pipeline.drain)
     return _Worker(
-        Pipeline(settings, ports, metrics=metrics), model, notifier, pre, (threads, urgent_threads), warm_up
+        pipeline=pipeline,
+        model=model,
+        notifier=notifier,
+        preprocessor=pre,
+        watcher=watcher,
+        exporter=_exporter(settings, metrics),
+        threads=(threads, urgent_threads),
+        warm_up=warm_up,
     )
+
+
+async def _start(worker: _Worker, settings: WorkerSettings) -> bool:
+    """Wait for the model and the preprocess pool, then start the watchers; False when start-up failed."""
+    from worker.runtime import telemetry
+
+    log = telemetry.get_logger("worker.runtime.app")
+    log.info("waiting for model", model=settings.model_name, url=settings.triton_grpc_url)
+    try:
+        await worker.model.wait_ready(timeout_s=settings.triton_ready_timeout_s)
+    except Exception as exc:
+        log.error("model never became ready", reason=type(exc).__name__)
+        return False
+    try:
+        await worker.warm_up
+    except Exception as exc:
+        log.error("preprocess pool did not start", reason=type(exc).__name__)
+        return False
+    if settings.watch_metadata:
+        worker.watcher.start()
+    if worker.exporter is not None:
+        worker.exporter.start()
+    log.info(
+        "worker started",
+        model=worker.model.name,
+        version=worker.model.version,
+        slots=settings.pipeline_slots,
+        instance=settings.instance,
+    )
+    return True
 
 
 async def run_worker(settings: WorkerSettings) -> int:
@@ -161,60 +225,29 @@ async def run_worker(settings: WorkerSettings) -> int:
     from worker.runtime import preemption, telemetry
 
     telemetry.configure_logging(settings.log_level)
-    log = telemetry.get_logger("worker.runtime.app")
     started = time.monotonic()
     metrics = telemetry.Metrics(slots=settings.pipeline_slots)
-    loop = asyncio.get_running_loop()
     worker = await _build_worker(settings, metrics)
-    exporter = _exporter(settings, metrics)
-    watcher = preemption.PreemptionWatcher(settings.metadata_url, loop, worker.pipeline.drain)
-    notifier_task = asyncio.create_task(worker.notifier.run())
-    preemption.install_signal_handlers(loop, worker.pipeline.drain)
-    code = EXIT_STARTUP_FAILED
+    worker.notifier.start()
+    preemption.install_signal_handlers(asyncio.get_running_loop(), worker.pipeline.drain)
+    code: int = exit_codes.STARTUP_FAILED
     try:
-        log.info("waiting for model", model=settings.model_name, url=settings.triton_grpc_url)
-        try:
-            await worker.model.wait_ready(timeout_s=settings.triton_ready_timeout_s)
-        except Exception as exc:
-            log.error("model never became ready", reason=type(exc).__name__)
-            return EXIT_STARTUP_FAILED
-        if worker.warm_up is not None:
-            try:
-                await worker.warm_up
-            except Exception as exc:
-                log.error("preprocess pool did not start", reason=type(exc).__name__)
-                return EXIT_STARTUP_FAILED
-        if settings.watch_metadata:
-            watcher.start()
-        if exporter is not None:
-            exporter.start()
-        log.info(
-            "worker started",
-            model=worker.model.name,
-            version=worker.model.version,
-            slots=settings.pipeline_slots,
-            instance=settings.instance,
-        )
+        if not await _start(worker, settings):
+            return code
         metrics.mark_started()
-        code = int(await worker.pipeline.run())
+        code = await worker.pipeline.run()
         return code
     finally:
-        watcher.stop()
-        await _close_notifier(worker.notifier, notifier_task)
-        if exporter is not None:
-            await asyncio.to_thread(exporter.stop)
-        if hasattr(worker.preprocessor, "close"):
-            await asyncio.to_thread(worker.preprocessor.close)
-        await worker.model.close()
-        for pool in worker.threads:
-            pool.shutdown(wait=False)
+        await worker.close()
         stats = telemetry.process_stats(metrics, started_monotonic=started)
-        log.info("worker stats", stats=stats, exit_code=code, reason=worker.pipeline.drain_reason)
+        telemetry.get_logger("worker.runtime.app").info(
+            "worker stats", stats=stats, exit_code=code, reason=worker.pipeline.drain_reason
+        )
         if settings.stats_file:
             telemetry.write_stats(stats, settings.stats_file)
 
 
-def _notifier(settings: WorkerSettings) -> Any:
+def _notifier(settings: WorkerSettings) -> PubSubNotifier:
     from worker.runtime import notify
 
     return notify.PubSubNotifier(
@@ -225,17 +258,11 @@ def _notifier(settings: WorkerSettings) -> Any:
     )
 
 
-async def _close_notifier(notifier: Any, task: asyncio.Task[None]) -> None:
-    await notifier.close()
-    task.cancel()
-    await asyncio.gather(task, return_exceptions=True)
-
-
 def _gcs(
     settings: WorkerSettings,
     threads: concurrent.futures.Executor,
     urgent_threads: concurrent.futures.Executor | None = None,
-) -> Any:
+) -> GcsStorage:
     from worker.runtime.storage import GcsStorage, http_client
 
     http, endpoint = http_client(
@@ -252,7 +279,7 @@ def _gcs(
     )
 
 
-def _exporter(settings: WorkerSettings, metrics: Any) -> Any:
+def _exporter(settings: WorkerSettings, metrics: Metrics) -> MonitoringExporter | None:
     if not settings.metrics_export:
         return None
     from google.cloud import monitoring_v3
@@ -272,9 +299,10 @@ def _exporter(settings: WorkerSettings, metrics: Any) -> Any:
 
 
 async def run_dlq_handler(settings: WorkerSettings) -> int:
+    """Answer dead-lettered jobs until SIGTERM/SIGINT; returns the exit code."""
     from worker.runtime import intake, preemption, telemetry
     from worker.runtime.dead_letter import DeadLetterHandler
-    from worker.runtime.pipeline import Answerer
+    from worker.runtime.pipeline.answering import Answerer
 
     telemetry.configure_logging(settings.log_level)
     threads = concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="gcs")
@@ -291,10 +319,10 @@ async def run_dlq_handler(settings: WorkerSettings) -> int:
     )
     handler = DeadLetterHandler(settings, source, answerer)
     preemption.install_signal_handlers(asyncio.get_running_loop(), handler.stop)
-    notifier_task = asyncio.create_task(notifier.run())
+    notifier.start()
     try:
         return await handler.run()
     finally:
-        await _close_notifier(notifier, notifier_task)
+        await notifier.close()
         threads.shutdown(wait=False)
         telemetry.get_logger("worker.runtime.app").info("dlq handler stopped", count=handler.answered)

@@ -3,7 +3,8 @@
 Pulls ``FLEET_DEAD_LETTER_HANDLER_SUBSCRIPTION`` (one of two subscriptions on the dead-letter topic; the
 other, ``fleet-dead-letter-hold``, keeps every message for inspection and replay). For each message it
 writes the DEAD_LETTERED failure result if the job has no result yet -- never overwriting one that a
-worker wrote after all -- publishes the notification matching the stored result, then acks.
+worker wrote after all -- publishes the notification matching the stored result, then acks. The
+writing and notifying is the pipeline's own ``Answerer`` (worker/runtime/pipeline/answering.py).
 """
 
 from __future__ import annotations
@@ -14,11 +15,11 @@ import dataclasses
 import time
 
 from worker.runtime.intake import Ack, JobSource, Nack, Settler
-from worker.runtime.pipeline import Answerer
+from worker.runtime.pipeline.answering import Answerer, parse, timeline_of
 from worker.runtime.settings import WorkerSettings
 from worker.runtime.telemetry import get_logger
-from worker.shared import contracts, errors
-from worker.shared.contracts import Delivery, Rejection, Timeline
+from worker.shared import errors, exit_codes
+from worker.shared.contracts import Delivery
 
 log = get_logger("worker.runtime.dead_letter")
 DEAD_LETTER_ATTRIBUTE_PREFIX = "CloudPubSubDeadLetter"
@@ -40,7 +41,8 @@ class DeadLetterHandler:
         self._stopping.set()
 
     async def run(self) -> int:
-        settle = asyncio.create_task(self.settler.run())
+        """Answer until ``stop()``; the exit code."""
+        self.settler.start()
         idle_s = 0.0
         try:
             while not self._stopping.is_set():
@@ -58,12 +60,11 @@ class DeadLetterHandler:
                 decisions = await asyncio.gather(*(self.handle(d) for d in deliveries))
                 self.settler.submit_many(decisions)
         finally:
-            settle.cancel()
-            await asyncio.gather(settle, return_exceptions=True)
             await self.settler.close()
-        return 0
+        return exit_codes.OK
 
     async def handle(self, delivery: Delivery) -> Ack | Nack:
+        """Answer one dead-lettered job (never overwriting a result); Nack when storage/Pub/Sub fail."""
         attempts = delivery.attributes.get(f"{DEAD_LETTER_ATTRIBUTE_PREFIX}SourceDeliveryCount", "")
         client_attributes = {
             k: v for k, v in delivery.attributes.items() if not k.startswith(DEAD_LETTER_ATTRIBUTE_PREFIX)
@@ -73,39 +74,24 @@ class DeadLetterHandler:
             attributes=client_attributes,
             delivery_attempt=int(attempts) if attempts.isdigit() else delivery.delivery_attempt,
         )
-        job = contracts.parse_job(
-            original, allowed_buckets=self._s.allowed_buckets, max_message_bytes=self._s.max_message_bytes
-        )
-        now = time.time()
-        if isinstance(job, Rejection):
-            job_id, priority, uri = job.job_id, job.priority, None
-        else:
-            job_id, priority, uri = job.job_id, job.priority, job.input_uri
+        job = parse(original, self._s)
         error = errors.DeadLettered(
             f"the job was not processed after {attempts or 'the maximum'} delivery attempts"
         )
         try:
-            status, code, duplicate = await self._answerer.answer(
-                original,
-                job_id=job_id,
-                priority=priority,
-                input_uri=uri,
-                outputs=None,
-                error=error,
-                timeline=Timeline(
-                    published=delivery.publish_time, leased=delivery.leased_at, started=now, finished=now
-                ),
+            answered = await self._answerer.answer(
+                original, job, outputs=None, error=error, timeline=timeline_of(delivery, started=time.time())
             )
         except errors.TransientError as exc:
-            log.warning("dead-letter answer failed; will retry", job_id=job_id, error_code=exc.code)
+            log.warning("dead-letter answer failed; will retry", job_id=job.job_id, error_code=exc.code)
             return Nack(delivery.subscription, delivery.ack_id)
         self.answered += 1
         log.info(
             "dead-lettered job answered",
-            job_id=job_id,
-            status=status,
-            error_code=code,
-            duplicate=duplicate or None,
+            job_id=job.job_id,
+            status=answered.status,
+            error_code=answered.error_code,
+            duplicate=answered.duplicate or None,
             delivery_attempt=original.delivery_attempt,
         )
         return Ack(delivery.subscription, delivery.ack_id)

@@ -15,7 +15,7 @@ import asyncio
 import os
 import time
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import NamedTuple, Protocol
 
 import grpc
@@ -25,7 +25,7 @@ from google.pubsub_v1.services.subscriber import SubscriberAsyncClient
 from google.pubsub_v1.services.subscriber.transports.grpc_asyncio import SubscriberGrpcAsyncIOTransport
 
 from worker.runtime import policy
-from worker.runtime.flusher import IntervalFlusher
+from worker.runtime.flusher import Background, IntervalFlusher
 from worker.runtime.telemetry import get_logger
 from worker.shared import errors
 from worker.shared.contracts import Delivery
@@ -173,10 +173,9 @@ class Settler(IntervalFlusher):
         self._source = source
         self._attempts = attempts
         self._pending: list[Decision] = []
-        self.settled = 0
-        self.failed_requests = 0
 
     def submit(self, decision: Decision) -> None:
+        """Queue one decision; it is applied with the others of its interval."""
         self._pending.append(decision)
         self._signal()
 
@@ -208,7 +207,6 @@ class Settler(IntervalFlusher):
             for chunk in _chunks(ids, MAX_IDS_PER_REQUEST)
         ]
         await asyncio.gather(*calls)
-        self.settled += len(pending)
 
     async def _apply_ack(self, subscription: str, ack_ids: list[str]) -> None:
         await self._retry(lambda: self._source.acknowledge(subscription, ack_ids), "acknowledge")
@@ -216,22 +214,26 @@ class Settler(IntervalFlusher):
     async def _apply_deadline(self, subscription: str, ack_ids: list[str], seconds: int) -> None:
         await self._retry(lambda: self._source.modify_ack_deadline(subscription, ack_ids, seconds), "modack")
 
-    async def _retry(self, call: object, what: str) -> None:
+    async def _retry(self, call: Callable[[], Awaitable[None]], what: str) -> None:
         for attempt in range(1, self._attempts + 1):
             try:
-                await call()  # type: ignore[operator]
+                await call()
                 return
             except errors.FleetError as exc:
                 if attempt == self._attempts:
                     # The message will be redelivered; the duplicate path answers it without rework.
-                    self.failed_requests += 1
                     log.warning("settle failed", operation=what, error_code=exc.code)
                     return
                 await asyncio.sleep(policy.backoff_s(attempt, base_s=0.1, cap_s=1.0))
 
 
-class Leases:
-    """The one lease owner: renews deadlines of every held message in batches while jobs run."""
+class Leases(Background):
+    """The one lease owner: renews deadlines of every held message in batches while jobs run.
+
+    Renewals go through the ``Settler`` (one modifyAckDeadline per subscription and deadline), every
+    third of the ack deadline, until a message has been held ``max_processing_s`` (then the job's own
+    timeout answers it).
+    """
 
     def __init__(self, settler: Settler, *, ack_deadline_s: int, max_processing_s: float) -> None:
         self._settler = settler
@@ -240,16 +242,14 @@ class Leases:
         self._held: dict[str, tuple[str, float]] = {}
 
     def hold(self, delivery: Delivery) -> None:
+        """Renew this message's lease from now on, until ``release``."""
         self._held[delivery.ack_id] = (delivery.subscription, time.monotonic())
 
     def release(self, ack_id: str) -> None:
         self._held.pop(ack_id, None)
 
-    @property
-    def held(self) -> int:
-        return len(self._held)
-
     def held_ids(self) -> list[tuple[str, str]]:
+        """(subscription, ack id) of every message still held: what a drain gives back."""
         return [(sub, ack_id) for ack_id, (sub, _) in self._held.items()]
 
     def renewals(self, now: float) -> list[Extend]:

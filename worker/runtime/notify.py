@@ -46,7 +46,6 @@ class PubSubNotifier(IntervalFlusher):
         self._topic = topic_path
         self._timeout_s = timeout_s
         self._pending: list[tuple[object, asyncio.Future[str]]] = []
-        self.published = 0
 
     async def publish(self, notification: Notification) -> str:
         """Queue one notification; returns its message id once Pub/Sub accepted it.
@@ -87,4 +86,3 @@ class PubSubNotifier(IntervalFlusher):
         for index, (_, future) in enumerate(batch):
             if not future.done():
                 future.set_result(ids[index] if index < len(ids) else "")
-        self.published += len(batch)

@@ -1,7 +1,8 @@
 """Policy as pure functions: backoff, lease deadlines, batch formation, load hysteresis, error classes.
 
 Nothing here does I/O or reads a clock; callers pass the numbers in, so every rule is tested directly
-(tests/worker/test_policy.py). Options are keyword-only so a call site reads as the rule it applies.
+(tests/runtime/test_policy_contracts_settings.py). Options are keyword-only so a call site reads as the
+rule it applies.
 """
 
 from __future__ import annotations
@@ -127,14 +128,6 @@ def classify_inference_status(code: object, message: str) -> errors.FleetError:
     if name in _GRPC_TRANSIENT_INFERENCE or not name:
         return errors.InferenceUnavailable(f"triton {name}: {message[:200]}")
     return errors.ModelRejected(f"triton {name}: {message[:200]}")
-
-
-def classify_pubsub_status(code: object, message: str) -> errors.FleetError:
-    """A Pub/Sub gRPC status; everything but a clear client error is retried."""
-    name = grpc_code_name(code)
-    if name in _GRPC_TRANSIENT:
-        return errors.PubSubUnavailable(f"pubsub {name}: {message[:200]}")
-    return errors.FleetError(f"pubsub {name}: {message[:200]}")
 
 
 def is_transient_http(status: int) -> bool:

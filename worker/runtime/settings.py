@@ -2,6 +2,10 @@
 
 Every field carries its unit in its name. ``fleet worker --help`` is generated from ``FIELDS`` below, so
 the help text, the environment variable and the default cannot drift apart.
+
+Two homes: the names of the fleet's topics, subscriptions and buckets, their ``FLEET_*`` variables and
+their defaults come from ``worker.shared.environment`` (``fleet.json``, which Terraform reads too); the
+worker's own tuning knobs (``FLEET_PIPELINE_SLOTS`` ...) and their defaults live here.
 """
 
 from __future__ import annotations
@@ -14,8 +18,23 @@ from dataclasses import dataclass
 from typing import Any
 
 from worker.runtime import model_spec
+from worker.shared import environment
+from worker.shared.resources import DEFAULT_CONFIG_PATH, load_resources
 
 DEFAULT_METADATA_URL = "http://metadata.google.internal/computeMetadata/v1"
+#: The project of the local stack, when ``GOOGLE_CLOUD_PROJECT`` is not set.
+DEFAULT_PROJECT = "local-project"
+#: Settings fields that name a fleet resource -> their ``FLEET_*`` variable (worker.shared.environment).
+RESOURCE_FIELDS: dict[str, str] = {
+    "results_topic": environment.RESULTS_TOPIC,
+    "interactive_subscription": environment.INTERACTIVE_SUBSCRIPTION,
+    "batch_subscription": environment.BATCH_SUBSCRIPTION,
+    "dead_letter_handler_subscription": environment.DEAD_LETTER_HANDLER_SUBSCRIPTION,
+    "input_bucket": environment.INPUT_BUCKET,
+    "results_bucket": environment.RESULTS_BUCKET,
+}
+_SHIPPED = load_resources(DEFAULT_CONFIG_PATH)
+_RESOURCES = environment.resource_environment(_SHIPPED, DEFAULT_PROJECT)
 
 
 @dataclass(frozen=True)
@@ -31,14 +50,14 @@ class Option:
 class WorkerSettings:
     """Everything the worker and the dead-letter handler need; build with ``from_env()``."""
 
-    project: str = "local-project"
-    results_topic: str = "fleet-results"
-    interactive_subscription: str = "fleet-jobs-interactive"
-    batch_subscription: str = "fleet-jobs-batch"
-    dead_letter_handler_subscription: str = "fleet-dead-letter-handler"
-    input_bucket: str = "local-project-fleet-inputs"
-    results_bucket: str = "local-project-fleet-results"
-    results_prefix: str = "results/"
+    project: str = DEFAULT_PROJECT
+    results_topic: str = _RESOURCES[environment.RESULTS_TOPIC]
+    interactive_subscription: str = _RESOURCES[environment.INTERACTIVE_SUBSCRIPTION]
+    batch_subscription: str = _RESOURCES[environment.BATCH_SUBSCRIPTION]
+    dead_letter_handler_subscription: str = _RESOURCES[environment.DEAD_LETTER_HANDLER_SUBSCRIPTION]
+    input_bucket: str = _RESOURCES[environment.INPUT_BUCKET]
+    results_bucket: str = _RESOURCES[environment.RESULTS_BUCKET]
+    results_prefix: str = _SHIPPED.results_prefix
     allowed_input_buckets: tuple[str, ...] = ()
     triton_grpc_url: str = "127.0.0.1:8001"
     model_name: str = "drawing_analyzer"
@@ -104,11 +123,16 @@ class WorkerSettings:
 
     @property
     def instance(self) -> str:
+        """The name results and logs carry: ``instance_name``, else the host name."""
         return self.instance_name or socket.gethostname()
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> WorkerSettings:
-        """Read ``FLEET_*`` and the emulator/stack variables; ``overrides`` (flags) win."""
+        """Read ``FLEET_*`` and the emulator/stack variables; ``overrides`` (flags) win.
+
+        Resource names not set default to what ``fleet.json`` (``FLEET_CONFIG``, else the shipped copy)
+        gives them in the project, as for every other reader (``environment.resource_environment``).
+        """
         env = os.environ if environ is None else environ
         values: dict[str, Any] = {}
         types = {f.name: f.type for f in dataclasses.fields(cls)}
@@ -117,12 +141,12 @@ class WorkerSettings:
             if raw is None or raw == "":
                 continue
             values[option.field] = _convert(str(types[option.field]), raw, option.env)
-        project = env.get("GOOGLE_CLOUD_PROJECT")
-        if project and "input_bucket" not in values:
-            values["input_bucket"] = f"{project}-fleet-inputs"
-        if project and "results_bucket" not in values:
-            values["results_bucket"] = f"{project}-fleet-results"
         values.update({k: v for k, v in overrides.items() if v is not None})
+        project = values.get("project") or DEFAULT_PROJECT
+        resources = load_resources(env.get("FLEET_CONFIG") or DEFAULT_CONFIG_PATH)
+        named = environment.resource_environment(resources, project)
+        for field_name, variable in RESOURCE_FIELDS.items():
+            values.setdefault(field_name, named[variable])
         return cls(**values)
 
 
@@ -146,24 +170,30 @@ def _convert(type_name: str, raw: str, env_name: str) -> Any:
 
 
 FIELDS: tuple[Option, ...] = (
-    Option("project", "GOOGLE_CLOUD_PROJECT", "Google Cloud project id"),
-    Option("results_topic", "FLEET_RESULTS_TOPIC", "topic id for result notifications"),
-    Option("interactive_subscription", "FLEET_INTERACTIVE_SUBSCRIPTION", "interactive lane subscription id"),
-    Option("batch_subscription", "FLEET_BATCH_SUBSCRIPTION", "batch lane subscription id"),
+    Option("project", environment.PROJECT, "Google Cloud project id"),
+    Option("results_topic", environment.RESULTS_TOPIC, "topic id for result notifications"),
+    Option(
+        "interactive_subscription", environment.INTERACTIVE_SUBSCRIPTION, "interactive lane subscription id"
+    ),
+    Option("batch_subscription", environment.BATCH_SUBSCRIPTION, "batch lane subscription id"),
     Option(
         "dead_letter_handler_subscription",
-        "FLEET_DEAD_LETTER_HANDLER_SUBSCRIPTION",
+        environment.DEAD_LETTER_HANDLER_SUBSCRIPTION,
         "dead-letter subscription the dlq-handler answers from",
     ),
-    Option("input_bucket", "FLEET_INPUT_BUCKET", "bucket for job inputs (default <project>-fleet-inputs)"),
-    Option("results_bucket", "FLEET_RESULTS_BUCKET", "bucket for results (default <project>-fleet-results)"),
+    Option(
+        "input_bucket", environment.INPUT_BUCKET, "bucket for job inputs (default <project>-fleet-inputs)"
+    ),
+    Option(
+        "results_bucket", environment.RESULTS_BUCKET, "bucket for results (default <project>-fleet-results)"
+    ),
     Option("results_prefix", "FLEET_RESULTS_PREFIX", "object prefix of result objects"),
     Option(
         "allowed_input_buckets",
         "FLEET_ALLOWED_INPUT_BUCKETS",
         "comma list of buckets jobs may read (default: the input bucket)",
     ),
-    Option("triton_grpc_url", "TRITON_GRPC_URL", "tritonserver gRPC host:port"),
+    Option("triton_grpc_url", environment.TRITON_GRPC_URL, "tritonserver gRPC host:port"),
     Option("model_name", "FLEET_MODEL_NAME", "Triton model name"),
     Option("pipeline_slots", "FLEET_PIPELINE_SLOTS", "jobs leased at once (count); pull never exceeds it"),
     Option("max_batch_size", "FLEET_MAX_BATCH_SIZE", "images per Triton request (count)"),

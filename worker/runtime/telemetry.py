@@ -208,8 +208,6 @@ class MonitoringExporter:
         self._interval_s = interval_s
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self.exports = 0
-        self.errors = 0
 
     def start(self) -> None:
         if self._thread is not None:
@@ -232,75 +230,83 @@ class MonitoringExporter:
             self._client.create_time_series(
                 name=f"projects/{self._labels.project}", time_series=self.time_series()
             )
-            self.exports += 1
         except Exception as exc:  # export must never take the worker down
-            self.errors += 1
             get_logger("worker.runtime.telemetry").warning("metrics export failed", reason=type(exc).__name__)
 
     def time_series(self) -> list[Any]:
-        from google.cloud import monitoring_v3  # noqa: PLC0415 - only exporting workers pay for it
-
+        """The current values as Cloud Monitoring ``TimeSeries`` (one point each)."""
         m = self._metrics
-        now = time.time()
-        end = {"seconds": int(now), "nanos": int((now % 1) * 1e9)}
-        start = {"seconds": int(m.start_wall), "nanos": int((m.start_wall % 1) * 1e9)}
-        instance_resource = {
-            "type": "generic_node",
-            "labels": {
-                "project_id": self._labels.project,
-                "location": self._labels.location,
-                "namespace": self._labels.group or "default",
-                "node_id": self._labels.instance,
-            },
-        }
-
-        def series(
-            name: str,
-            kind: str,
-            value: dict[str, Any],
-            labels: dict[str, str] | None = None,
-            cumulative: bool = False,
-        ) -> Any:
-            interval = {"end_time": end, "start_time": start} if cumulative else {"end_time": end}
-            return monitoring_v3.TimeSeries(
-                {
-                    "metric": {"type": METRIC_PREFIX + name, "labels": labels or {}},
-                    "resource": instance_resource,
-                    "metric_kind": kind,
-                    "points": [{"interval": interval, "value": value}],
-                }
-            )
-
+        series = _SeriesBuilder(self._labels, start_wall=m.start_wall)
         out = [
             series(
                 "jobs_completed", "CUMULATIVE", {"int64_value": count}, {"status": status}, cumulative=True
             )
             for status, count in sorted(m.completed.items())
         ]
-        mean = m.latency_sum_ms / m.latency_count if m.latency_count else 0.0
-        out.append(
-            series(
-                "job_latency_ms",
-                "CUMULATIVE",
-                {
-                    "distribution_value": {
-                        "count": m.latency_count,
-                        "mean": mean,
-                        "sum_of_squared_deviation": max(
-                            0.0, m.latency_sum_sq - m.latency_count * mean * mean
-                        ),
-                        "bucket_options": {"explicit_buckets": {"bounds": list(LATENCY_BOUNDS_MS)}},
-                        "bucket_counts": list(m.latency_buckets),
-                    }
-                },
-                cumulative=True,
-            )
-        )
+        out.append(series("job_latency_ms", "CUMULATIVE", _latency_distribution(m), cumulative=True))
         out.append(series("in_flight", "GAUGE", {"int64_value": m.in_flight}))
         busy = m.take_busy_fraction()
         out.append(series("busy_fraction", "GAUGE", {"double_value": busy}))
         out.append(series("group/busy_slots", "GAUGE", {"double_value": busy * m.slots}))
         return out
+
+
+def _timestamp(seconds: float) -> dict[str, int]:
+    return {"seconds": int(seconds), "nanos": int((seconds % 1) * 1e9)}
+
+
+def _latency_distribution(m: Metrics) -> dict[str, Any]:
+    mean = m.latency_sum_ms / m.latency_count if m.latency_count else 0.0
+    return {
+        "distribution_value": {
+            "count": m.latency_count,
+            "mean": mean,
+            "sum_of_squared_deviation": max(0.0, m.latency_sum_sq - m.latency_count * mean * mean),
+            "bucket_options": {"explicit_buckets": {"bounds": list(LATENCY_BOUNDS_MS)}},
+            "bucket_counts": list(m.latency_buckets),
+        }
+    }
+
+
+class _SeriesBuilder:
+    """One ``TimeSeries`` per call, on this instance's ``generic_node`` resource, ending now."""
+
+    def __init__(self, labels: ExportLabels, *, start_wall: float) -> None:
+        from google.cloud import monitoring_v3  # noqa: PLC0415 - only exporting workers pay for it
+
+        self._time_series = monitoring_v3.TimeSeries
+        self._end = _timestamp(time.time())
+        self._start = _timestamp(start_wall)
+        self._resource = {
+            "type": "generic_node",
+            "labels": {
+                "project_id": labels.project,
+                "location": labels.location,
+                "namespace": labels.group or "default",
+                "node_id": labels.instance,
+            },
+        }
+
+    def __call__(
+        self,
+        name: str,
+        kind: str,
+        value: dict[str, Any],
+        labels: dict[str, str] | None = None,
+        *,
+        cumulative: bool = False,
+    ) -> Any:
+        interval = (
+            {"end_time": self._end, "start_time": self._start} if cumulative else {"end_time": self._end}
+        )
+        return self._time_series(
+            {
+                "metric": {"type": METRIC_PREFIX + name, "labels": labels or {}},
+                "resource": self._resource,
+                "metric_kind": kind,
+                "points": [{"interval": interval, "value": value}],
+            }
+        )
 
 
 # --- CPU / memory accounting (issue 8's benchmark reads this) ------------------------------------------

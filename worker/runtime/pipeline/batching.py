@@ -1,0 +1,171 @@
+"""``Batcher``: micro-batches tensors into Triton requests, interactive work first and alone.
+
+Batch work waits for a full batch or ``max_delay_ms`` (``policy.batch_due``), with at most
+``batch_requests`` requests in flight; interactive work goes at once in a request of its own. While
+interactive work is in the worker (``InteractiveGate``) no new batch request is sent, bounded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from worker.runtime import policy
+from worker.runtime.flusher import Background
+from worker.runtime.pipeline.gate import InteractiveGate
+from worker.runtime.pipeline.outage import Health
+from worker.runtime.pipeline.ports import FloatArray, Model
+from worker.runtime.pipeline.retries import with_retries
+from worker.shared import errors
+
+#: Triton requests of interactive work in flight at once; more interactive tensors wait and go together.
+INTERACTIVE_REQUESTS = 1
+#: What a submitted tensor's future gives: (class probabilities, embedding, inference milliseconds).
+Inferred = tuple[FloatArray, FloatArray, float]
+
+
+@dataclass(slots=True)
+class _Pending:
+    tensor: FloatArray
+    interactive: bool
+    enqueued: float
+    future: asyncio.Future[Inferred]
+
+
+class Batcher(Background):
+    """Micro-batches tensors into Triton requests: full batch or ``max_delay_ms`` for batch work, at once
+    for interactive work, which travels alone.
+
+    Batch work has at most ``batch_requests`` requests in flight; interactive work has a request of its
+    own beyond that. The model has one instance more than batch work uses (model_repository configs,
+    ``model_spec.INSTANCES``) and no server-side batcher, so an interactive request runs as soon as it
+    arrives instead of waiting for, or being merged into, a batch request. While interactive work is in
+    the worker (``gate``) no new batch request is sent (bounded), so the interactive
+    request does not share the CPU or GPU with one that started after it arrived.
+    """
+
+    def __init__(
+        self,
+        model: Model,
+        health: Health,
+        *,
+        max_size: int,
+        max_delay_ms: float,
+        retries: int,
+        batch_requests: int = 1,
+        gate: InteractiveGate | None = None,
+    ) -> None:
+        self._model = model
+        self._health = health
+        self._max_size = max_size
+        self._max_delay_ms = max_delay_ms
+        self._retries = retries
+        self._batch_requests = batch_requests
+        self._interactive: collections.deque[_Pending] = collections.deque()
+        self._batch: collections.deque[_Pending] = collections.deque()
+        self._wake = asyncio.Event()
+        self._in_flight = {True: 0, False: 0}  # requests at Triton, by interactive
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._gate = gate or InteractiveGate()
+        self._gate.on_leave(self._wake.set)
+
+    def submit(self, tensor: FloatArray, *, interactive: bool) -> asyncio.Future[Inferred]:
+        """Queue one tensor; the future fails at once during an outage."""
+        future: asyncio.Future[Inferred] = asyncio.get_running_loop().create_future()
+        if self._health.outage:
+            future.set_exception(errors.InferenceUnavailable("triton outage"))
+            return future
+        (self._interactive if interactive else self._batch).append(
+            _Pending(tensor, interactive, time.monotonic(), future)
+        )
+        self._wake.set()
+        return future
+
+    async def run(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._interactive or self._batch:
+                if self._interactive and self._in_flight[True] < INTERACTIVE_REQUESTS:
+                    self._send(self._interactive, interactive=True)
+                    continue
+                wait_s: float | None = None  # until a request comes back or work is submitted
+                hold_s = self._gate.hold_left_s()
+                if hold_s > 0:
+                    wait_s = hold_s
+                elif self._batch and self._in_flight[False] < self._batch_requests:
+                    age_ms = (time.monotonic() - self._batch[0].enqueued) * 1000.0
+                    if policy.batch_due(
+                        queued=len(self._batch),
+                        oldest_age_ms=age_ms,
+                        max_size=self._max_size,
+                        max_delay_ms=self._max_delay_ms,
+                    ):
+                        self._send(self._batch, interactive=False)
+                        continue
+                    wait_s = (self._max_delay_ms - age_ms) / 1000.0
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), wait_s)
+                self._wake.clear()
+
+    def _send(self, queue: collections.deque[_Pending], *, interactive: bool) -> None:
+        items = [queue.popleft() for _ in range(min(len(queue), self._max_size))]
+        items = [p for p in items if not p.future.done()]
+        self._in_flight[interactive] += 1
+        task = asyncio.create_task(self._dispatch(items, interactive=interactive))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _dispatch(self, items: list[_Pending], *, interactive: bool) -> None:
+        try:
+            if items:
+                await self._infer_into(items)
+        finally:
+            self._in_flight[interactive] -= 1
+            self._wake.set()
+
+    async def _infer_into(self, items: list[_Pending]) -> None:
+        batch = np.stack([p.tensor for p in items]) if len(items) > 1 else items[0].tensor[np.newaxis]
+        interactive = any(p.interactive for p in items)
+        started = time.monotonic()
+        try:
+            probs, embeddings = await with_retries(
+                lambda: self._model.infer(batch, interactive=interactive), attempts=self._retries
+            )
+        except errors.ModelRejected as exc:
+            if len(items) > 1:
+                # One bad tensor must not fail its neighbours: retry each alone.
+                for item in items:
+                    await self._infer_into([item])
+                return
+            _fail(items, exc)
+            return
+        except errors.TransientError as exc:
+            self._health.inference_failed()
+            _fail(items, exc)
+            return
+        except Exception as exc:
+            _fail(items, errors.InferenceUnavailable(f"inference: {type(exc).__name__}"))
+            return
+        self._health.inference_ok()
+        elapsed_ms = (time.monotonic() - started) * 1000.0
+        for index, item in enumerate(items):
+            if not item.future.done():
+                item.future.set_result((probs[index], embeddings[index], elapsed_ms))
+
+    def fail_queued(self, error: errors.FleetError) -> None:
+        """Fail every tensor not yet sent (an outage: their jobs are given back at once)."""
+        for queue in (self._interactive, self._batch):
+            _fail(list(queue), error)
+            queue.clear()
+
+
+def _fail(items: list[_Pending], error: BaseException) -> None:
+    for item in items:
+        if not item.future.done():
+            item.future.set_exception(error)

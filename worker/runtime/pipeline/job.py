@@ -1,0 +1,195 @@
+"""Running one job to a decision: parse, (answer a redelivery from its stored result), fetch, preprocess,
+infer, answer. A permanent error is answered (failed/expired) and acked; a transient one gives the
+message back (nack) for another attempt.
+
+Interactive jobs go first at every stage that queues: their input reads skip the batch fetch limit and
+use their own threads, their decode has a process of its own, and while one is in the worker batch work
+starts no new stage (``InteractiveGate``, bounded).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from worker.runtime.intake import Ack, Decision, Nack
+from worker.runtime.pipeline.answering import Answerer, parse, timeline_of
+from worker.runtime.pipeline.batching import Batcher
+from worker.runtime.pipeline.gate import InteractiveGate
+from worker.runtime.pipeline.outcomes import RETRY, Outcomes
+from worker.runtime.pipeline.ports import FloatArray, Ports
+from worker.runtime.pipeline.retries import with_retries
+from worker.runtime.settings import WorkerSettings
+from worker.runtime.telemetry import get_logger
+from worker.shared import contracts, errors
+from worker.shared.contracts import Delivery, Job, Rejection
+
+log = get_logger(__name__)
+#: The longest the answer of a job past ``max_processing_s`` may take before the message goes back.
+FAIL_FAST_ANSWER_S = 30.0
+
+
+class JobRunner:
+    """Turns one leased delivery into a decision (``Ack``/``Nack``); never raises."""
+
+    def __init__(
+        self,
+        settings: WorkerSettings,
+        ports: Ports,
+        *,
+        batcher: Batcher,
+        answerer: Answerer,
+        outcomes: Outcomes,
+        gate: InteractiveGate,
+        fetch_concurrency: int = 8,
+    ) -> None:
+        self._s = settings
+        self._p = ports
+        self._batcher = batcher
+        self._answerer = answerer
+        self._outcomes = outcomes
+        self._gate = gate
+        # batch input reads at once (interactive reads skip this limit and use their own threads)
+        self._batch_fetches = asyncio.Semaphore(fetch_concurrency)
+        # batch decodes handed to the pool at once: one queued behind each process, no more
+        self._batch_decodes = asyncio.Semaphore(settings.preprocess_processes + 1)
+        self._begun: set[str] = set()  # ack ids of jobs that began work (fetching their input)
+
+    def has_begun(self, ack_id: str) -> bool:
+        """Whether the job began work: a drain lets it finish; one not begun goes back at once."""
+        return ack_id in self._begun
+
+    async def decide(self, delivery: Delivery) -> Decision:
+        """Run the job within ``max_processing_s`` of its lease; a crash or cancel gives it back."""
+        try:
+            budget = self._s.max_processing_s - (time.time() - delivery.leased_at)
+            try:
+                # asyncio.timeout, not wait_for: no second task per job
+                async with asyncio.timeout(max(0.001, budget)):
+                    return await self._process(delivery)
+            except TimeoutError:
+                return await self._fail_fast(
+                    delivery, errors.ProcessingTimeout(f"job ran past {self._s.max_processing_s:.0f} s")
+                )
+        except asyncio.CancelledError:
+            return Nack(delivery.subscription, delivery.ack_id)
+        except Exception as exc:  # a bug must not leak the lease: give the message back
+            log.error("job crashed", reason=type(exc).__name__, message_id=delivery.message_id)
+            return Nack(delivery.subscription, delivery.ack_id)
+        finally:
+            self._begun.discard(delivery.ack_id)
+
+    async def _fail_fast(self, delivery: Delivery, error: errors.PermanentError) -> Decision:
+        job = parse(delivery, self._s)
+        try:
+            return await asyncio.wait_for(
+                self._answer(delivery, job, outputs=None, error=error, started=time.time()),
+                timeout=FAIL_FAST_ANSWER_S,
+            )
+        except (TimeoutError, errors.FleetError):
+            return Nack(delivery.subscription, delivery.ack_id)
+
+    async def _process(self, delivery: Delivery) -> Decision:
+        started = time.time()
+        job = parse(delivery, self._s)
+        if job.priority != contracts.INTERACTIVE:
+            return await self._process_job(delivery, job, started)
+        # Strict priority, bounded: while interactive work is in the worker, batch work starts no new
+        # stage (fetch, decode, answer) and the Batcher sends no new batch request.
+        with self._gate.entered():
+            return await self._process_job(delivery, job, started)
+
+    async def _process_job(self, delivery: Delivery, job: Job | Rejection, started: float) -> Decision:
+        try:
+            if isinstance(job, Rejection):
+                return await self._answer(delivery, job, outputs=None, error=job.error, started=started)
+            if delivery.delivery_attempt > 1:
+                decision = await self._answer_existing(delivery, job)
+                if decision is not None:
+                    return decision
+            outputs, inference_ms = await self._run(job, delivery.ack_id)
+            return await self._answer(
+                delivery, job, outputs=outputs, error=None, started=started, inference_ms=inference_ms
+            )
+        except errors.PermanentError as exc:
+            return await self._answer(delivery, job, outputs=None, error=exc, started=started)
+        except errors.TransientError as exc:
+            self._outcomes.record(delivery, job, RETRY, exc.code, started)
+            return Nack(delivery.subscription, delivery.ack_id)
+
+    @staticmethod
+    def _check_deadline(job: Job) -> None:
+        if job.deadline is not None and time.time() > job.deadline:
+            raise errors.DeadlineExceeded("the job's deadline passed before it ran")
+
+    async def _run(self, job: Job, ack_id: str) -> tuple[dict[str, Any], float]:
+        self._check_deadline(job)
+        if job.priority == contracts.INTERACTIVE:
+            self._begun.add(ack_id)
+            # No new batch request goes to Triton while this job is on its way there.
+            tensor = await self._prepare_interactive(job)
+            probs, embedding, inference_ms = await self._batcher.submit(tensor, interactive=True)
+        else:
+            await self._gate.yield_to()
+            async with self._batch_fetches:
+                self._begun.add(ack_id)
+                data = await self._read_input(job, urgent=False)
+            await self._gate.yield_to()
+            async with self._batch_decodes:
+                tensor = await self._p.preprocess(data)
+            self._check_deadline(job)
+            probs, embedding, inference_ms = await self._batcher.submit(tensor, interactive=False)
+        return self._p.postprocess(probs, embedding, job.analyses), inference_ms
+
+    async def _prepare_interactive(self, job: Job) -> FloatArray:
+        # Interactive reads skip the fetch limit that paces the backlog and use their own threads.
+        data = await self._read_input(job, urgent=True)
+        tensor = await self._p.preprocess(data, urgent=True)  # its own process: no batch queue
+        self._check_deadline(job)
+        return tensor
+
+    async def _read_input(self, job: Job, *, urgent: bool) -> bytes:
+        return await with_retries(
+            lambda: self._p.inputs.read_input(
+                job.input_bucket, job.input_object, max_bytes=self._s.max_input_bytes, urgent=urgent
+            ),
+            attempts=self._s.transient_retries,
+        )
+
+    async def _answer_existing(self, delivery: Delivery, job: Job) -> Decision | None:
+        """A redelivery whose result exists: re-publish its notification and ack, without rework."""
+        self._begun.add(delivery.ack_id)
+        answered = await self._answerer.answer_existing(delivery, job)
+        if answered is None:
+            return None
+        self._outcomes.record(
+            delivery, job, answered.status, answered.error_code, time.time(), duplicate=True
+        )
+        return Ack(delivery.subscription, delivery.ack_id)
+
+    async def _answer(
+        self,
+        delivery: Delivery,
+        job: Job | Rejection,
+        *,
+        outputs: dict[str, Any] | None,
+        error: errors.FleetError | None,
+        started: float,
+        inference_ms: float = 0.0,
+    ) -> Decision:
+        self._begun.add(delivery.ack_id)  # answering: a drain lets it finish
+        timeline = timeline_of(delivery, started=started, inference_ms=inference_ms)
+        if job.priority != contracts.INTERACTIVE:
+            await self._gate.yield_to()
+        answered = await self._answerer.answer(delivery, job, outputs=outputs, error=error, timeline=timeline)
+        self._outcomes.record(
+            delivery,
+            job,
+            answered.status,
+            answered.error_code,
+            started,
+            duplicate=answered.duplicate,
+            inference_ms=inference_ms,
+        )
+        return Ack(delivery.subscription, delivery.ack_id)
