@@ -1,0 +1,130 @@
+"""Load a directory of model packages: declarations read, handlers imported, the catalog checked.
+
+A package is a folder with ``model.toml`` (``declaration``), the ONNX file and a handler module that
+defines ``preprocess(data: bytes, params: dict) -> dict[str, numpy.ndarray]`` (one job's input tensors,
+without the batch axis) and ``postprocess(outputs: dict[str, numpy.ndarray], params: dict) -> dict``
+(one job's JSON-able outputs, keyed by analysis). Everything that can be checked without running the
+model is checked here, and the first problem stops the load with the package named.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import inspect
+import sys
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Any, Final
+
+from worker.runtime.model_packages.catalog import Catalog
+from worker.runtime.model_packages.declaration import (
+    DECLARATION_FILE,
+    Declaration,
+    PackageInvalid,
+    read_declaration,
+)
+
+#: The folder of the packages that ship with the worker (FLEET_MODELS_DIR overrides it).
+BUNDLED_MODELS_DIR: Final = Path(__file__).resolve().parents[2] / "models"
+
+Preprocess = Callable[[bytes, dict[str, Any]], Mapping[str, Any]]
+Postprocess = Callable[[Mapping[str, Any], dict[str, Any]], dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class ModelPackage:
+    """One loaded package: where it is, what it declares, its two functions and the model's digest."""
+
+    folder: Path
+    declaration: Declaration
+    preprocess: Preprocess
+    postprocess: Postprocess
+    #: sha256 of the model file: the engine cache key's first part (with the GPU and TensorRT version).
+    model_digest: str
+
+    @property
+    def name(self) -> str:
+        return self.declaration.name
+
+    @property
+    def model_path(self) -> Path:
+        return self.folder / self.declaration.model_file
+
+    def reference_inputs(self) -> list[Path]:
+        """The parity check's reference files, in a stable order."""
+        found: dict[Path, None] = {}
+        for pattern in self.declaration.parity.reference_inputs:
+            for path in sorted(self.folder.glob(pattern)):
+                if path.is_file():
+                    found[path] = None
+        return list(found)
+
+
+def load_packages(directory: Path | str) -> Catalog:
+    """Every package in ``directory`` (each sub-folder holding a ``model.toml``), checked together."""
+    root = Path(directory)
+    if not root.is_dir():
+        raise PackageInvalid(str(root), "the models directory does not exist")
+    folders = sorted(p for p in root.iterdir() if (p / DECLARATION_FILE).is_file())
+    if not folders:
+        raise PackageInvalid(str(root), f"no model package (a folder with {DECLARATION_FILE}) in it")
+    return Catalog(tuple(load_package(folder) for folder in folders))
+
+
+def load_package(folder: Path) -> ModelPackage:
+    """Read one package's declaration and import its handler; raises PackageInvalid."""
+    declaration = read_declaration(folder)
+    module = _import_handler(folder, declaration)
+    preprocess = _function(module, "preprocess", folder.name)
+    postprocess = _function(module, "postprocess", folder.name)
+    package = ModelPackage(
+        folder=folder,
+        declaration=declaration,
+        preprocess=preprocess,
+        postprocess=postprocess,
+        model_digest=_sha256(folder / declaration.model_file),
+    )
+    if not package.reference_inputs():
+        raise PackageInvalid(folder.name, "parity.reference_inputs match no file in the package")
+    return package
+
+
+def _import_handler(folder: Path, declaration: Declaration) -> ModuleType:
+    path = folder / declaration.handler_file
+    name = f"fleet_model_package_{declaration.name}"
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise PackageInvalid(folder.name, f"{declaration.handler_file} cannot be imported")
+    module = importlib.util.module_from_spec(spec)
+    # Registered so that process pools (spawn) can find it by name; see loader.import_for_worker_process.
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except Exception as exc:
+        del sys.modules[name]
+        raise PackageInvalid(
+            folder.name, f"importing {declaration.handler_file} failed: {type(exc).__name__}: {exc}"
+        ) from exc
+    return module
+
+
+def _function(module: ModuleType, name: str, package: str) -> Any:
+    function = getattr(module, name, None)
+    if not callable(function):
+        raise PackageInvalid(package, f"the handler defines no {name}() function")
+    try:
+        inspect.signature(function).bind(None, None)
+    except TypeError as exc:
+        raise PackageInvalid(package, f"{name}() must take two arguments ({name}(data, params))") from exc
+    return function
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

@@ -1,0 +1,99 @@
+"""Run a package through its ONNX graph on CPU (onnxruntime): the reference the parity gate compares
+against, ``fleet models check``, and the FP16 candidate that exercises the gate without a GPU.
+
+Needs the ``models`` extra (onnxruntime, onnx, onnxconverter-common); imported only by the commands and
+the engine step that use it, never by the worker's job path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from worker.runtime.model_packages.declaration import Declaration, PackageInvalid, Tensor
+from worker.runtime.model_packages.loader import ModelPackage
+
+Arrays = dict[str, np.ndarray[Any, Any]]
+
+#: onnxruntime's type names for the declaration's dtypes.
+_ORT_TYPES = {
+    "FP32": "tensor(float)",
+    "FP16": "tensor(float16)",
+    "INT64": "tensor(int64)",
+    "INT32": "tensor(int32)",
+    "INT8": "tensor(int8)",
+    "UINT8": "tensor(uint8)",
+    "BOOL": "tensor(bool)",
+}
+
+
+def session(path: Path) -> Any:
+    import onnxruntime as ort  # noqa: PLC0415 - the models extra
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.log_severity_level = 3
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def check_graph(package: ModelPackage) -> None:
+    """The declaration's tensors must be the graph's: names, dtypes and (non-batch) shapes."""
+    graph = session(package.model_path)
+    d = package.declaration
+    _compare(d, "input", d.inputs, graph.get_inputs())
+    _compare(d, "output", d.outputs, graph.get_outputs())
+
+
+def _compare(d: Declaration, kind: str, declared: Sequence[Tensor], actual: Sequence[Any]) -> None:
+    found = {t.name: t for t in actual}
+    if set(found) != {t.name for t in declared}:
+        raise PackageInvalid(
+            d.name,
+            f"declared {kind}s {sorted(t.name for t in declared)} but the ONNX graph has {sorted(found)}",
+        )
+    for tensor in declared:
+        graph_tensor = found[tensor.name]
+        if graph_tensor.type != _ORT_TYPES[tensor.dtype]:
+            raise PackageInvalid(
+                d.name, f"{kind} {tensor.name}: declared {tensor.dtype}, graph {graph_tensor.type}"
+            )
+        dims = list(graph_tensor.shape)[1:]  # the first axis is the batch
+        fixed = [n if isinstance(n, int) else -1 for n in dims]
+        if len(fixed) != len(tensor.shape) or any(
+            -1 not in (want, got) and want != got for want, got in zip(tensor.shape, fixed, strict=True)
+        ):
+            raise PackageInvalid(
+                d.name, f"{kind} {tensor.name}: declared shape {list(tensor.shape)}, graph {fixed}"
+            )
+
+
+def run_graph(path: Path, declaration: Declaration, examples: Sequence[Mapping[str, Any]]) -> list[Arrays]:
+    """Each example (one job's tensors, no batch axis) through the graph as a batch; outputs per example."""
+    graph = session(path)
+    feed = {
+        t.name: np.stack([np.asarray(e[t.name], dtype=t.numpy_dtype) for e in examples])
+        for t in declaration.inputs
+    }
+    names = [t.name for t in declaration.outputs]
+    results = graph.run(names, feed)
+    return [
+        {name: result[i] for name, result in zip(names, results, strict=True)} for i in range(len(examples))
+    ]
+
+
+def reference_examples(package: ModelPackage) -> list[Mapping[str, Any]]:
+    """The package's reference inputs through its own preprocess (params empty)."""
+    return [package.preprocess(path.read_bytes(), {}) for path in package.reference_inputs()]
+
+
+def fp16_graph(source: Path, target: Path) -> Path:
+    """An FP16 copy of the graph, FP32 inputs/outputs kept: the CPU stand-in for a TensorRT FP16 engine."""
+    import onnx  # noqa: PLC0415 - the models extra
+    from onnxconverter_common import float16  # noqa: PLC0415
+
+    model = float16.convert_float_to_float16(onnx.load(str(source)), keep_io_types=True)
+    onnx.save(model, str(target))
+    return target
