@@ -4,6 +4,8 @@
 data "google_compute_image" "worker" {
   project = local.image_project
   family  = var.image_family
+
+  depends_on = [google_project_service.apis]
 }
 
 locals {

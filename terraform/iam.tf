@@ -6,6 +6,8 @@ resource "google_service_account" "worker" {
   account_id   = "${local.prefix}-worker"
   display_name = "inference-fleet worker VMs"
   description  = "Pulls jobs, reads inputs, writes results and notifications; nothing else."
+
+  depends_on = [google_project_service.apis]
 }
 
 locals {
@@ -61,6 +63,16 @@ resource "google_storage_bucket_iam_member" "worker" {
   member = local.worker_member
 }
 
+# Buckets besides the inputs bucket that jobs may name (FLEET_ALLOWED_INPUT_BUCKETS): read only, and only
+# those. They may live in other projects; whoever owns them must let this module set their IAM.
+resource "google_storage_bucket_iam_member" "worker_allowed_inputs" {
+  for_each = toset([for b in var.worker.allowed_input_buckets : b if b != local.buckets.inputs])
+
+  bucket = each.value
+  role   = "roles/storage.objectViewer"
+  member = local.worker_member
+}
+
 resource "google_project_iam_member" "worker_telemetry" {
   for_each = toset(["roles/monitoring.metricWriter", "roles/logging.logWriter"])
 
@@ -69,8 +81,22 @@ resource "google_project_iam_member" "worker_telemetry" {
   member  = local.worker_member
 }
 
+locals {
+  # The listed repositories plus the one the module creates; keys are known at plan time.
+  worker_registries = merge(
+    { for r in var.artifact_registry_repositories : "${r.location}/${r.repository}" => r },
+    var.artifact_registry.create ? {
+      "${local.registry_location}/${var.artifact_registry.repository_id}" = {
+        location   = local.registry_location
+        repository = google_artifact_registry_repository.worker[0].repository_id
+        project    = var.project_id
+      }
+    } : {},
+  )
+}
+
 resource "google_artifact_registry_repository_iam_member" "worker" {
-  for_each = { for r in var.artifact_registry_repositories : "${r.location}/${r.repository}" => r }
+  for_each = local.worker_registries
 
   project    = coalesce(each.value.project, var.project_id)
   location   = each.value.location

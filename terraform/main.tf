@@ -62,18 +62,27 @@ locals {
     serial-port-enable     = "FALSE"
   } }
 
+  # Every API a resource or data source of the module calls. Service Usage (which enables them) must be
+  # on already: it is on in new projects, and docs/deploy.md enables it with Cloud Resource Manager first.
   apis = toset([
+    "artifactregistry.googleapis.com",
+    "cloudresourcemanager.googleapis.com", # data.google_project, project IAM members, custom roles
     "compute.googleapis.com",
+    "iam.googleapis.com",
+    "logging.googleapis.com",
+    "monitoring.googleapis.com",
     "pubsub.googleapis.com",
     "storage.googleapis.com",
-    "monitoring.googleapis.com",
-    "logging.googleapis.com",
-    "iam.googleapis.com",
   ])
 }
 
+# Data sources read at plan time unless they depend on something not yet applied: the depends_on defers
+# them to apply time on a fresh project, after google_project_service has enabled the APIs they call
+# (cloudresourcemanager here, storage and compute for the other two).
 data "google_project" "this" {
   project_id = var.project_id
+
+  depends_on = [google_project_service.apis]
 }
 
 resource "google_project_service" "apis" {

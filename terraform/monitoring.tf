@@ -1,5 +1,6 @@
-# One dashboard (backlog per lane, oldest unacked age, VMs, jobs/s, failures, dead letters) and alert
-# policies for jobs piling up, dead letters and failures.
+# One dashboard (backlog per lane, oldest unacked age, VMs, jobs/s, failures, dead letters, job latency,
+# GPU and Triton utilisation) and alert policies for jobs piling up, dead letters, failures, a
+# crash-looping worker and a group stuck at its max size while the backlog grows.
 
 locals {
   monitored_subscriptions = merge(
@@ -11,6 +12,18 @@ locals {
 
   jobs_completed_metric = "custom.googleapis.com/inference_fleet/jobs_completed"
   failures_filter       = "metric.type=\"${local.jobs_completed_metric}\" AND metric.labels.status=\"failed\" AND resource.type=\"generic_node\""
+  # A distribution per worker process (worker/runtime/telemetry.py); percentiles are taken across workers.
+  job_latency_filter = "metric.type=\"custom.googleapis.com/inference_fleet/job_latency_ms\" AND resource.type=\"generic_node\""
+  # The fleet's VMs carry the module's labels (instance template), so GCE metrics select them by label.
+  fleet_vms = "resource.type=\"gce_instance\" AND metadata.user_labels.app=\"inference-fleet\""
+  # Ops Agent's Prometheus receiver writes Triton's metrics (packer/files/ops-agent/config.yaml) as
+  # prometheus.googleapis.com/<name>/<kind> on the prometheus_target resource.
+  triton_metric = { for name, kind in {
+    gpu_utilization = "nv_gpu_utilization/gauge"
+    inferences      = "nv_inference_count/counter"
+    queue_us        = "nv_inference_queue_duration_us/counter"
+    compute_us      = "nv_inference_compute_infer_duration_us/counter"
+  } : name => "metric.type=\"prometheus.googleapis.com/${kind}\" AND resource.type=\"prometheus_target\"" }
 
   dashboard_charts = [
     {
@@ -44,6 +57,30 @@ locals {
         { label = "forwarded/s", filter = "metric.type=\"pubsub.googleapis.com/subscription/dead_letter_message_count\" AND resource.type=\"pubsub_subscription\"", aligner = "ALIGN_RATE" },
       ]
     },
+    {
+      title  = "Job latency, published to answered (ms, worker metric)"
+      series = [for p in ["50", "95", "99"] : { label = "p${p}", filter = local.job_latency_filter, aligner = "ALIGN_DELTA", reducer = "REDUCE_PERCENTILE_${p}" }]
+    },
+    {
+      title = "GPU utilisation (%, Ops Agent NVML, per VM)"
+      series = [
+        { label = "$${resource.labels.instance_id}", filter = "metric.type=\"agent.googleapis.com/gpu/utilization\" AND ${local.fleet_vms}", aligner = "ALIGN_MEAN" },
+      ]
+    },
+    {
+      title = "Triton GPU utilisation (0-1, per VM)"
+      series = [
+        { label = "$${resource.labels.instance}", filter = local.triton_metric.gpu_utilization, aligner = "ALIGN_MEAN" },
+      ]
+    },
+    {
+      title = "Triton inferences/s and time per second spent queued and computing (us/s)"
+      series = [
+        { label = "inferences/s", filter = local.triton_metric.inferences, aligner = "ALIGN_RATE", reducer = "REDUCE_SUM" },
+        { label = "queue us/s", filter = local.triton_metric.queue_us, aligner = "ALIGN_RATE", reducer = "REDUCE_SUM" },
+        { label = "compute us/s", filter = local.triton_metric.compute_us, aligner = "ALIGN_RATE", reducer = "REDUCE_SUM" },
+      ]
+    },
   ]
 
   dashboard = {
@@ -61,7 +98,11 @@ locals {
             dataSets = [for s in chart.series : {
               plotType        = "LINE"
               legendTemplate  = s.label
-              timeSeriesQuery = { timeSeriesFilter = { filter = s.filter, aggregation = { alignmentPeriod = "60s", perSeriesAligner = s.aligner } } }
+              timeSeriesQuery = { timeSeriesFilter = { filter = s.filter, aggregation = {
+                alignmentPeriod    = "60s"
+                perSeriesAligner   = s.aligner
+                crossSeriesReducer = lookup(s, "reducer", "REDUCE_NONE")
+              } } }
             }]
           }
         }
@@ -124,6 +165,7 @@ resource "google_monitoring_alert_policy" "oldest_unacked" {
     mime_type = "text/markdown"
     content   = "Jobs on `${each.value.id}` are older than the threshold. Check the worker group size and its autoscaler (spot stock-out? `on_demand_fallback`), VM boot logs, and Triton health."
   }
+  depends_on = [google_project_service.apis]
 }
 
 resource "google_monitoring_alert_policy" "dead_letters" {
@@ -151,6 +193,7 @@ resource "google_monitoring_alert_policy" "dead_letters" {
     mime_type = "text/markdown"
     content   = "Jobs exhausted their delivery attempts. Inspect with `fleet dlq list`, fix the cause, then `fleet dlq replay`."
   }
+  depends_on = [google_project_service.apis]
 }
 
 resource "google_monitoring_alert_policy" "failures" {
@@ -181,4 +224,97 @@ resource "google_monitoring_alert_policy" "failures" {
   }
 
   depends_on = [google_monitoring_metric_descriptor.jobs_completed]
+}
+
+# --- a crash-looping worker ------------------------------------------------------------------------------
+# systemd restarts worker.service (Restart=always, at most 10 starts per 10 min); the Ops Agent ships the
+# fleet units' journal (receiver fleet_units), and this log-based metric counts the restarts per VM.
+resource "google_logging_metric" "worker_restarts" {
+  project     = var.project_id
+  name        = "${local.prefix}-worker-restarts"
+  description = "systemd restarts of the worker container unit, per VM (journal via the Ops Agent)."
+  filter      = "resource.type=\"gce_instance\" AND log_id(\"fleet_units\") AND jsonPayload.UNIT=\"worker.service\" AND jsonPayload.MESSAGE:\"Scheduled restart job\""
+
+  metric_descriptor {
+    metric_kind = "DELTA"
+    value_type  = "INT64"
+    unit        = "1"
+  }
+
+  depends_on = [google_project_service.apis]
+}
+
+resource "google_monitoring_alert_policy" "worker_crash_loop" {
+  project               = var.project_id
+  display_name          = "inference-fleet: worker restarted > ${var.alerts.restarts_per_10min} times in 10 min on a VM"
+  combiner              = "OR"
+  notification_channels = var.alerts.notification_channels
+  user_labels           = local.labels
+
+  conditions {
+    display_name = "worker.service restarts per VM"
+    condition_threshold {
+      filter          = "metric.type=\"logging.googleapis.com/user/${google_logging_metric.worker_restarts.name}\" AND resource.type=\"gce_instance\""
+      comparison      = "COMPARISON_GT"
+      threshold_value = var.alerts.restarts_per_10min
+      duration        = "0s"
+      aggregations {
+        alignment_period   = "600s"
+        per_series_aligner = "ALIGN_SUM"
+      }
+    }
+  }
+
+  documentation {
+    mime_type = "text/markdown"
+    content   = "The worker container keeps exiting on one VM. Read `/var/log/fleet/worker.log` in Logging (log `fleet_worker`) for the exit reason: an unpullable image, a bad FLEET_* setting, Triton not ready, or a failing model package. After 10 starts in 10 min systemd gives up and the MIG repairs the VM."
+  }
+}
+
+# --- at max size while the backlog grows ---------------------------------------------------------------
+# Both at once (AND): the group has sat at its max replicas for at_max_for_s, and a lane's undelivered
+# count grew over the same window. More VMs cannot be added, so raise the max, add the on-demand fallback
+# or look for slow workers.
+resource "google_monitoring_alert_policy" "at_max_with_growing_backlog" {
+  for_each = local.provisioning
+
+  project               = var.project_id
+  display_name          = "inference-fleet: ${each.key} group at max (${each.value.max_replicas}) and the backlog grows"
+  combiner              = "AND"
+  notification_channels = var.alerts.notification_channels
+  user_labels           = local.labels
+
+  conditions {
+    display_name = "${each.value.base_name}-mig at ${each.value.max_replicas} VMs"
+    condition_threshold {
+      filter          = "metric.type=\"compute.googleapis.com/instance_group/size\" AND resource.type=\"instance_group\" AND resource.labels.instance_group_name=\"${each.value.base_name}-mig\""
+      comparison      = "COMPARISON_GE"
+      threshold_value = each.value.max_replicas
+      duration        = "${var.alerts.at_max_for_s}s"
+      aggregations {
+        alignment_period   = "60s"
+        per_series_aligner = "ALIGN_MIN"
+      }
+    }
+  }
+
+  conditions {
+    display_name = "a lane's undelivered messages grew"
+    condition_threshold {
+      filter          = "metric.type=\"${local.backlog_metric}\" AND resource.type=\"pubsub_subscription\" AND resource.labels.subscription_id=monitoring.regex.full_match(\"${join("|", [for lane in local.lanes : lane.id])}\")"
+      comparison      = "COMPARISON_GT"
+      threshold_value = 0
+      duration        = "${var.alerts.at_max_for_s}s"
+      aggregations {
+        # Percent change over the window: positive while the backlog is growing (valid for GAUGE metrics).
+        alignment_period   = "${var.alerts.at_max_for_s}s"
+        per_series_aligner = "ALIGN_PERCENT_CHANGE"
+      }
+    }
+  }
+
+  documentation {
+    mime_type = "text/markdown"
+    content   = "The ${each.key} worker group cannot grow any further and jobs are arriving faster than it answers them. Raise `autoscaler_max_replicas` (and the GPU quota), enable `on_demand_fallback`, or check the dashboard's latency and Triton charts for slow workers."
+  }
 }

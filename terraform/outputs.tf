@@ -75,3 +75,19 @@ output "subnetwork" {
   description = "Subnetwork of the worker VMs."
   value       = local.subnetwork
 }
+
+output "artifact_registry_repository" {
+  description = "Docker repository path (`LOCATION-docker.pkg.dev/PROJECT/REPOSITORY`) when `artifact_registry.create`; null otherwise."
+  value       = var.artifact_registry.create ? "${local.registry_location}-docker.pkg.dev/${var.project_id}/${google_artifact_registry_repository.worker[0].repository_id}" : null
+}
+
+output "client_env" {
+  description = "The FLEET_* resource names a client reads (worker/shared/environment.py), for `fleet submit` and FleetClient.from_env."
+  value = {
+    GOOGLE_CLOUD_PROJECT = var.project_id
+    FLEET_JOBS_TOPIC     = local.topics.jobs
+    FLEET_RESULTS_TOPIC  = local.topics.results
+    FLEET_INPUT_BUCKET   = local.buckets.inputs
+    FLEET_RESULTS_BUCKET = local.buckets.results
+  }
+}

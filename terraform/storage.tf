@@ -7,6 +7,8 @@ locals {
 
 data "google_storage_project_service_account" "this" {
   project = var.project_id
+
+  depends_on = [google_project_service.apis]
 }
 
 resource "google_storage_bucket" "buckets" {

@@ -64,7 +64,7 @@ variable "boot_disk" {
 }
 
 variable "worker" {
-  description = "Worker settings passed as FLEET_* environment variables through instance metadata. Null leaves the worker's own default (worker/runtime/settings.py). `drain_budget_s` must stay below the image's `docker stop -t` (25 s), itself below the 30 s spot notice."
+  description = "Worker settings passed as FLEET_* environment variables through instance metadata. `allowed_input_buckets` (bucket names besides the inputs bucket that jobs may name) also gives the worker objectViewer on each. Null leaves the worker's own default (worker/runtime/settings.py). `drain_budget_s` must stay below the image's `docker stop -t` (25 s), itself below the 30 s spot notice."
   type = object({
     pipeline_slots         = optional(number)
     max_batch_size         = optional(number)
@@ -214,7 +214,7 @@ variable "force_destroy_buckets" {
 }
 
 variable "artifact_registry_repositories" {
-  description = "Artifact Registry repositories the workers pull from; the worker service account gets reader on each (and nothing project-wide)."
+  description = "Existing Artifact Registry repositories the workers pull from; the worker service account gets reader on each (and nothing project-wide). The repository `artifact_registry` creates is added to these."
   type = list(object({
     location   = string
     repository = string
@@ -223,12 +223,36 @@ variable "artifact_registry_repositories" {
   default = []
 }
 
+variable "artifact_registry" {
+  description = "With `create = true` the module makes a Docker repository `repository_id` in `location` (null: the region) for the worker image, with immutable tags, and gives the worker service account reader on it. Push the image there before the first VM starts (docs/deploy.md)."
+  type = object({
+    create         = optional(bool, false)
+    repository_id  = optional(string, "fleet")
+    location       = optional(string)
+    immutable_tags = optional(bool, true)
+  })
+  default = {}
+}
+
+variable "client_principals" {
+  description = "IAM members (`serviceAccount:…`, `group:…`, `user:…`) that submit jobs and read results with the client (worker/client). Each gets publisher on the jobs topic, objectCreator and objectViewer on the inputs bucket (the client checks whether an input is already there), objectViewer on the results bucket, subscriber on the results topic (attach a subscription) and a project custom role to create, read, pull from and delete subscriptions (its own filtered results subscription; Pub/Sub IAM has no per-name conditions, see docs/deploy.md)."
+  type        = list(string)
+  default     = []
+
+  validation {
+    condition     = alltrue([for m in var.client_principals : can(regex("^(serviceAccount|group|user|domain|principal|principalSet):.+", m))])
+    error_message = "client_principals must be IAM members such as serviceAccount:NAME@PROJECT.iam.gserviceaccount.com or group:team@example.com."
+  }
+}
+
 variable "alerts" {
-  description = "Alert thresholds and where alerts go. `oldest_unacked_age_s` is per lane; `failures_per_5min` counts failed jobs from the worker's logs."
+  description = "Alert thresholds and where alerts go. `oldest_unacked_age_s` is per lane; `failures_per_5min` counts failed jobs from the worker's metric; `restarts_per_10min` is the systemd restarts of one VM's worker unit that count as a crash loop; `at_max_for_s` is how long a group must sit at its max size while a lane's backlog grows."
   type = object({
     notification_channels = optional(list(string), [])
     oldest_unacked_age_s  = optional(map(number), { interactive = 300, batch = 3600 })
     failures_per_5min     = optional(number, 10)
+    restarts_per_10min    = optional(number, 3)
+    at_max_for_s          = optional(number, 900)
   })
   default = {}
 }

@@ -135,10 +135,22 @@ def test_no_basic_roles_and_only_write_only_project_roles() -> None:
         role = body.get("role", "")
         assert role not in BASIC_ROLES, (rtype, name, role)
     project_members = resources("google_project_iam_member")
-    for name, body in project_members.items():
-        assert body["for_each"] == '${toset(["roles/monitoring.metricWriter", "roles/logging.logWriter"])}', (
-            name
-        )
+    assert set(project_members) == {"worker_telemetry", "clients_results_subscriptions"}
+    assert (
+        project_members["worker_telemetry"]["for_each"]
+        == '${toset(["roles/monitoring.metricWriter", "roles/logging.logWriter"])}'
+    )
+    # The clients' one project grant is the custom role: subscriptions only, no topic or bucket rights.
+    assert project_members["clients_results_subscriptions"]["role"] == (
+        "${google_project_iam_custom_role.results_subscriptions[0].id}"
+    )
+    custom = resources("google_project_iam_custom_role")["results_subscriptions"]
+    assert custom["permissions"] == [
+        "pubsub.subscriptions.consume",
+        "pubsub.subscriptions.create",
+        "pubsub.subscriptions.delete",
+        "pubsub.subscriptions.get",
+    ]
     iam_text = (TERRAFORM / "iam.tf").read_text(encoding="utf-8")
     roles = set(re.findall(r'"(roles/[\w.]+)"', iam_text))
     assert roles <= {
@@ -255,10 +267,45 @@ def test_network_has_private_google_access_nat_and_no_open_ingress() -> None:
 def test_monitoring_dashboard_and_alerts() -> None:
     assert "fleet" in resources("google_monitoring_dashboard")
     alerts = resources("google_monitoring_alert_policy")
-    assert {"oldest_unacked", "dead_letters", "failures"} <= set(alerts)
+    assert {
+        "oldest_unacked",
+        "dead_letters",
+        "failures",
+        "worker_crash_loop",
+        "at_max_with_growing_backlog",
+    } <= set(alerts)
     dashboard = json.dumps(locals_()["dashboard_charts"])
-    for word in ("Backlog", "Oldest unacked", "Worker VMs", "per second", "Dead letters"):
+    for word in ("Backlog", "Oldest unacked", "Worker VMs", "per second", "Dead letters", "Job latency"):
         assert word in dashboard, word
+    for metric in ("job_latency_filter", "agent.googleapis.com/gpu/utilization", "local.triton_metric"):
+        assert metric in dashboard, metric
+    assert "REDUCE_PERCENTILE_${p}" in dashboard
+
+
+def test_crash_loop_alert_counts_the_worker_units_restarts_per_vm() -> None:
+    metric = resources("google_logging_metric")["worker_restarts"]
+    # The log is the Ops Agent receiver's id; the unit and message are systemd's restart line.
+    assert 'log_id(\\"fleet_units\\")' in json.dumps(metric["filter"])
+    assert 'jsonPayload.UNIT=\\"worker.service\\"' in json.dumps(metric["filter"])
+    assert "Scheduled restart job" in metric["filter"]
+    alert = resources("google_monitoring_alert_policy")["worker_crash_loop"]
+    threshold = one(one(alert, "conditions"), "condition_threshold")
+    assert "google_logging_metric.worker_restarts.name" in threshold["filter"]
+    assert threshold["threshold_value"] == "${var.alerts.restarts_per_10min}"
+    assert one(threshold, "aggregations") == {"alignment_period": "600s", "per_series_aligner": "ALIGN_SUM"}
+
+
+def test_at_max_alert_needs_both_a_full_group_and_a_growing_backlog() -> None:
+    alert = resources("google_monitoring_alert_policy")["at_max_with_growing_backlog"]
+    assert alert["for_each"] == "${local.provisioning}"
+    assert alert["combiner"] == "AND"
+    size, backlog = (one(c, "condition_threshold") for c in alert["conditions"])
+    assert "instance_group/size" in size["filter"]
+    assert size["comparison"] == "COMPARISON_GE"
+    assert size["threshold_value"] == "${each.value.max_replicas}"
+    assert "local.backlog_metric" in backlog["filter"]
+    assert one(backlog, "aggregations")["per_series_aligner"] == "ALIGN_PERCENT_CHANGE"
+    assert backlog["comparison"] == "COMPARISON_GT" and backlog["threshold_value"] == 0
 
 
 def test_worker_env_names_are_worker_settings() -> None:
@@ -279,10 +326,91 @@ def test_example_sets_the_image_in_one_line() -> None:
     main = TERRAFORM / "examples" / "minimal" / "main.tf"
     module = parse_hcl(main)["module"][0]["fleet"]
     assert module["source"] == "../.."
-    assert re.fullmatch(r"[\w.\-/]+:[\w.\-]+", module["container_image"])
-    assert set(module) == {"source", "project_id", "region", "container_image"}
+    assert set(module) >= {"source", "project_id", "region", "zones", "container_image", "artifact_registry"}
+    # The image lives in the repository the example creates, in the example's region and project.
+    assert module["container_image"] == (
+        "${var.region}-docker.pkg.dev/${var.project_id}/${var.registry_repository}/worker:${var.image_tag}"
+    )
+    assert module["artifact_registry"] == {"create": True, "repository_id": "${var.registry_repository}"}
+    assert module["zones"] == "${var.zones}"
+    variables = blocks("variable", [main])
+    assert "default" not in variables["zones"], "zones that have the GPU are the user's to state"
+    assert "length(var.zones) > 0" in json.dumps(variables["zones"]["validation"])
     lines = [line for line in main.read_text(encoding="utf-8").splitlines() if "container_image" in line]
     assert len(lines) == 1
+    tfvars = (main.parent / "terraform.tfvars.example").read_text(encoding="utf-8")
+    for name in ("project_id", "region", "zones", "image_tag"):
+        assert re.search(rf"^{name}\s*=", tfvars, flags=re.MULTILINE), name
+
+
+def test_apis_are_enabled_before_anything_reads_them() -> None:
+    """On a fresh project, data sources read at plan time would call APIs that are not enabled yet."""
+    apis = locals_()["apis"]
+    for api in (
+        "artifactregistry",
+        "cloudresourcemanager",
+        "compute",
+        "iam",
+        "logging",
+        "monitoring",
+        "pubsub",
+        "storage",
+    ):
+        assert f"{api}.googleapis.com" in apis, api
+    for path in sorted(TERRAFORM.glob("*.tf")):
+        for block in parse_hcl(path).get("data", []):
+            for dtype, named in block.items():
+                for name, body in named.items():
+                    assert body.get("depends_on") == ["${google_project_service.apis}"], (dtype, name)
+    # Resources that are first in their API's chain wait for the API too (the rest depend on them).
+    first = {
+        "google_service_account": "worker",
+        "google_pubsub_topic": "topics",
+        "google_storage_bucket": "buckets",
+        "google_compute_network": "fleet",
+        "google_artifact_registry_repository": "worker",
+        "google_monitoring_dashboard": "fleet",
+        "google_logging_metric": "worker_restarts",
+        "google_project_iam_custom_role": "results_subscriptions",
+    }
+    for rtype, name in first.items():
+        assert "${google_project_service.apis}" in resources(rtype)[name]["depends_on"], (rtype, name)
+
+
+def test_worker_reads_allowed_input_buckets_and_pulls_from_the_registries() -> None:
+    allowed = resources("google_storage_bucket_iam_member")["worker_allowed_inputs"]
+    assert "var.worker.allowed_input_buckets" in allowed["for_each"]
+    assert allowed["role"] == "roles/storage.objectViewer"
+    assert allowed["member"] == "${local.worker_member}"
+    registry = resources("google_artifact_registry_repository")["worker"]
+    assert registry["count"] == "${var.artifact_registry.create ? 1 : 0}"
+    assert registry["format"] == "DOCKER"
+    assert one(registry, "docker_config")["immutable_tags"] == "${var.artifact_registry.immutable_tags}"
+    reader = resources("google_artifact_registry_repository_iam_member")["worker"]
+    assert reader["for_each"] == "${local.worker_registries}"
+    assert reader["role"] == "roles/artifactregistry.reader"
+    assert "google_artifact_registry_repository.worker[0].repository_id" in locals_()["worker_registries"]
+
+
+def test_clients_get_exactly_what_the_client_uses() -> None:
+    loc = locals_()
+    topics = loc["client_topic_roles"]
+    assert topics == {
+        "jobs-publisher": {"topic": "jobs", "role": "roles/pubsub.publisher"},
+        "results-subscriber": {"topic": "results", "role": "roles/pubsub.subscriber"},
+    }
+    assert loc["client_bucket_roles"] == {
+        "inputs-creator": {"bucket": "inputs", "role": "roles/storage.objectCreator"},
+        "inputs-viewer": {"bucket": "inputs", "role": "roles/storage.objectViewer"},
+        "results-viewer": {"bucket": "results", "role": "roles/storage.objectViewer"},
+    }
+    assert resources("google_pubsub_topic_iam_member")["clients"]["member"] == "${each.value.member}"
+    assert (
+        resources("google_storage_bucket_iam_member")["clients"]["for_each"]
+        == "${local.client_bucket_grants}"
+    )
+    members = resources("google_project_iam_member")["clients_results_subscriptions"]
+    assert members["for_each"] == "${toset(var.client_principals)}"
 
 
 def test_readme_tables_are_in_sync() -> None:
