@@ -27,6 +27,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
+from worker.client import cli_output as output
 from worker.shared import contracts
 from worker.shared.errors import ClientInputInvalid, FleetError, PublishIncomplete
 from worker.shared.exit_codes import FAILED as EXIT_FAILED
@@ -34,13 +35,10 @@ from worker.shared.exit_codes import OK as EXIT_OK
 from worker.shared.exit_codes import USAGE as EXIT_USAGE
 
 if TYPE_CHECKING:
-    from rich.progress import Progress
-
-    from worker.client.sdk import FleetClient, JobOutcome, SubmitReceipt
+    from worker.client.sdk import FleetClient
 
 DEFAULT_WAIT_TIMEOUT_S = 3600.0
 DEFAULT_RESULTS_IDLE_S = 5.0
-MAX_LISTED_FAILURES = 20
 #: A durable client id for every command of this shell (default: one per user and host).
 CLIENT_ID_VARIABLE = "FLEET_CLIENT_ID"
 
@@ -144,7 +142,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
     # submit() opens the results subscription itself, after validating every job
     with (
         _client(args, ephemeral_when_waiting=args.wait, results=False) as client,
-        _progress(args) as progress,
+        output.progress_bars(args) as progress,
     ):
         upload_task = None
 
@@ -156,8 +154,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
                 progress.update(upload_task, completed=done)
 
         receipt = client.submit(requests, on_upload=on_upload)
-        outcomes = _wait_with_progress(client, receipt, args.timeout, progress) if args.wait else None
-    return _report_submit(args, receipt, outcomes, time.monotonic() - started)
+        outcomes = output.wait_with_progress(client, receipt, args.timeout, progress) if args.wait else None
+    return output.report_submit(args, receipt, outcomes, time.monotonic() - started)
 
 
 def cmd_results(args: argparse.Namespace) -> int:
@@ -168,15 +166,15 @@ def cmd_results(args: argparse.Namespace) -> int:
             for outcome in client.results(idle_timeout_s=idle):
                 counts[outcome.status] += 1
                 if args.json:
-                    _print_json(outcome.to_json())
+                    output.print_json(outcome.to_json())
                 else:
-                    print(_outcome_line(outcome), flush=True)
+                    print(output.outcome_line(outcome), flush=True)
                 if args.limit is not None and sum(counts.values()) >= args.limit:
                     break
         except KeyboardInterrupt:  # --follow ends with Ctrl-C; what was printed was acked
             pass
     if not args.json and not counts:
-        _err("no new results")
+        output.err("no new results")
     return EXIT_OK if set(counts) <= {"succeeded"} else EXIT_FAILED
 
 
@@ -194,17 +192,19 @@ def cmd_status(args: argparse.Namespace) -> int:
         )
     if document is None or outcome is None:
         if args.json:
-            _print_json({"job_id": args.job_id, "status": "pending", "result_uri": None, "error": None})
+            output.print_json({"job_id": args.job_id, "status": "pending", "result_uri": None, "error": None})
         else:
             print(f"{args.job_id}: pending (no result object yet)")
         return EXIT_FAILED
     if args.json:
-        _print_json(document if args.full else {**outcome.to_json(), "outputs": document.get("outputs")})
+        output.print_json(
+            document if args.full else {**outcome.to_json(), "outputs": document.get("outputs")}
+        )
     elif args.full:
         print(json.dumps(document, indent=2))
     else:
-        print(_outcome_line(outcome))
-        print(_outputs_summary(document))
+        print(output.outcome_line(outcome))
+        print(output.outputs_summary(document))
     return EXIT_OK if outcome.succeeded else EXIT_FAILED
 
 
@@ -212,7 +212,7 @@ def cmd_dlq_list(args: argparse.Namespace) -> int:
     with _client(args, ephemeral_when_waiting=False, results=False) as client:
         letters = client.dead_letters(max_messages=args.max_messages)
     if args.json:
-        _print_json([letter.to_json() for letter in letters])
+        output.print_json([letter.to_json() for letter in letters])
         return EXIT_OK
     if not letters:
         print("the dead-letter hold is empty")
@@ -233,7 +233,7 @@ def cmd_dlq_replay(args: argparse.Namespace, parser: argparse.ArgumentParser) ->
         replays = client.replay_dead_letters(wanted, max_messages=args.max_messages)
     missing = sorted((wanted or set()) - {r.original_job_id for r in replays})
     if args.json:
-        _print_json(
+        output.print_json(
             {
                 "replayed": [
                     {"message_id": r.message_id, "original_job_id": r.original_job_id, "job_id": r.job_id}
@@ -246,7 +246,7 @@ def cmd_dlq_replay(args: argparse.Namespace, parser: argparse.ArgumentParser) ->
         for replay in replays:
             print(f"replayed {replay.original_job_id} as {replay.job_id}")
         for job_id in missing:
-            _err(f"{job_id}: not in the dead-letter hold")
+            output.err(f"{job_id}: not in the dead-letter hold")
         if not replays and not missing:
             print("the dead-letter hold is empty")
     return EXIT_FAILED if missing else EXIT_OK
@@ -294,115 +294,6 @@ def _analyses(raw: str | None) -> tuple[str, ...] | None:
     return names
 
 
-@contextmanager
-def _progress(args: argparse.Namespace) -> Iterator[Progress | None]:
-    """Rich progress bars on stderr; none with --json or when stderr is not a terminal."""
-    if args.json or not sys.stderr.isatty():
-        yield None
-        return
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=Console(stderr=True)) as progress:
-        yield progress
-
-
-def _wait_with_progress(
-    client: FleetClient, receipt: SubmitReceipt, timeout_s: float, progress: Progress | None
-) -> dict[str, JobOutcome]:
-    task = None if progress is None else progress.add_task("waiting for results", total=len(receipt.job_ids))
-    failed = 0
-
-    def on_answer(outcome: JobOutcome) -> None:
-        nonlocal failed
-        if progress is None or task is None:
-            return
-        failed += not outcome.succeeded
-        label = "waiting for results" + (f" ({failed} not succeeded)" if failed else "")
-        progress.update(task, advance=1, description=label)
-
-    on: Callable[[JobOutcome], None] = on_answer
-    return client.wait(receipt.job_ids, timeout_s, on_answer=on)
-
-
-def _report_submit(
-    args: argparse.Namespace,
-    receipt: SubmitReceipt,
-    outcomes: dict[str, JobOutcome] | None,
-    elapsed_s: float,
-) -> int:
-    if outcomes is None:  # not waiting: report what was published and what was answered before
-        outcomes = dict(receipt.already_answered)
-        statuses = Counter(o.status for o in outcomes.values())
-        statuses["published"] = len(receipt.published)
-        ok = all(o.succeeded for o in receipt.already_answered.values())
-    else:
-        statuses = Counter(o.status for o in outcomes.values())
-        ok = all(o.succeeded for o in outcomes.values())
-    if args.json:
-        _print_json(
-            {
-                "client_id": receipt.client_id,
-                "published": list(receipt.published),
-                "already_answered": sorted(receipt.already_answered),
-                "uploads": {"uploaded": receipt.uploaded_objects, "reused": receipt.reused_objects},
-                "summary": dict(statuses),
-                "elapsed_s": round(elapsed_s, 3),
-                "jobs": [outcomes[j].to_json() for j in receipt.job_ids if j in outcomes],
-            }
-        )
-        return EXIT_OK if ok else EXIT_FAILED
-    print(
-        f"published {len(receipt.published)} job(s) as client {receipt.client_id}; "
-        f"inputs uploaded {receipt.uploaded_objects}, already there {receipt.reused_objects}"
-    )
-    for job_id in sorted(receipt.already_answered):
-        print(f"already answered, not re-run: {_outcome_line(receipt.already_answered[job_id])}")
-    if args.wait:
-        summary = ", ".join(f"{count} {status}" for status, count in sorted(statuses.items()))
-        rate = len(outcomes) / elapsed_s if elapsed_s > 0 else 0.0
-        print(f"{summary} in {elapsed_s:.1f} s ({rate:.1f} jobs/s)")
-        not_ok = [o for o in outcomes.values() if not o.succeeded]
-        for outcome in not_ok[:MAX_LISTED_FAILURES]:
-            print(_outcome_line(outcome))
-        if len(not_ok) > MAX_LISTED_FAILURES:
-            print(f"... and {len(not_ok) - MAX_LISTED_FAILURES} more not succeeded")
-    elif receipt.published:
-        print("follow them with: fleet results   (or fleet status JOB_ID)")
-        if len(receipt.published) <= 10:
-            print("job ids: " + " ".join(receipt.published))
-    return EXIT_OK if ok else EXIT_FAILED
-
-
-def _outcome_line(outcome: JobOutcome) -> str:
-    line = f"{outcome.job_id}: {outcome.status}"
-    if outcome.error_code:
-        line += f" [{outcome.error_code}] {outcome.error_message or ''}".rstrip()
-    if outcome.result_uri:
-        line += f"  {outcome.result_uri}"
-    return line
-
-
-def _outputs_summary(document: dict[str, Any]) -> str:
-    outputs = document.get("outputs") or {}
-    parts = []
-    classify = outputs.get("classify")
-    if isinstance(classify, dict) and "label" in classify:
-        score = (classify.get("scores") or {}).get(classify["label"])
-        parts.append(f"label={classify['label']}" + (f" ({score:.3f})" if isinstance(score, float) else ""))
-    embed = outputs.get("embed")
-    if isinstance(embed, dict) and isinstance(embed.get("embedding"), list):
-        parts.append(f"embedding[{len(embed['embedding'])}]")
-    model = document.get("model") or {}
-    if model:
-        parts.append(f"model={model.get('name')}:{model.get('version')}")
-    timeline = document.get("timeline") or {}
-    if "queue_wait_ms" in timeline:
-        parts.append(f"queue_wait={timeline['queue_wait_ms']}ms inference={timeline.get('inference_ms')}ms")
-    return "  " + "  ".join(parts) if parts else "  (no outputs)"
-
-
 def _guarded(command: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
     """Map errors to exit codes in one place: bad input 2, everything else that went wrong 1."""
 
@@ -413,13 +304,17 @@ def _guarded(command: Callable[[argparse.Namespace], int]) -> Callable[[argparse
             return _fail(args, exc, EXIT_USAGE)
         except PublishIncomplete as exc:
             if args.json:
-                _print_json(
-                    {"error": _error_json(exc), "published": exc.published, "unpublished": exc.unpublished}
+                output.print_json(
+                    {
+                        "error": output.error_json(exc),
+                        "published": exc.published,
+                        "unpublished": exc.unpublished,
+                    }
                 )
             else:
-                _err(f"error: {exc}")
-                _err("published: " + (" ".join(exc.published) or "(none)"))
-                _err("not published: " + " ".join(exc.unpublished))
+                output.err(f"error: {exc}")
+                output.err("published: " + (" ".join(exc.published) or "(none)"))
+                output.err("not published: " + " ".join(exc.unpublished))
             return EXIT_FAILED
         except FleetError as exc:
             return _fail(args, exc, EXIT_FAILED)
@@ -427,7 +322,7 @@ def _guarded(command: Callable[[argparse.Namespace], int]) -> Callable[[argparse
             if not type(exc).__module__.startswith("google."):
                 raise
             # a Google API error (unreachable emulator, permission, missing topic): say what, not a traceback
-            _err(f"error: {type(exc).__name__}: {exc}")
+            output.err(f"error: {type(exc).__name__}: {exc}")
             return EXIT_FAILED
 
     return run
@@ -435,32 +330,16 @@ def _guarded(command: Callable[[argparse.Namespace], int]) -> Callable[[argparse
 
 def _usage(parser: argparse.ArgumentParser, message: str) -> int:
     parser.print_usage(sys.stderr)
-    _err(f"{parser.prog}: error: {message}")
+    output.err(f"{parser.prog}: error: {message}")
     return EXIT_USAGE
 
 
 def _fail(args: argparse.Namespace, exc: FleetError, code: int) -> int:
     if getattr(args, "json", False):
-        _print_json({"error": _error_json(exc)})
+        output.print_json({"error": output.error_json(exc)})
     else:
-        _err(f"error: {exc}")
+        output.err(f"error: {exc}")
     return code
-
-
-def _error_json(exc: FleetError) -> dict[str, Any]:
-    body: dict[str, Any] = {"code": exc.code, "message": str(exc)}
-    problems = getattr(exc, "problems", None)
-    if problems:
-        body["problems"] = list(problems)
-    return body
-
-
-def _print_json(value: Any) -> None:
-    print(json.dumps(value, indent=None, separators=(",", ":")), flush=True)
-
-
-def _err(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 __all__: Sequence[str] = ("default_client_id", "register")
