@@ -1,4 +1,4 @@
-"""The simulation against closed forms (M/M/c, step-load scale-out) and its bookkeeping invariants."""
+"""Scale-out timing, billing and bookkeeping invariants of the simulation (queueing theory: test_queueing)."""
 
 from __future__ import annotations
 
@@ -50,45 +50,57 @@ def _simulate(
     ).run()
 
 
-def erlang_c(c: int, offered: float) -> float:
-    """P(an arrival waits) in M/M/c with offered load ``offered`` = lambda/mu."""
-    top = offered**c / math.factorial(c) * c / (c - offered)
-    return top / (sum(offered**k / math.factorial(k) for k in range(c)) + top)
+def _fixed(vms: int) -> AutoscalerPolicy:
+    return AutoscalerPolicy("fixed", autoscaling=False, min_replicas=vms, max_replicas=vms, spot=False)
 
 
-def test_mmc_steady_state_matches_erlang_c() -> None:
-    # Given 4 always-on single-slot VMs, exponential service (mean 1 s), Poisson arrivals at 3/s
-    c, lam, mean_s = 4, 3.0, 1.0
-    rng = np.random.default_rng(7)
-    horizon = 60_000.0
-    times = traces.poisson(rng, lam, 0, horizon)
-    trace = traces.Trace("mmc", times, np.ones(len(times), np.int8), LANES, horizon)
-    policy = AutoscalerPolicy("mmc", autoscaling=False, min_replicas=c, max_replicas=c, spot=False)
-    raw = _simulate(
-        trace,
-        policy,
-        service=ServiceModel(slots=1, mean_service_s=mean_s, distribution="exponential"),
-        environment=Environment(preemptions_per_vm_hour=0.0, chunk_max_s=0.1),  # one job per event
-    )
-    # When the warm-up is discarded
-    keep = raw.arrival > 2000
-    wait = (raw.start - raw.arrival)[keep]
-    assert not np.isnan(wait).any()
-    # Then P(wait) and the mean wait match Erlang C within a few percent
-    p_wait = erlang_c(c, lam * mean_s)
-    mean_wait = p_wait / (c / mean_s - lam)
-    assert np.mean(wait > 1e-9) == pytest.approx(p_wait, rel=0.05)
-    assert np.mean(wait) == pytest.approx(mean_wait, rel=0.08)
-    assert np.mean(raw.finish - raw.start) == pytest.approx(mean_s, rel=0.02)
-
-
-def test_chunked_service_keeps_throughput_exact() -> None:
-    # A backlog of 20,000 constant-time jobs on 2 VMs x 4 slots takes 20,000 x 0.8 / 8 seconds
+def test_runs_of_jobs_save_events_and_keep_throughput_and_order_exact() -> None:
+    # Given a backlog of 20,000 constant-time jobs on 2 VMs x 4 slots (default engine settings)
     trace = traces.Trace("flood", np.zeros(20_000), np.ones(20_000, np.int8), LANES, 1.0)
-    policy = AutoscalerPolicy("fixed", autoscaling=False, min_replicas=2, max_replicas=2, spot=False)
-    raw = _simulate(trace, policy, service=ServiceModel(slots=4, mean_service_s=0.8, distribution="constant"))
-    assert np.nanmax(raw.finish) == pytest.approx(20_000 * 0.8 / 8, rel=1e-6)
+    simulation = FleetSimulation(
+        trace,
+        _fixed(2),
+        service=ServiceModel(slots=4, mean_service_s=0.8, distribution="constant"),
+        boot=BootTimeline().with_total(90.0),
+        prices=Prices(),
+        environment=Environment(preemptions_per_vm_hour=0.0),
+        redelivery_delay_s={},
+        start=START,
+    )
+    raw = simulation.run()
+    # Then it takes exactly 20,000 x 0.8 / 8 seconds, and billing ends there (not at a later event)
+    assert np.nanmax(raw.finish) == pytest.approx(20_000 * 0.8 / 8, rel=1e-9)
+    assert raw.end_s == pytest.approx(2000.0, rel=1e-9)
     assert summarize(raw)["jobs_completed"] == 20_000
+    # And the i-th job starts at the i-th instant a slot frees: first come, first served across slots
+    assert raw.start.tolist() == sorted(raw.start.tolist())
+    assert raw.start[8] == pytest.approx(0.8) and raw.start[-1] == pytest.approx(2000.0 - 0.8)
+    # And runs of 10 jobs (8 s) need far fewer events than one per job
+    print(f"{simulation.seq} events for 20,000 jobs")
+    assert simulation.seq < 20_000 / 5
+
+
+def test_billing_ends_at_the_horizon_when_the_work_is_done_before() -> None:
+    # Given one always-on VM, a horizon at 1,000.5 s and a single job at t = 10 s
+    trace = traces.Trace("one", np.array([10.0]), np.ones(1, np.int8), LANES, 1000.5)
+    service = ServiceModel(slots=1, mean_service_s=1.0, distribution="constant")
+    raw = _simulate(trace, _fixed(1), service=service)
+    # Then the VM is billed for 1,000.5 s: the horizon, not the next sample or evaluation after it
+    assert raw.end_s == 1000.5
+    assert raw.vm_records[0][2] == 1000.5
+    assert summarize(raw)["cost_usd"] == round(1000.5 / 3600 * Prices().on_demand_per_h, 2)
+
+
+def test_waits_are_never_negative() -> None:
+    # Lognormal service on 3 VMs x 4 slots under a backlog: starts are cumulative sums of draws
+    rng = np.random.default_rng(11)
+    times = np.sort(rng.uniform(0, 600, 20_000))
+    trace = traces.Trace("busy", times, rng.integers(0, 2, len(times)).astype(np.int8), LANES, 600.0)
+    raw = _simulate(trace, _fixed(3), service=ServiceModel())
+    wait = raw.start - raw.arrival
+    assert not np.isnan(wait).any()
+    assert wait.min() >= 0.0
+    assert np.all(raw.finish > raw.start)
 
 
 def _first_ready(raw: RawResult) -> float:
@@ -161,6 +173,7 @@ def test_preempted_long_jobs_are_redone_and_all_complete() -> None:
     assert summary["jobs_redone"] > 0
     assert summary["jobs_completed"] == 400
     assert np.all(raw.finish - raw.start == pytest.approx(300.0))
+    assert np.all(raw.start >= raw.arrival)
 
 
 def test_scale_in_interrupts_are_counted_and_redone() -> None:

@@ -142,7 +142,9 @@ class Environment:
     preemptions_per_vm_hour: float = 1.0 / 24.0  # assumption: one preemption per spot VM-day on average
     preemption_drain_s: float = 30.0  # spot: 30 s between ACPI soft-off and hard-off
     scale_in_drain_s: float = 20.0  # the worker's FLEET_DRAIN_BUDGET_S default
-    chunk_max_s: float = 8.0  # longest run of back-to-back jobs one slot commits to under backlog
+    # Longest run of back-to-back start instants one slot commits to under a backlog (saves events only:
+    # see engine.py for why the queueing model is the one of a slot pulling one job at a time)
+    chunk_max_s: float = 8.0
     redelivery_delay_s: dict[str, float] = field(default_factory=dict)  # per lane; else retry_min_backoff
 
 

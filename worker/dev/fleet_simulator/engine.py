@@ -2,19 +2,29 @@
 
 What happens, in the order the real system does it:
 - jobs are published to their lane's subscription (the trace); a worker slot pulls interactive first;
-- each VM has ``slots`` jobs in progress; a free slot takes the oldest job of the highest-priority lane
-  with work. Under a backlog a slot takes a *run* of jobs back to back (up to ``chunk_max_s`` of work, and
-  no more than its fair share of the backlog) in one event: the per-job start and finish times inside the
-  run are exact cumulative sums, so this only saves events, it does not change the queueing model;
+- each VM has ``slots`` jobs in progress; a free slot starts the oldest job of the highest-priority lane
+  with work (a redelivered job before a fresh one), one job at a time;
 - every ``metric_period_s`` Pub/Sub samples each subscription's ``num_undelivered_messages`` (queued +
   leased-but-unacked + waiting for redelivery); each sample reaches the autoscaler after a random delay;
 - every ``eval_interval_s`` the autoscaler (``autoscaler.Autoscaler``) computes the target size and the
   MIG creates VMs (ready after the boot timeline) or deletes VMs: booting ones first, then idle ones,
   then the least-loaded; a deleted worker drains for ``scale_in_drain_s``;
 - a spot VM is preempted after an exponential lifetime; it drains for 30 s, the MIG recreates it;
-- a draining worker nacks the jobs it leased but has not started (redelivered after the lane's retry
-  backoff) and stops when its in-flight jobs finish; jobs still running when the drain time runs out are
-  lost and redone from scratch (counted as redone after preemption / interrupted by scale-in).
+- a draining worker stops pulling and stops when its in-flight jobs finish; jobs still running when the
+  drain time runs out are lost and redone from scratch after the lane's retry backoff (counted as redone
+  after preemption / interrupted by scale-in).
+
+Runs of jobs (the event savings). Under a backlog a free slot commits to a *run*: the next few instants
+at which it will start a job (up to ``chunk_max_s`` of work and its fair share of the backlog), drawn as
+one cumulative sum and settled by one completion event. Three rules keep this the same queueing model as
+one job per event (issue 20), so only the event count changes:
+- jobs are bound to start instants late, in start-time order over all slots of the lane (``_bind``), so
+  the lane stays first-in first-out across slots, exactly as a slot pulling one job at a time sees it;
+- a slot that frees while the lane's jobs are all committed to *later* instants of other runs takes the
+  latest such commitment (``_steal``): no slot idles while a job waits;
+- a run never holds an instant at or after the next moment a higher-priority job can become available
+  (the next arrival or redelivery of a higher lane; runs are cut when a redelivery appears), so a slot
+  that frees after that moment pulls the higher lane first.
 """
 
 from __future__ import annotations
@@ -44,13 +54,15 @@ DEFAULT_EXTRA_S = 2 * 86400.0  # keep simulating this long after the trace to fi
 
 
 @dataclass(eq=False)
-class _Chunk:
+class _Run:
+    """The start instants one slot committed to in one lane; ``ids[:bound]`` are the jobs bound so far."""
+
     vm: _VM
     lane: int
-    ids: np.ndarray
     starts: np.ndarray
     finishes: np.ndarray
-    t0: float
+    ids: np.ndarray
+    bound: int = 0
     version: int = 0
     active: bool = True
 
@@ -63,7 +75,7 @@ class _VM:
     ready_at: float
     state: str
     free_slots: int
-    chunks: list[_Chunk] = field(default_factory=list)
+    runs: list[_Run] = field(default_factory=list)
     busy_s: float = 0.0
     ended: float | None = None
     drain_reason: str = ""
@@ -95,7 +107,6 @@ class RawResult:
     slots: int
     jobs_redone: int
     jobs_interrupted_scale_in: int
-    jobs_released: int
     preemptions: int
     vm_ready_times: list[float]
     series: TimeSeries
@@ -134,7 +145,8 @@ class FleetSimulation:
         self._rng_metric = np.random.default_rng([seed, 3])
         self._draws = np.zeros(0)
         self._draw_pos = 0
-        # Jobs
+        self._run_cap = max(1, int(environment.chunk_max_s / service.mean_service_s))
+        # Jobs: "queued" is a pointer into each lane's sorted arrivals plus a heap of redeliveries
         n = trace.n_jobs
         self.arrival = trace.times_s.astype(float)
         self.lane = trace.lanes.astype(np.int64)
@@ -144,6 +156,8 @@ class FleetSimulation:
         self.lane_arrivals = [self.arrival[ids] for ids in self.order]
         self.head = [0] * n_lanes
         self.redo: list[list[tuple[float, int]]] = [[] for _ in range(n_lanes)]
+        self.unbound = [0] * n_lanes  # committed start instants without a job yet
+        self.open_runs: list[list[_Run]] = [[] for _ in range(n_lanes)]  # runs with unbound instants
         self.completed = 0
         # Fleet
         self.vms: list[_VM] = []
@@ -152,7 +166,6 @@ class FleetSimulation:
         self.running_slots = 0
         self.jobs_redone = 0
         self.jobs_interrupted = 0
-        self.jobs_released = 0
         self.preemptions = 0
         self.vm_ready_times: list[float] = []
         # Autoscaler and metrics
@@ -180,17 +193,25 @@ class FleetSimulation:
         self._push(self.env.eval_interval_s, _EVAL)
         self._schedule_wake(0.0)
         n_jobs = self.trace.n_jobs
+        horizon = self.trace.horizon_s
         handlers = {
             _READY: self._on_ready,
             _COMPLETE: self._on_complete,
             _PREEMPT: self._on_preempt,
             _DRAIN_END: self._on_drain_end,
         }
-        t = 0.0
+        # Billing and the figures end at the horizon, or at the last event processed when the backlog
+        # outlives it: never at the (later) event that merely told the loop to stop.
+        last = 0.0
+        end = self.end_limit
         while self.events:
             t, _, kind, payload = heapq.heappop(self.events)
-            if t > self.end_limit or (t >= self.trace.horizon_s and self.completed >= n_jobs):
+            if t > self.end_limit:
                 break
+            if t >= horizon and self.completed >= n_jobs:
+                end = max(last, horizon)
+                break
+            last = t
             if kind == _WAKE:
                 if t >= self.wake_at:
                     self.wake_at = math.inf
@@ -201,7 +222,6 @@ class FleetSimulation:
                 self._on_eval(t)
             else:
                 handlers[kind](t, payload)
-        end = max(min(t, self.end_limit), self.trace.horizon_s)
         return self._result(end)
 
     # ------------------------------------------------------------------ jobs
@@ -224,42 +244,133 @@ class FleetSimulation:
         return rng.lognormal(mu, s.sigma, size)
 
     def _arrived(self, lane: int, t: float) -> int:
-        return int(np.searchsorted(self.lane_arrivals[lane], t, side="right"))
+        # The method, not ``np.searchsorted``: this runs a few times per event and the wrapper costs more
+        # than the search
+        return int(self.lane_arrivals[lane].searchsorted(t, side="right"))
 
-    def _chunk_cap(self, available: int) -> int:
-        cap = max(1, int(self.env.chunk_max_s / self.service.mean_service_s))
-        fair = max(1, available // max(self.running_slots, 1))
-        return min(available, cap, fair)
+    def _available(self, lane: int, t: float) -> int:
+        """Jobs of ``lane`` waiting at ``t`` that no run has committed to (a lower bound: a commitment
+        to a later instant may still take a redelivery that becomes available after ``t``)."""
+        waiting = self._arrived(lane, t) - self.head[lane] - self.unbound[lane]
+        if self.redo[lane]:
+            waiting += sum(1 for available_at, _ in self.redo[lane] if available_at <= t)
+        return waiting
+
+    def _next_above(self, lane: int, t: float) -> float:
+        """The next moment after ``t`` a job of a lane above ``lane`` arrives or becomes redeliverable."""
+        nxt = math.inf
+        for above in range(lane):
+            arrivals = self.lane_arrivals[above]
+            arrived = self._arrived(above, t)
+            if arrived < len(arrivals):
+                nxt = min(nxt, float(arrivals[arrived]))
+            if self.redo[above]:
+                nxt = min(nxt, self.redo[above][0][0])
+        return nxt
 
     def _take(self, t: float, vm: _VM) -> bool:
-        """Start a run of jobs on one free slot of ``vm``; False when no lane has work."""
+        """Start a job (or a run of them) on one free slot of ``vm``; False when no lane has work."""
         for lane in range(len(self.lane_names)):
-            redo = self.redo[lane]
-            if redo and redo[0][0] <= t:
-                cap = self._chunk_cap(len(redo))
-                picked: list[int] = []
-                while redo and redo[0][0] <= t and len(picked) < cap:
-                    picked.append(heapq.heappop(redo)[1])
-                ids = np.array(picked, dtype=np.int64)
-            else:
-                available = self._arrived(lane, t) - self.head[lane]
-                if available <= 0:
-                    continue
-                k = self._chunk_cap(available)
-                h = self.head[lane]
-                ids = self.order[lane][h : h + k]
-                self.head[lane] = h + k
-            durations = self._draw(len(ids))
-            finishes = t + np.cumsum(durations)
-            starts = finishes - durations
-            self.start[ids] = starts
-            self.finish[ids] = finishes
-            chunk = _Chunk(vm, lane, ids, starts, finishes, t)
-            vm.chunks.append(chunk)
-            vm.free_slots -= 1
-            self._push(float(finishes[-1]), _COMPLETE, (chunk, chunk.version))
-            return True
+            available = self._available(lane, t)
+            if available > 0:
+                fair = max(1, available // max(self.running_slots, 1))
+                self._commit(t, vm, lane, min(available, self._run_cap, fair))
+                return True
+            if self.unbound[lane] and self._steal(t, lane):
+                self._commit(t, vm, lane, 1)
+                return True
         return False
+
+    def _commit(self, t: float, vm: _VM, lane: int, k: int) -> None:
+        durations = self._draw(k)
+        ends = np.cumsum(durations)
+        finishes = t + ends
+        # Each start is the previous finish (the same float), never finish minus duration: no job
+        # starts before its slot is free or before it was published.
+        starts = np.empty(k)
+        starts[0] = t
+        starts[1:] = finishes[:-1]
+        if k > 1:
+            keep = max(1, int(starts.searchsorted(self._next_above(lane, t), side="left")))
+            starts, finishes = starts[:keep], finishes[:keep]
+        run = _Run(vm, lane, starts, finishes, np.empty(len(starts), dtype=np.int64))
+        self.unbound[lane] += len(starts)
+        self.open_runs[lane].append(run)
+        vm.runs.append(run)
+        vm.free_slots -= 1
+        self._push(float(finishes[-1]), _COMPLETE, (run, run.version))
+
+    def _steal(self, t: float, lane: int) -> bool:
+        """Free the latest instant after ``t`` that a run of ``lane`` committed to (its last one)."""
+        victim: _Run | None = None
+        latest = t
+        for run in self.open_runs[lane]:
+            if run.active and float(run.starts[-1]) > latest:
+                victim, latest = run, float(run.starts[-1])
+        if victim is None:
+            return False
+        self._truncate(victim, len(victim.starts) - 1)
+        return True
+
+    def _truncate(self, run: _Run, keep: int) -> None:
+        """Drop the run's instants from ``keep`` on (never a bound one, never the first)."""
+        keep = max(keep, run.bound, 1)
+        dropped = len(run.starts) - keep
+        if dropped <= 0:
+            return
+        self.unbound[run.lane] -= dropped
+        run.starts, run.finishes, run.ids = run.starts[:keep], run.finishes[:keep], run.ids[:keep]
+        run.version += 1
+        self._push(float(run.finishes[-1]), _COMPLETE, (run, run.version))
+        if run.bound == keep:
+            self.open_runs[run.lane].remove(run)
+
+    def _bind(self, lane: int, upto: float) -> None:
+        """Give jobs to the committed instants at or before ``upto``, oldest job to earliest instant."""
+        if not self.unbound[lane]:
+            return
+        pieces: list[tuple[_Run, int]] = []
+        for run in self.open_runs[lane]:
+            stop = int(run.starts.searchsorted(upto, side="right"))
+            if stop > run.bound:
+                pieces.append((run, stop))
+        if not pieces:
+            return
+        if len(pieces) == 1:  # one slot: its instants are already in order
+            run, stop = pieces[0]
+            ids = self._next_jobs(lane, run.starts[run.bound : stop])
+        else:
+            instants = np.concatenate([run.starts[run.bound : stop] for run, stop in pieces])
+            order = np.argsort(instants, kind="stable")
+            ids = np.empty(len(instants), dtype=np.int64)
+            ids[order] = self._next_jobs(lane, instants[order])
+        offset = 0
+        for run, stop in pieces:
+            piece = ids[offset : offset + stop - run.bound]
+            offset += len(piece)
+            run.ids[run.bound : stop] = piece
+            self.start[piece] = run.starts[run.bound : stop]
+            self.finish[piece] = run.finishes[run.bound : stop]
+            self.unbound[lane] -= len(piece)
+            run.bound = stop
+            if stop == len(run.starts):
+                self.open_runs[lane].remove(run)
+
+    def _next_jobs(self, lane: int, instants: np.ndarray) -> np.ndarray:
+        """The jobs a slot pulling one at a time would start at these sorted instants."""
+        redo, h, m = self.redo[lane], self.head[lane], len(instants)
+        if not redo or redo[0][0] > instants[-1]:
+            self.head[lane] = h + m
+            return self.order[lane][h : h + m]
+        out = np.empty(m, dtype=np.int64)
+        for i, instant in enumerate(instants.tolist()):
+            if redo and redo[0][0] <= instant:
+                out[i] = heapq.heappop(redo)[1]
+            else:
+                out[i] = self.order[lane][h]
+                h += 1
+        self.head[lane] = h
+        return out
 
     def _dispatch(self, t: float, vm: _VM) -> bool:
         """Fill the free slots of ``vm``; False when work ran out."""
@@ -282,6 +393,8 @@ class FleetSimulation:
             if arrived < len(self.lane_arrivals[lane]):
                 nxt = min(nxt, float(self.lane_arrivals[lane][arrived]))
             if self.redo[lane]:
+                self._bind(lane, t)  # a redelivery a started run already took is no reason to wake
+            if self.redo[lane]:
                 nxt = min(nxt, max(self.redo[lane][0][0], t))
         if nxt < self.wake_at:
             self.wake_at = nxt
@@ -293,23 +406,28 @@ class FleetSimulation:
         available_at = t + self.backoff[lane]
         for job in ids.tolist():
             heapq.heappush(self.redo[lane], (available_at, job))
+        # Lower lanes must not hold instants from the moment these jobs can be pulled again
+        for below in range(lane + 1, len(self.lane_names)):
+            for run in list(self.open_runs[below]):
+                if run.active:
+                    self._truncate(run, int(run.starts.searchsorted(available_at, side="left")))
         self._schedule_wake(t)
 
     def _on_complete(self, t: float, payload: object) -> None:
-        chunk: _Chunk
+        run: _Run
         version: int
-        chunk, version = payload  # type: ignore[misc]
-        if not chunk.active or version != chunk.version:
+        run, version = payload  # type: ignore[misc]
+        if not run.active or version != run.version:
             return
-        vm = chunk.vm
-        chunk.active = False
-        vm.chunks.remove(chunk)
-        vm.busy_s += t - chunk.t0
+        vm = run.vm
+        run.active = False
+        vm.runs.remove(run)
+        vm.busy_s += t - float(run.starts[0])
         vm.free_slots += 1
-        self.completed += len(chunk.ids)
+        self.completed += len(run.starts)
         if vm.state == _RUNNING:
             self._dispatch(t, vm)
-        elif vm.state == _DRAINING and not vm.chunks:
+        elif vm.state == _DRAINING and not vm.runs:
             self._retire(t, vm)
 
     # ------------------------------------------------------------------ VMs
@@ -343,32 +461,19 @@ class FleetSimulation:
         self.retired.append(vm)
 
     def _drain(self, t: float, vm: _VM, reason: str, drain_s: float) -> None:
-        """Stop pulling; nack leased-but-unstarted jobs; finish what runs until ``t + drain_s``."""
+        """Stop pulling; give up the instants not yet started; finish what runs until ``t + drain_s``."""
         if vm.state == _BOOTING:
             self._retire(t, vm)
             return
         self.running_slots -= self.service.slots
         vm.state = _DRAINING
         vm.drain_reason = reason
-        for chunk in list(vm.chunks):
-            started = chunk.starts <= t
-            if started.all():
-                continue
-            self.jobs_released += int((~started).sum())
-            self._requeue(t, chunk.lane, chunk.ids[~started])
-            if not started.any():
-                chunk.active = False
-                vm.chunks.remove(chunk)
-                continue
-            chunk.ids, chunk.starts, chunk.finishes = (
-                chunk.ids[started],
-                chunk.starts[started],
-                chunk.finishes[started],
-            )
-            chunk.version += 1
-            self._push(float(chunk.finishes[-1]), _COMPLETE, (chunk, chunk.version))
-        if vm.chunks:
+        for run in vm.runs:
+            # Instants after ``t`` hold no job yet: the jobs stay queued for the other slots
+            self._truncate(run, int(run.starts.searchsorted(t, side="right")))
+        if vm.runs:
             self._push(t + drain_s, _DRAIN_END, vm)
+            self._dispatch_all(t)  # the slots of other VMs may now find work the runs gave back
         else:
             self._retire(t, vm)
 
@@ -376,18 +481,20 @@ class FleetSimulation:
         vm: _VM = payload  # type: ignore[assignment]
         if vm.state != _DRAINING:
             return
-        for chunk in vm.chunks:
-            lost = chunk.finishes > t
+        for run in vm.runs:
+            self._bind(run.lane, t)  # the lost jobs need their ids
+            lost = run.finishes > t
             n_lost = int(lost.sum())
             if vm.drain_reason == "preemption":
                 self.jobs_redone += n_lost
             else:
                 self.jobs_interrupted += n_lost
-            self.completed += len(chunk.ids) - n_lost
-            self._requeue(t, chunk.lane, chunk.ids[lost])
-            vm.busy_s += t - chunk.t0
-            chunk.active = False
-        vm.chunks = []
+            self.completed += len(run.starts) - n_lost
+            vm.busy_s += t - float(run.starts[0])
+            run.active = False
+            if n_lost:
+                self._requeue(t, run.lane, run.ids[lost])
+        vm.runs = []
         self._retire(t, vm)
 
     def _on_preempt(self, t: float, payload: object) -> None:
@@ -404,23 +511,21 @@ class FleetSimulation:
             for _ in range(target - len(live)):
                 self._create_vm(t)
         elif len(live) > target:
-
-            def in_flight(vm: _VM) -> int:
-                return sum(int((c.finishes > t).sum()) for c in vm.chunks)
-
-            victims = sorted(live, key=lambda vm: (vm.state != _BOOTING, in_flight(vm), -vm.vm_id))
+            # A slot with a run is busy now (a run is back-to-back), so busy slots = runs
+            victims = sorted(live, key=lambda vm: (vm.state != _BOOTING, len(vm.runs), -vm.vm_id))
             for vm in victims[: len(live) - target]:
                 self._drain(t, vm, "scale-in", self.env.scale_in_drain_s)
 
     # ------------------------------------------------------------------ metrics + autoscaler
     def _backlog(self, t: float) -> list[int]:
-        backlog = [
-            self._arrived(lane, t) - self.head[lane] + len(self.redo[lane])
-            for lane in range(len(self.lane_names))
-        ]
+        backlog = []
+        for lane in range(len(self.lane_names)):
+            self._bind(lane, t)  # then every unbound instant is after t: its job still counts as queued
+            backlog.append(self._arrived(lane, t) - self.head[lane] + len(self.redo[lane]))
         for vm in self.vms:
-            for chunk in vm.chunks:
-                backlog[chunk.lane] += int((chunk.finishes > t).sum())
+            for run in vm.runs:
+                if run.bound and float(run.finishes[run.bound - 1]) > t:
+                    backlog[run.lane] += 1  # leased and not yet acked
         return backlog
 
     def _on_sample(self, t: float) -> None:
@@ -449,26 +554,27 @@ class FleetSimulation:
 
     # ------------------------------------------------------------------ result
     def _result(self, end: float) -> RawResult:
+        for lane in range(len(self.lane_names)):
+            self._bind(lane, end)
         records = []
         for vm in self.retired + self.vms:
             ended = vm.ended if vm.ended is not None else end
             busy = vm.busy_s
             if vm.ended is None:
-                busy += sum(min(end, float(c.finishes[-1])) - c.t0 for c in vm.chunks if c.active)
+                busy += sum(min(end, float(r.finishes[-1])) - float(r.starts[0]) for r in vm.runs if r.active)
             records.append((vm.created, min(vm.ready_at, ended), ended, busy, vm.spot))
         return RawResult(
             policy=self.policy,
             trace=self.trace,
             arrival=self.arrival,
             lane=self.lane,
-            start=self.start,
+            start=np.where(self.start <= end, self.start, np.nan),
             finish=np.where(self.finish <= end, self.finish, np.nan),
             end_s=end,
             vm_records=records,
             slots=self.service.slots,
             jobs_redone=self.jobs_redone,
             jobs_interrupted_scale_in=self.jobs_interrupted,
-            jobs_released=self.jobs_released,
             preemptions=self.preemptions,
             vm_ready_times=self.vm_ready_times,
             series=self.series,

@@ -52,7 +52,6 @@ def summarize(raw: RawResult) -> dict[str, Any]:
         "boot_vm_hours": round(boot_s / SECONDS_PER_HOUR, 2),
         "jobs_redone": raw.jobs_redone,
         "jobs_interrupted_scale_in": raw.jobs_interrupted_scale_in,
-        "jobs_redelivered_unstarted": raw.jobs_released,
         "preemptions": raw.preemptions,
         "max_vms": max(raw.series.vms, default=0),
         "simulated_s": round(raw.end_s, 1),
