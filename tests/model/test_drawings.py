@@ -68,3 +68,32 @@ def test_unknown_class_and_format() -> None:
         drawings.render_drawing(1, "teapot")
     with pytest.raises(ValueError, match="unknown format"):
         drawings.render_drawing(1, fmt="gif")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("kind", drawings.ALL_NEGATIVE_KINDS)
+def test_every_negative_kind_renders_deterministic_decodable_pages(kind: str) -> None:
+    first = drawings.render_negative(5, kind, size=(438, 310), fmt="jpeg")
+    assert first == drawings.render_negative(5, kind, size=(438, 310), fmt="jpeg")
+    assert first[1] == kind
+    tensor = preprocess.preprocess_bytes(first[0])
+    assert tensor.shape == model_spec.INPUT.shape
+    assert first != drawings.render_negative(6, kind, size=(438, 310), fmt="jpeg")
+
+
+def test_negative_sets_are_balanced_and_unseen_kinds_stay_out_of_training() -> None:
+    assert not set(drawings.NEGATIVE_KINDS) & set(drawings.UNSEEN_NEGATIVE_KINDS)
+    kinds = [kind for _, kind in drawings.negative_dataset(22, seed=9, size=(219, 155), fmt="mixed")]
+    assert Counter(kinds) == Counter({k: 2 for k in drawings.ALL_NEGATIVE_KINDS})
+    assert kinds == drawings.negative_kinds(22)
+    with pytest.raises(ValueError, match="unknown negative kind"):
+        drawings.render_negative(1, "teapot")
+
+
+def test_the_issue_inputs() -> None:
+    inputs = drawings.issue_inputs(size=(438, 310))
+    assert list(inputs) == ["blank_a4", "uniform_noise", "typed_text", "photo_like"]
+    blank = preprocess.preprocess_bytes(inputs["blank_a4"])
+    assert float(blank.max()) == 0.0  # all paper
+    noise = preprocess.preprocess_bytes(inputs["uniform_noise"])
+    assert 0.4 < float(noise[0, 96].mean()) < 0.6  # a row inside the letterbox, away from the padding
+    assert Image.open(io.BytesIO(inputs["photo_like"])).mode == "RGB"

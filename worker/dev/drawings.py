@@ -701,3 +701,298 @@ def dataset(
     for i, label in enumerate(dataset_labels(count, seed=seed)):
         item_fmt: Format = ("jpeg" if i % 3 == 2 else "png") if fmt == "mixed" else fmt
         yield render_drawing(dataset_seed(i, seed=seed), label, size=size, fmt=item_fmt)
+
+
+# --- negatives: pages and images that are not part drawings (issue 23) ----------------------------------
+#: Kinds of non-drawing input the model is trained to answer ``not_a_drawing`` on.
+NEGATIVE_KINDS: Final[tuple[str, ...]] = ("blank", "text", "table", "title_block", "photo", "noise", "crop")
+#: Kinds that training never sees: only the held-out sets carry them, to measure unseen inputs.
+UNSEEN_NEGATIVE_KINDS: Final[tuple[str, ...]] = ("scribble", "graph_paper", "chart", "barcode")
+ALL_NEGATIVE_KINDS: Final = NEGATIVE_KINDS + UNSEEN_NEGATIVE_KINDS
+
+_TEXT: Final = (
+    "the part shall be inspected before assembly and all surfaces cleaned of oil grease and swarf "
+    "supplier quality report delivery note order number quantity unit price total page of "
+    "revision approved released customer project meeting minutes agenda action owner due date "
+    "steel aluminium bronze bolt nut washer bearing seal gasket spring pin key housing cover"
+)
+_WORDS: Final = tuple(_TEXT.split())
+
+
+def _paper(size: tuple[int, int], rng: random.Random) -> tuple[Image.Image, ImageDraw.ImageDraw, float, int]:
+    image = Image.new("L", size, rng.randint(225, 255))
+    return image, ImageDraw.Draw(image), size[0] / SHEET_UNITS, rng.randint(0, 60)
+
+
+def _words(rng: random.Random, count: int) -> str:
+    return " ".join(rng.choice(_WORDS) for _ in range(count))
+
+
+def _neg_blank(size: tuple[int, int], rng: random.Random) -> Image.Image:
+    image, draw, k, ink = _paper(size, rng)
+    if rng.random() < 0.25:  # a truly empty page, no scanner at all
+        return image
+    if rng.random() < 0.3:  # a page number or a stray mark
+        draw.text((size[0] / 2, size[1] - 12 * k), str(rng.randint(1, 99)), fill=ink, font=_font(k, 3.5))
+    return _scan(image, rng)
+
+
+def _neg_text(size: tuple[int, int], rng: random.Random) -> Image.Image:
+    image, draw, k, ink = _paper(size, rng)
+    height = rng.uniform(3.0, 7.0)
+    font, head = _font(k, height), _font(k, height * 1.6)
+    margin, y = rng.uniform(15, 40), rng.uniform(15, 40)
+    draw.text((margin * k, y * k), _words(rng, rng.randint(2, 5)).upper(), fill=ink, font=head)
+    y += height * 3
+    h_u = size[1] / k
+    while y < h_u - margin:
+        if rng.random() < 0.12:  # paragraph break
+            y += height * 1.5
+            continue
+        line = _words(rng, rng.randint(4, 14))
+        draw.text((margin * k, y * k), line, fill=ink, font=font)
+        y += height * rng.uniform(1.3, 1.8)
+    return _scan(image, rng)
+
+
+def _neg_table(size: tuple[int, int], rng: random.Random) -> Image.Image:
+    """A parts list / bill of materials: ruled rows and columns with text in the cells."""
+    image, draw, k, ink = _paper(size, rng)
+    w_u, h_u = SHEET_UNITS, size[1] / k
+    x0, y0 = rng.uniform(10, 40), rng.uniform(10, 40)
+    x1, row_h = w_u - rng.uniform(10, 40), rng.uniform(6, 12)
+    rows = int((h_u - y0 - rng.uniform(10, 60)) // row_h)
+    cols = sorted(rng.uniform(x0, x1) for _ in range(rng.randint(2, 6)))
+    width = max(1, round(0.3 * k))
+    font = _font(k, row_h * 0.45)
+    headers = ("ITEM", "QTY", "PART NO.", "DESCRIPTION", "MATERIAL", "MASS", "REMARKS")
+    for r in range(rows + 1):
+        y = y0 + r * row_h
+        draw.line((x0 * k, y * k, x1 * k, y * k), fill=ink, width=width * (2 if r in (0, 1) else 1))
+    for x in (x0, *cols, x1):
+        draw.line((x * k, y0 * k, x * k, (y0 + rows * row_h) * k), fill=ink, width=width)
+    edges = (x0, *cols)
+    for r in range(rows):
+        for c, x in enumerate(edges):
+            text = rng.choice(headers) if r == 0 else (str(r) if c == 0 else _words(rng, rng.randint(1, 3)))
+            draw.text(((x + 1.5) * k, (y0 + r * row_h + row_h * 0.25) * k), text, fill=ink, font=font)
+    return _scan(image, rng)
+
+
+def _neg_title_block(size: tuple[int, int], rng: random.Random) -> Image.Image:
+    """A drawing sheet with its border, title block and notes but no views (a cover or empty sheet)."""
+    image, draw, k, ink = _paper(size, rng)
+    _sheet(draw, k, SHEET_UNITS, size[1] / k, rng=rng, ink=ink)
+    return _scan(image, rng)
+
+
+def _smooth_field(size: tuple[int, int], rng: random.Random, channels: int, cells: int) -> np.ndarray:
+    """A smooth random field in [0, 1]: coarse noise upsampled bicubically (photo-like shading)."""
+    gen = np.random.default_rng(rng.getrandbits(64))
+    coarse = gen.random((max(2, cells * size[1] // size[0]), cells, channels))
+    layers = [
+        Image.fromarray((coarse[:, :, c] * 255).astype(np.uint8)).resize(size, Image.Resampling.BICUBIC)
+        for c in range(channels)
+    ]
+    return np.stack([np.asarray(layer, dtype=np.float32) / 255.0 for layer in layers], axis=-1)
+
+
+def _neg_photo(size: tuple[int, int], rng: random.Random) -> Image.Image:
+    """Photo-like: smooth colour shading, a few soft blobs (objects) and sensor noise, in RGB."""
+    field = _smooth_field(size, rng, 3, rng.randint(3, 12))
+    image = Image.fromarray((field * 255).astype(np.uint8), "RGB")
+    draw = ImageDraw.Draw(image)
+    for _ in range(rng.randint(0, 6)):
+        x, y = rng.uniform(0, size[0]), rng.uniform(0, size[1])
+        r = rng.uniform(0.05, 0.3) * size[0]
+        colour = tuple(rng.randint(0, 255) for _ in range(3))
+        draw.ellipse((x - r, y - r * rng.uniform(0.5, 1.5), x + r, y + r), fill=colour)
+    image = image.filter(ImageFilter.GaussianBlur(rng.uniform(2, 12) * size[0] / 877))
+    grain = np.random.default_rng(rng.getrandbits(64)).normal(0, rng.uniform(1, 8), (size[1], size[0], 3))
+    pixels = np.clip(np.asarray(image, dtype=np.float32) + grain, 0, 255).astype(np.uint8)
+    return Image.fromarray(pixels, "RGB")
+
+
+def _neg_noise(size: tuple[int, int], rng: random.Random) -> Image.Image:
+    gen = np.random.default_rng(rng.getrandbits(64))
+    cell = rng.choice((1, 1, 2, 4, 8))
+    shape = ((size[1] + cell - 1) // cell, (size[0] + cell - 1) // cell)
+    if rng.random() < 0.5:
+        pixels = gen.integers(0, 256, size=shape, dtype=np.uint8)
+    else:  # gaussian around a random grey
+        pixels = np.clip(gen.normal(rng.uniform(60, 200), rng.uniform(20, 80), shape), 0, 255).astype(
+            np.uint8
+        )
+    image = Image.fromarray(pixels, "L")
+    return image.resize(size, Image.Resampling.NEAREST) if cell > 1 else image
+
+
+def _neg_crop(size: tuple[int, int], rng: random.Random) -> Image.Image:
+    """A heavily cropped drawing: a window of 8-22 % of the sheet's width (a fragment, not a sheet)."""
+    drawing, _ = render_image(rng.getrandbits(32), size=size)
+    w = round(size[0] * rng.uniform(0.08, 0.22))
+    h = round(w * rng.uniform(0.6, 1.6))
+    x, y = rng.randint(0, size[0] - w), rng.randint(0, max(0, size[1] - h))
+    return drawing.crop((x, y, x + w, y + h))
+
+
+def _neg_scribble(size: tuple[int, int], rng: random.Random) -> Image.Image:
+    """Handwriting-like strokes: wobbly polylines in lines across the page (unseen in training)."""
+    image, draw, k, ink = _paper(size, rng)
+    width = max(1, round(rng.uniform(0.3, 0.9) * k))
+    y, line_h = rng.uniform(15, 40), rng.uniform(8, 16)
+    while y < size[1] / k - 15:
+        x = rng.uniform(10, 40)
+        end = rng.uniform(200, SHEET_UNITS - 10)
+        points = []
+        while x < end:
+            points.append((x * k, (y + rng.uniform(-0.4, 0.4) * line_h) * k))
+            x += rng.uniform(0.8, 3.0)
+            if rng.random() < 0.08 and len(points) > 1:  # word gap
+                draw.line(points, fill=ink, width=width, joint="curve")
+                points, x = [], x + rng.uniform(3, 8)
+        if len(points) > 1:
+            draw.line(points, fill=ink, width=width, joint="curve")
+        y += line_h * rng.uniform(1.2, 2.0)
+    return _scan(image, rng)
+
+
+def _neg_graph_paper(size: tuple[int, int], rng: random.Random) -> Image.Image:
+    """Squared paper: fine grid, bolder every fifth line, a few plotted points (unseen in training)."""
+    image, draw, k, ink = _paper(size, rng)
+    step = rng.uniform(2, 6)
+    faint = rng.randint(120, 200)
+    for i in range(int(SHEET_UNITS / step) + 1):
+        colour, width = (ink, max(1, round(0.3 * k))) if i % 5 == 0 else (faint, 1)
+        draw.line((i * step * k, 0, i * step * k, size[1]), fill=colour, width=width)
+    for j in range(int(size[1] / k / step) + 1):
+        colour, width = (ink, max(1, round(0.3 * k))) if j % 5 == 0 else (faint, 1)
+        draw.line((0, j * step * k, size[0], j * step * k), fill=colour, width=width)
+    for _ in range(rng.randint(0, 12)):
+        x, y, r = rng.uniform(0, size[0]), rng.uniform(0, size[1]), k
+        draw.ellipse((x - r, y - r, x + r, y + r), fill=ink)
+    return _scan(image, rng)
+
+
+def _neg_chart(size: tuple[int, int], rng: random.Random) -> Image.Image:
+    """A line or bar chart with axes, ticks, labels and a caption (unseen in training)."""
+    image, draw, k, ink = _paper(size, rng)
+    h_u = size[1] / k
+    x0, y0, x1, y1 = (
+        rng.uniform(30, 60),
+        rng.uniform(20, 40),
+        rng.uniform(300, 400),
+        h_u - rng.uniform(30, 60),
+    )
+    width, font = max(1, round(0.4 * k)), _font(k, 4.0)
+    draw.line((x0 * k, y0 * k, x0 * k, y1 * k, x1 * k, y1 * k), fill=ink, width=width)
+    ticks = rng.randint(4, 10)
+    for t in range(ticks + 1):
+        tx = x0 + (x1 - x0) * t / ticks
+        draw.line((tx * k, y1 * k, tx * k, (y1 + 2) * k), fill=ink, width=width)
+        draw.text((tx * k, (y1 + 6) * k), str(t * rng.choice((1, 5, 10))), fill=ink, font=font, anchor="mm")
+    bars = rng.random() < 0.4
+    for _ in range(rng.randint(1, 3) if not bars else 1):
+        values = np.cumsum(np.random.default_rng(rng.getrandbits(64)).normal(0, 1, ticks + 1))
+        values = (values - values.min()) / (np.ptp(values) or 1.0)
+        pts = [
+            ((x0 + (x1 - x0) * t / ticks) * k, (y1 - (y1 - y0) * (0.1 + 0.8 * v)) * k)
+            for t, v in enumerate(values)
+        ]
+        if bars:
+            bw = (x1 - x0) / ticks * 0.3 * k
+            for px, py in pts[1:]:
+                draw.rectangle((px - bw, py, px + bw, y1 * k), outline=ink, fill=rng.randint(80, 220))
+        else:
+            draw.line(pts, fill=ink, width=width)
+    draw.text((x0 * k, (y0 - 8) * k), _words(rng, 4).upper(), fill=ink, font=_font(k, 5.0))
+    return _scan(image, rng)
+
+
+def _neg_barcode(size: tuple[int, int], rng: random.Random) -> Image.Image:
+    """One to four barcodes of random bar widths with digits below (unseen in training)."""
+    image, draw, k, ink = _paper(size, rng)
+    for _ in range(rng.randint(1, 4)):
+        x, y = rng.uniform(10, 250), rng.uniform(10, size[1] / k - 60)
+        height, unit = rng.uniform(15, 50), rng.uniform(0.3, 1.0)
+        for _ in range(rng.randint(30, 70)):
+            bar = unit * rng.randint(1, 4)
+            if rng.random() < 0.5:
+                draw.rectangle((x * k, y * k, (x + bar) * k, (y + height) * k), fill=ink)
+            x += bar
+        draw.text(
+            (x * k, (y + height + 4) * k), str(rng.randint(10**11, 10**12)), fill=ink, font=_font(k, 4.0)
+        )
+    return _scan(image, rng)
+
+
+_NEGATIVES: Final[dict[str, Callable[[tuple[int, int], random.Random], Image.Image]]] = {
+    "blank": _neg_blank,
+    "text": _neg_text,
+    "table": _neg_table,
+    "title_block": _neg_title_block,
+    "photo": _neg_photo,
+    "noise": _neg_noise,
+    "crop": _neg_crop,
+    "scribble": _neg_scribble,
+    "graph_paper": _neg_graph_paper,
+    "chart": _neg_chart,
+    "barcode": _neg_barcode,
+}
+assert tuple(_NEGATIVES) == ALL_NEGATIVE_KINDS
+
+
+def render_negative_image(
+    seed: int, kind: str | None = None, *, size: tuple[int, int] = DEFAULT_SIZE
+) -> tuple[Image.Image, str]:
+    """Render one non-drawing (mode ``L``, or ``RGB`` for ``photo``) and return it with its kind."""
+    rng = random.Random(seed ^ 0x5EED_0F_AB)  # not the drawing of the same seed
+    label = kind if kind is not None else rng.choice(NEGATIVE_KINDS)
+    if label not in _NEGATIVES:
+        raise ValueError(f"unknown negative kind {label!r}; expected one of {ALL_NEGATIVE_KINDS}")
+    return _NEGATIVES[label](size, rng), label
+
+
+def render_negative(
+    seed: int, kind: str | None = None, *, size: tuple[int, int] = DEFAULT_SIZE, fmt: Format = "png"
+) -> tuple[bytes, str]:
+    """Render one non-drawing and encode it; returns ``(bytes, kind)``. Same seed, same bytes."""
+    image, label = render_negative_image(seed, kind, size=size)
+    return encode(image, fmt, quality=70 + seed % 26), label
+
+
+def negative_kinds(count: int, *, kinds: tuple[str, ...] = ALL_NEGATIVE_KINDS) -> list[str]:
+    """The kind of each item of ``negative_dataset(count, kinds=kinds)``: balanced, cycling through kinds."""
+    return [kinds[i % len(kinds)] for i in range(count)]
+
+
+def negative_dataset(
+    count: int,
+    *,
+    seed: int = 0,
+    kinds: tuple[str, ...] = ALL_NEGATIVE_KINDS,
+    size: tuple[int, int] = DEFAULT_SIZE,
+    fmt: Format | Literal["mixed"] = "png",
+) -> Iterator[tuple[bytes, str]]:
+    """A balanced, deterministic set of ``count`` encoded non-drawings (``mixed``: every third is JPEG)."""
+    for i, kind in enumerate(negative_kinds(count, kinds=kinds)):
+        item_fmt: Format = ("jpeg" if i % 3 == 2 else "png") if fmt == "mixed" else fmt
+        yield render_negative(dataset_seed(i, seed=seed), kind, size=size, fmt=item_fmt)
+
+
+def issue_inputs(size: tuple[int, int] = DEFAULT_SIZE) -> dict[str, bytes]:
+    """The four inputs of issue 23 as PNG bytes: blank A4, uniform noise, typed text, a photo-like image.
+
+    The closed-set model answered them ``bracket`` 0.87, ``bracket`` 0.63, ``bracket`` 0.98 and
+    ``flange`` 1.00; the abstaining model must answer ``not_a_drawing`` or ``unsure``.
+    """
+    gen = np.random.default_rng(23)
+    noise = Image.fromarray(gen.integers(0, 256, size=(size[1], size[0]), dtype=np.uint8), "L")
+    text, _ = render_negative_image(23, "text", size=size)
+    photo, _ = render_negative_image(23, "photo", size=size)
+    return {
+        "blank_a4": encode(Image.new("L", size, 255)),
+        "uniform_noise": encode(noise),
+        "typed_text": encode(text),
+        "photo_like": encode(photo),
+    }
