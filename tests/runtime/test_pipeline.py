@@ -15,7 +15,11 @@ import numpy as np
 import pytest
 
 from worker.runtime.inference import postprocess
-from worker.runtime.pipeline import Batcher, Health, InteractiveGate, Pipeline, Ports
+from worker.runtime.pipeline.batching import Batcher
+from worker.runtime.pipeline.core import Pipeline
+from worker.runtime.pipeline.gate import InteractiveGate
+from worker.runtime.pipeline.outage import Health
+from worker.runtime.pipeline.ports import Ports
 from worker.runtime.settings import WorkerSettings
 from worker.shared import errors
 

@@ -24,7 +24,8 @@ from worker.shared import exit_codes
 if TYPE_CHECKING:  # the wiring's types; the modules themselves are imported when a command runs
     from worker.runtime.inference import TritonModel
     from worker.runtime.notify import PubSubNotifier
-    from worker.runtime.pipeline import InlinePreprocessor, Pipeline, PoolPreprocessor
+    from worker.runtime.pipeline.core import Pipeline
+    from worker.runtime.pipeline.preprocessors import InlinePreprocessor, PoolPreprocessor
     from worker.runtime.preemption import PreemptionWatcher
     from worker.runtime.storage import GcsStorage
     from worker.runtime.telemetry import Metrics, MonitoringExporter
@@ -156,7 +157,8 @@ async def _build_worker(settings: WorkerSettings, metrics: Metrics) -> _Worker:
     warm_up = asyncio.create_task(asyncio.to_thread(pre.warm_up))
     await asyncio.sleep(0)  # let the task hand the warm-up to its thread before the imports below
     from worker.runtime import inference, intake, preemption
-    from worker.runtime.pipeline import Pipeline, Ports
+    from worker.runtime.pipeline.core import Pipeline
+    from worker.runtime.pipeline.ports import Ports
 
     model = inference.TritonModel(
         settings.triton_grpc_url, settings.model_name, timeout_s=settings.triton_timeout_s

@@ -17,26 +17,7 @@ One concern per module, in the spirit of python-pubsub's ``subscriber/_protocol/
 One asyncio event loop runs everything: a job is a task, not a thread; blocking libraries sit behind
 fixed pools owned by their adapters. Decisions: a job returns ``Ack`` or ``Nack``; the ``Settler`` applies
 them in batches and the ``Leases`` owner renews deadlines while jobs run (worker/runtime/intake.py).
+
+Import from the modules (``worker.runtime.pipeline.core.Pipeline``): this package imports nothing, so the
+composition root can start the preprocess pool (``preprocessors``) before the gRPC and Pub/Sub imports.
 """
-
-from worker.runtime.pipeline.answering import Answered, Answerer
-from worker.runtime.pipeline.batching import Batcher
-from worker.runtime.pipeline.core import Pipeline
-from worker.runtime.pipeline.gate import InteractiveGate
-from worker.runtime.pipeline.outage import Health
-from worker.runtime.pipeline.ports import Ports
-from worker.runtime.pipeline.preprocessors import InlinePreprocessor, PoolPreprocessor
-from worker.runtime.pipeline.retries import with_retries
-
-__all__ = [
-    "Answered",
-    "Answerer",
-    "Batcher",
-    "Health",
-    "InlinePreprocessor",
-    "InteractiveGate",
-    "Pipeline",
-    "PoolPreprocessor",
-    "Ports",
-    "with_retries",
-]

@@ -9,13 +9,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
 
-from worker.runtime.intake import JobSource
 from worker.shared.contracts import Notification
+
+if TYPE_CHECKING:  # not at run time: the preprocess pool starts before the Pub/Sub client is imported
+    from worker.runtime.intake import JobSource
 
 FloatArray = npt.NDArray[np.float32]
 
