@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 from google.cloud import pubsub_v1, storage  # type: ignore[attr-defined]  # storage has no py.typed
 
-from worker.dev import loadgen
+from worker.dev import harness
 from worker.dev.devstack.admin_http import AdminClient
 from worker.dev.devstack.pubsub_emulator import TIME_DIVISOR_LABEL
 from worker.dev.devstack.stack import Stack, down, up
@@ -143,9 +143,9 @@ def gcs_faults(stack: Stack) -> Iterator[AdminClient]:
 
 
 @pytest.fixture(scope="session")
-def harness_env(stack: Stack) -> loadgen.StackEnv:
+def harness_env(stack: Stack) -> harness.StackEnv:
     """The session stack's environment in the load generator's form (corpus, security and soak tests)."""
-    return loadgen.StackEnv(dict(stack.env))
+    return harness.StackEnv(dict(stack.env))
 
 
 @pytest.fixture(scope="session")

@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from worker.dev import loadgen
+from worker.dev import harness
 from worker.shared import errors
 
 CASES_DIR = Path(__file__).parent / "cases"
@@ -66,7 +66,7 @@ def test_corpus_is_big_and_well_formed() -> None:
 class CaseRun:
     case: dict[str, Any]
     job_id: str
-    published: loadgen.Published | None = None
+    published: harness.Published | None = None
 
 
 def _render(value: Any, subs: dict[str, str]) -> Any:
@@ -104,19 +104,19 @@ def build_data(spec: dict[str, Any], subs: dict[str, str]) -> bytes:
 
 
 def build_cases(
-    env: loadgen.StackEnv, storage_client: Any, run_id: str, drawing_uri: str
-) -> tuple[list[CaseRun], list[loadgen.Message]]:
+    env: harness.StackEnv, storage_client: Any, run_id: str, drawing_uri: str
+) -> tuple[list[CaseRun], list[harness.Message]]:
     """Every case's message, with its input object uploaded (generated from its recipe)."""
     runs: list[CaseRun] = []
-    messages: list[loadgen.Message] = []
+    messages: list[harness.Message] = []
     for path in CASE_FILES:
         case = load_case(path)
         job_id = f"{run_id}-{case['name']}"
         input_uri = drawing_uri
         recipe = case.get("input")
         if recipe and recipe.get("recipe") != "drawing_png":
-            data, content_type = loadgen.input_recipe(recipe)
-            input_uri = loadgen.upload(
+            data, content_type = harness.input_recipe(recipe)
+            input_uri = harness.upload(
                 storage_client, env.input_bucket, f"corpus/{run_id}/{case['name']}", data, content_type
             )
         subs = {
@@ -125,31 +125,31 @@ def build_cases(
             "input_bucket": env.input_bucket,
             "results_bucket": env.results_bucket,
         }
-        attributes = {"priority": "batch", loadgen.RUN_ATTRIBUTE: run_id, loadgen.KEY_ATTRIBUTE: case["name"]}
+        attributes = {"priority": "batch", harness.RUN_ATTRIBUTE: run_id, harness.KEY_ATTRIBUTE: case["name"]}
         attributes.update(case.get("attributes", {}))
         runs.append(CaseRun(case, job_id))
-        messages.append(loadgen.Message(case["name"], build_data(case["data"], subs), attributes))
+        messages.append(harness.Message(case["name"], build_data(case["data"], subs), attributes))
 
     return runs, messages
 
 
 @pytest.fixture(scope="module")
 def corpus(
-    harness_env: loadgen.StackEnv, harness_storage: Any, tmp_path_factory: pytest.TempPathFactory
+    harness_env: harness.StackEnv, harness_storage: Any, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[dict[str, Any]]:
     """Publish every case to one worker; collect notifications, result objects and delivery counts."""
     env = harness_env
     storage_client = harness_storage
-    run_id = "corpus" + loadgen.new_run_id()
-    topology = loadgen.RunTopology.named(run_id)
+    run_id = "corpus" + harness.new_run_id()
+    topology = harness.RunTopology.named(run_id)
     topology.create(env)
-    run_env = loadgen.stack_for_run(env, topology)
+    run_env = harness.stack_for_run(env, topology)
     workdir = tmp_path_factory.mktemp("corpus")
-    drawing_uri = loadgen.upload(
-        storage_client, env.input_bucket, f"corpus/{run_id}/drawing.png", loadgen.drawing_png(), "image/png"
+    drawing_uri = harness.upload(
+        storage_client, env.input_bucket, f"corpus/{run_id}/drawing.png", harness.drawing_png(), "image/png"
     )
     runs, messages = build_cases(env, storage_client, run_id, drawing_uri)
-    worker = loadgen.worker_slot(
+    worker = harness.worker_slot(
         "corpus-worker",
         run_env,
         workdir,
@@ -160,11 +160,11 @@ def corpus(
         },
     )
     worker.restart = False  # a crash must show, not be hidden by a restart
-    collector = loadgen.NotificationCollector(run_env, run_id=run_id).start()
+    collector = harness.NotificationCollector(run_env, run_id=run_id).start()
     worker.start()
     try:
-        publisher = loadgen.new_publisher()
-        published = loadgen.publish_all(publisher, run_env.topic_path(topology.jobs_topic), messages)
+        publisher = harness.new_publisher()
+        published = harness.publish_all(publisher, run_env.topic_path(topology.jobs_topic), messages)
         for run, pub in zip(runs, published, strict=True):
             run.published = pub
         keys = [r.case["name"] for r in runs]
@@ -191,7 +191,7 @@ def corpus(
             "alive": alive,
             "exits": list(worker.exits),
             "log": worker.log_path,
-            "stats": loadgen.delivery_stats(
+            "stats": harness.delivery_stats(
                 env.values.get("FLEET_PUBSUB_ADMIN_URL"), topology.subscriptions()
             ),
             "message_ids": {r.case["name"]: r.published.message_id for r in runs if r.published},

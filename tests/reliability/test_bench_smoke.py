@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from worker.dev.loadgen import run_script
+from worker.dev.harness import run_script
 
 BENCH = Path(__file__).resolve().parents[2] / "scripts" / "bench"
 KEYS = {

@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from worker.dev import loadgen
+from worker.dev import harness
 from worker.shared import contracts, errors
 
 PLANTED_TOKEN = "ya29.PLANTED-" + "S3cr3tT0k3n" * 3
@@ -31,11 +31,11 @@ MAX_RSS_GROWTH_MB = 64
 # --- size limits, no stack needed --------------------------------------------------------------------
 _RSS_PROBE = r"""
 import resource, sys
-from worker.dev import loadgen
+from worker.dev import harness
 from worker.runtime import preprocess
 from worker.shared.errors import ImageTooLarge, InputTooLarge
-bombs = [loadgen.png_bomb(40000), loadgen.png_header_only(1_000_000),
-         loadgen.jpeg_header_claiming(65000), loadgen.gif_header_claiming(65535)]
+bombs = [harness.png_bomb(40000), harness.png_header_only(1_000_000),
+         harness.jpeg_header_claiming(65000), harness.gif_header_claiming(65535)]
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 codes = []
 for data in bombs:
@@ -79,25 +79,25 @@ def test_message_size_is_checked_before_parsing() -> None:
 # --- the real worker on the local stack --------------------------------------------------------------
 @pytest.fixture(scope="module")
 def security_run(
-    harness_env: loadgen.StackEnv, harness_storage: Any, tmp_path_factory: pytest.TempPathFactory
+    harness_env: harness.StackEnv, harness_storage: Any, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[dict[str, Any]]:
     env = harness_env
     storage_client = harness_storage
-    run_id = "sec" + loadgen.new_run_id()
-    topology = loadgen.RunTopology.named(run_id)
+    run_id = "sec" + harness.new_run_id()
+    topology = harness.RunTopology.named(run_id)
     topology.create(env)
-    run_env = loadgen.stack_for_run(env, topology)
+    run_env = harness.stack_for_run(env, topology)
     workdir = tmp_path_factory.mktemp("security")
-    drawing = loadgen.drawing_png()
-    good_uri = loadgen.upload(
+    drawing = harness.drawing_png()
+    good_uri = harness.upload(
         storage_client, env.input_bucket, f"sec/{run_id}/drawing.png", drawing, "image/png"
     )
     secrets_bucket = f"{env.project}-fleet-secrets-{run_id}"
     storage_client.create_bucket(secrets_bucket)
-    secret_uri = loadgen.upload(storage_client, secrets_bucket, "drawing.png", drawing, "image/png")
+    secret_uri = harness.upload(storage_client, secrets_bucket, "drawing.png", drawing, "image/png")
     victim = f"{run_id}-victim"
     messages = [
-        loadgen.job_message(
+        harness.job_message(
             "token-ok",
             job_id=f"{run_id}-token-ok",
             input_uri=good_uri,
@@ -105,7 +105,7 @@ def security_run(
             params={"api_key": PLANTED_TOKEN, "nested": {"password": PLANTED_TOKEN}},
             attributes={"authorization": f"Bearer {PLANTED_TOKEN}"},
         ),
-        loadgen.job_message(
+        harness.job_message(
             "token-failed",
             job_id=f"{run_id}-token-failed",
             input_uri=good_uri,
@@ -114,14 +114,14 @@ def security_run(
             params={"token": PLANTED_TOKEN},
             attributes={"x-api-key": PLANTED_TOKEN},
         ),
-        loadgen.Message(
+        harness.Message(
             "token-malformed",
             ('{"job_id": "x", "params": {"secret": "' + PLANTED_TOKEN + '"').encode(),
-            {"priority": "batch", loadgen.RUN_ATTRIBUTE: run_id, loadgen.KEY_ATTRIBUTE: "token-malformed"},
+            {"priority": "batch", harness.RUN_ATTRIBUTE: run_id, harness.KEY_ATTRIBUTE: "token-malformed"},
         ),
-        loadgen.job_message("victim", job_id=victim, input_uri=good_uri, run_id=run_id),
-        loadgen.job_message("secrets-bucket", job_id=f"{run_id}-sb", input_uri=secret_uri, run_id=run_id),
-        loadgen.job_message(
+        harness.job_message("victim", job_id=victim, input_uri=good_uri, run_id=run_id),
+        harness.job_message("secrets-bucket", job_id=f"{run_id}-sb", input_uri=secret_uri, run_id=run_id),
+        harness.job_message(
             "results-bucket",
             job_id=f"{run_id}-rb",
             input_uri=f"gs://{env.results_bucket}/results/{victim}.json",
@@ -134,27 +134,27 @@ def security_run(
         ("overwrite-victim", f"./{victim}"),
     ]:
         body = json.dumps({"job_id": job_id, "input_uri": good_uri}).encode()
-        attrs = {"priority": "batch", loadgen.RUN_ATTRIBUTE: run_id, loadgen.KEY_ATTRIBUTE: key}
-        messages.append(loadgen.Message(key, body, attrs))
-    worker = loadgen.worker_slot(
+        attrs = {"priority": "batch", harness.RUN_ATTRIBUTE: run_id, harness.KEY_ATTRIBUTE: key}
+        messages.append(harness.Message(key, body, attrs))
+    worker = harness.worker_slot(
         "security-worker",
         run_env,
         workdir,
         extra_env={"FLEET_LOG_LEVEL": "DEBUG", "FLEET_WATCH_METADATA": "false"},
     )
     worker.restart = False
-    collector = loadgen.NotificationCollector(run_env, run_id=run_id).start()
+    collector = harness.NotificationCollector(run_env, run_id=run_id).start()
     inputs_before = {b.name for b in storage_client.list_blobs(env.input_bucket, prefix=f"sec/{run_id}")}
     # The session stack's results bucket is shared with other tests (some write outside results/ on
     # purpose), so what counts is what appears there during this run.
     outside_results_before = _outside_results_prefix(storage_client, env.results_bucket)
     worker.start()
     try:
-        publisher = loadgen.new_publisher()
+        publisher = harness.new_publisher()
         # The victim first, so the overwrite attempt finds its result in place.
-        loadgen.publish_all(publisher, run_env.topic_path(topology.jobs_topic), messages[3:4])
+        harness.publish_all(publisher, run_env.topic_path(topology.jobs_topic), messages[3:4])
         collector.wait_for(["victim"], timeout_s=90)
-        published = loadgen.publish_all(
+        published = harness.publish_all(
             publisher, run_env.topic_path(topology.jobs_topic), messages[:3] + messages[4:]
         )
         missing = collector.wait_for([m.key for m in messages], timeout_s=90)
@@ -208,7 +208,7 @@ def test_reads_only_allowed_buckets(security_run: dict[str, Any]) -> None:
 @pytest.mark.integration
 def test_writes_only_under_results_prefix(security_run: dict[str, Any], harness_storage: Any) -> None:
     storage_client = harness_storage
-    env: loadgen.StackEnv = security_run["env"]
+    env: harness.StackEnv = security_run["env"]
     run_id = security_run["run_id"]
     for key in ("traversal", "traversal-input", "overwrite-victim"):
         assert _code(security_run, key) == "INVALID_JOB_ID"

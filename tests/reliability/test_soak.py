@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from worker.dev.loadgen import run_script
+from worker.dev.harness import run_script
 
 CHAOS = Path(__file__).resolve().parents[2] / "scripts" / "chaos"
 JOBS = 500

@@ -1,9 +1,9 @@
 """The worker on the local stack: real tritonserver, the Pub/Sub and GCS emulators, the official clients.
 
 Every worker here is a ``fleet worker`` subprocess with the stack's environment, pointed at a private copy
-of the fleet's topics and lane subscriptions (``loadgen.RunTopology``: the filters, retry and dead-letter
+of the fleet's topics and lane subscriptions (``harness.RunTopology``: the filters, retry and dead-letter
 policies of terraform/fleet.json), so each test counts only its own deliveries. Notifications are collected
-through a subscription of the test's own on the run's results topic (``loadgen.NotificationCollector``).
+through a subscription of the test's own on the run's results topic (``harness.NotificationCollector``).
 
 Inputs are a few small drawings uploaded once; the tests measure the queue path, not PNG decoding.
 Emulator faults (GCS 503/latency, Pub/Sub redelivery) are global to the session's stack and are always
@@ -31,7 +31,7 @@ import grpc
 import pytest
 from google.cloud import pubsub_v1
 
-from worker.dev import loadgen
+from worker.dev import harness
 from worker.dev.drawings import render_drawing
 from worker.runtime.settings import WorkerSettings
 from worker.shared import contracts
@@ -62,15 +62,15 @@ def inputs(stack: Any, storage_client: Any) -> list[str]:
 class Run:
     """One isolated copy of the fleet's topics/subscriptions, with a notification collector on it."""
 
-    base: loadgen.StackEnv
-    topology: loadgen.RunTopology
-    env: loadgen.StackEnv
-    collector: loadgen.NotificationCollector
+    base: harness.StackEnv
+    topology: harness.RunTopology
+    env: harness.StackEnv
+    collector: harness.NotificationCollector
     workdir: Path
     publisher: Any
     storage: Any
-    workers: list[loadgen.ManagedProcess] = field(default_factory=list)
-    published: dict[str, loadgen.Published] = field(default_factory=dict)
+    workers: list[harness.ManagedProcess] = field(default_factory=list)
+    published: dict[str, harness.Published] = field(default_factory=dict)
 
     @property
     def run_id(self) -> str:
@@ -83,24 +83,24 @@ class Run:
     def job_id(self, key: str) -> str:
         return f"{self.run_id}-{key}"
 
-    def job(self, key: str, uri: str, *, priority: str = "batch", **kwargs: Any) -> loadgen.Message:
-        return loadgen.job_message(
+    def job(self, key: str, uri: str, *, priority: str = "batch", **kwargs: Any) -> harness.Message:
+        return harness.job_message(
             key, job_id=self.job_id(key), input_uri=uri, run_id=self.run_id, priority=priority, **kwargs
         )
 
     def publish(
-        self, messages: list[loadgen.Message], *, topic: str | None = None
-    ) -> list[loadgen.Published]:
-        out = loadgen.publish_all(
+        self, messages: list[harness.Message], *, topic: str | None = None
+    ) -> list[harness.Published]:
+        out = harness.publish_all(
             self.publisher, self.env.topic_path(topic or self.topology.jobs_topic), messages
         )
         self.published.update({p.message.key: p for p in out})
         return out
 
-    def worker(self, name: str, *, command: str = "worker", **extra_env: str) -> loadgen.ManagedProcess:
+    def worker(self, name: str, *, command: str = "worker", **extra_env: str) -> harness.ManagedProcess:
         """Start a ``fleet worker`` (not supervised: it is never restarted) with the run's environment."""
         env = {"FLEET_WATCH_METADATA": "false", "FLEET_LOG_LEVEL": "INFO", **extra_env}
-        slot = loadgen.worker_slot(
+        slot = harness.worker_slot(
             f"{self.run_id}-{name}", self.env, self.workdir, extra_env=env, command=command
         )
         slot.restart = False
@@ -108,7 +108,7 @@ class Run:
         self.workers.append(slot)
         return slot
 
-    def wait(self, keys: list[str], *, timeout_s: float = 60.0) -> dict[str, list[loadgen.Notification]]:
+    def wait(self, keys: list[str], *, timeout_s: float = 60.0) -> dict[str, list[harness.Notification]]:
         missing = self.collector.wait_for(keys, timeout_s=timeout_s)
         assert not missing, f"no notification for {sorted(missing)[:10]} ({len(missing)} missing)"
         return self.collector.snapshot()
@@ -121,13 +121,13 @@ class Run:
         return json.loads(blob.download_as_bytes()), generation
 
     def result_objects(self) -> dict[str, Any]:
-        return loadgen.list_result_objects(
+        return harness.list_result_objects(
             self.storage, self.env.results_bucket, f"{RESULTS_PREFIX}{self.run_id}-"
         )
 
     def sub_stats(self, lane: str = "batch") -> dict[str, Any]:
         name = self.topology.batch_subscription if lane == "batch" else self.topology.interactive_subscription
-        stats = loadgen.delivery_stats(self.base["FLEET_PUBSUB_ADMIN_URL"], [name])
+        stats = harness.delivery_stats(self.base["FLEET_PUBSUB_ADMIN_URL"], [name])
         assert name in stats, f"the emulator has no stats for {name}"
         return stats[name]
 
@@ -142,7 +142,7 @@ def _wait_for(
         time.sleep(interval_s)
 
 
-def wait_started(slot: loadgen.ManagedProcess, *, timeout_s: float = WORKER_START_TIMEOUT_S) -> float:
+def wait_started(slot: harness.ManagedProcess, *, timeout_s: float = WORKER_START_TIMEOUT_S) -> float:
     """Block until the worker logged ``worker started``; returns the seconds it took."""
     started = time.monotonic()
     while time.monotonic() - started < timeout_s:
@@ -155,11 +155,11 @@ def wait_started(slot: loadgen.ManagedProcess, *, timeout_s: float = WORKER_STAR
     pytest.fail(f"{slot.name} did not start:\n{log_tail(slot)}")
 
 
-def log_tail(slot: loadgen.ManagedProcess, chars: int = 3000) -> str:
+def log_tail(slot: harness.ManagedProcess, chars: int = 3000) -> str:
     return slot.log_path.read_text(errors="replace")[-chars:] if slot.log_path.exists() else "(no log)"
 
 
-def log_lines(slot: loadgen.ManagedProcess) -> list[dict[str, Any]]:
+def log_lines(slot: harness.ManagedProcess) -> list[dict[str, Any]]:
     """The worker's JSON log lines (anything else on its output is skipped)."""
     lines = []
     for raw in slot.log_path.read_text(errors="replace").splitlines():
@@ -170,7 +170,7 @@ def log_lines(slot: loadgen.ManagedProcess) -> list[dict[str, Any]]:
     return lines
 
 
-def wait_exit(slot: loadgen.ManagedProcess, timeout_s: float) -> int | None:
+def wait_exit(slot: harness.ManagedProcess, timeout_s: float) -> int | None:
     assert slot.process is not None
     try:
         return slot.process.wait(timeout=timeout_s)
@@ -182,8 +182,8 @@ def wait_exit(slot: loadgen.ManagedProcess, timeout_s: float) -> int | None:
 def make_run(stack: Any, storage_client: Any, tmp_path: Path) -> Iterator[Callable[..., Run]]:
     """``make_run(time_divisor=None, max_delivery_attempts=None, notification_filter="") -> Run``;
     everything is removed after."""
-    base = loadgen.StackEnv(dict(stack.env))
-    publisher = loadgen.new_publisher()
+    base = harness.StackEnv(dict(stack.env))
+    publisher = harness.new_publisher()
     runs: list[Run] = []
 
     def _make(
@@ -192,10 +192,10 @@ def make_run(stack: Any, storage_client: Any, tmp_path: Path) -> Iterator[Callab
         max_delivery_attempts: int | None = None,
         notification_filter: str = "",
     ) -> Run:
-        topology = loadgen.RunTopology.named(loadgen.new_run_id())
+        topology = harness.RunTopology.named(harness.new_run_id())
         topology.create(base, time_divisor=time_divisor, max_delivery_attempts=max_delivery_attempts)
-        env = loadgen.stack_for_run(base, topology)
-        collector = loadgen.NotificationCollector(
+        env = harness.stack_for_run(base, topology)
+        collector = harness.NotificationCollector(
             env, run_id=topology.run_id, filter_expression=notification_filter
         ).start()
         run = Run(base, topology, env, collector, tmp_path / topology.run_id, publisher, storage_client)
@@ -568,7 +568,7 @@ def test_the_preempted_flag_on_the_metadata_server_drains_the_worker(
 ) -> None:
     # Given a worker watching a metadata server served on 127.0.0.1, busy with jobs
     run = make_run()
-    metadata = loadgen.FakeMetadataServer().start()
+    metadata = harness.FakeMetadataServer().start()
     try:
         name = f"{run.run_id}-vm"
         worker = run.worker(

@@ -1,0 +1,209 @@
+"""Benchmark: how close the worker gets to what Triton alone can do, in one run on a private local stack.
+
+Measures, in order: raw Triton infer/s at the worker's batch size (preprocessed tensors, tritonclient
+gRPC, several requests in flight); e2e jobs/s publish -> notification through the real worker(s); the
+same through a ``--one-at-a-time`` worker (naive); publish -> notification latency at a fixed
+sub-saturation load; worker CPU ms per job (preprocess vs everything else) and peak RSS; preprocessing
+jobs/s with 1 and 2 processes. CPU of every stack process during the e2e window is reported too, because
+on this machine Triton, the emulators, the worker and this script share the same cores.
+
+Prints a table, then one JSON line.  ``--smoke`` runs everything tiny (seconds, for make test).
+
+    .venv/bin/python scripts/bench                 # full run
+    .venv/bin/python scripts/bench --profile       # + a profiled pass of the worker (all threads)
+
+The phases and the fleet they drive are ``worker.dev.bench_phases``; ``scripts/bench`` calls ``main``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from worker.dev import harness
+from worker.dev.bench_phases import Fleet, preprocess_scaling, raw_triton
+from worker.dev.harness.host import git_commit, machine
+from worker.runtime.settings import WorkerSettings
+from worker.shared import exit_codes
+
+GOALS = {"e2e_over_naive": 3.0, "worker_cpu_other_ms": 2.0, "preprocess_scaling_2x": 1.7}
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The command line; ``--smoke`` shrinks every phase."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--jobs", type=int, default=600, help="e2e jobs (default 600)")
+    parser.add_argument("--naive-jobs", type=int, default=120, help="naive-mode jobs (default 120)")
+    parser.add_argument(
+        "--latency-jobs", type=int, default=200, help="jobs of the latency phase (default 200)"
+    )
+    parser.add_argument(
+        "--latency-load", type=float, default=0.5, help="latency load as a fraction of e2e rate"
+    )
+    parser.add_argument(
+        "--raw-seconds", type=float, default=10.0, help="duration of the raw Triton phase (s)"
+    )
+    parser.add_argument("--raw-concurrency", type=int, default=4, help="raw requests in flight (default 4)")
+    parser.add_argument("--preprocess-images", type=int, default=120, help="images per scaling measurement")
+    parser.add_argument("--workers", type=int, default=1, help="worker processes for e2e (default 1)")
+    parser.add_argument("--preprocess-processes", type=int, default=1, help="each worker's preprocess pool")
+    parser.add_argument("--size", default="1754x1240", help="drawing size WxH in pixels (default A4 150 dpi)")
+    parser.add_argument("--variants", type=int, default=12, help="distinct input drawings (default 12)")
+    parser.add_argument(
+        "--model-repository", help="Triton repository to serve (default model_repository/cpu; GPU: .../gpu)"
+    )
+    parser.add_argument(
+        "--profile", action="store_true", help="also profile a worker (all-threads sampler) during e2e"
+    )
+    parser.add_argument("--smoke", action="store_true", help="tiny run for tests: seconds, no goals")
+    parser.add_argument("--workdir", help="keep logs here (default: a temporary directory)")
+    args = parser.parse_args(argv)
+    if args.smoke:
+        args.jobs, args.naive_jobs, args.latency_jobs = 24, 8, 12
+        args.raw_seconds, args.preprocess_images, args.size, args.variants = 1.5, 8, "400x283", 4
+    return args
+
+
+def worker_cpu_per_job(phase: dict[str, Any]) -> dict[str, float]:
+    """From the kernel's accounting of the worker processes during the measured window."""
+    jobs = phase["jobs"]
+    cpu = phase["cpu_s"]
+    return {
+        "preprocess": round(cpu["worker_preprocess_pool"] * 1000 / jobs, 3),
+        "other": round(cpu["worker_main"] * 1000 / jobs, 3),
+    }
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Every phase on one private stack (stopped afterwards); the report as a dict."""
+    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="fleet-bench-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    repository = Path(args.model_repository).absolute() if args.model_repository else None
+    stack = harness.PrivateStack(workdir / "stack", model_repository=repository)
+    batch = WorkerSettings().max_batch_size
+    try:
+        env = stack.start(triton=True)
+        phases = {
+            "raw": raw_triton(
+                env["TRITON_GRPC_URL"],
+                batch=batch,
+                seconds=args.raw_seconds,
+                concurrency=args.raw_concurrency,
+            ),
+            **_fleet_phases(Fleet(stack, args, workdir), args),
+        }
+    finally:
+        stack.stop()
+    result = summarise(phases, args, batch=batch)
+    result["workdir"] = str(workdir)
+    if phases.get("profile"):
+        (workdir / "worker-profile.txt").write_text(phases["profile"])
+        result["profile_file"] = str(workdir / "worker-profile.txt")
+    return result
+
+
+def _fleet_phases(fleet: Fleet, args: argparse.Namespace) -> dict[str, Any]:
+    """e2e, latency at a fraction of the e2e rate, naive, the optional profile, preprocess scaling."""
+    worker_env = {"FLEET_PREPROCESS_PROCESSES": str(args.preprocess_processes)}
+    e2e = fleet.run_phase("e2e", jobs=args.jobs, workers=args.workers, extra_env=worker_env)
+    latency_rate = max(1.0, e2e["jobs_per_s"] * args.latency_load)
+    lat = fleet.run_phase(
+        "lat",
+        jobs=4,
+        workers=args.workers,
+        extra_env=worker_env,
+        latency_jobs=args.latency_jobs,
+        latency_rate=latency_rate,
+    )
+    naive = fleet.run_phase(
+        "naive", jobs=args.naive_jobs, workers=1, extra_env={"FLEET_ONE_AT_A_TIME": "true"}
+    )
+    profile = None
+    if args.profile:
+        profile = fleet.run_phase("prof", jobs=args.jobs, workers=1, extra_env=worker_env, profile=True).get(
+            "profile"
+        )
+    scaling = preprocess_scaling(fleet.input_bytes, args.preprocess_images)
+    return {"e2e": e2e, "lat": lat, "naive": naive, "profile": profile, "scaling": scaling}
+
+
+def summarise(phases: dict[str, Any], args: argparse.Namespace, *, batch: int) -> dict[str, Any]:
+    """The report's keys (every one issue 8 lists) from the phases' raw figures."""
+    raw, e2e, lat, naive, scaling = (phases[k] for k in ("raw", "e2e", "lat", "naive", "scaling"))
+    stats = e2e["stats"]
+    return {
+        "raw_infer_per_s": round(raw["infer_per_s"], 1),
+        "e2e_jobs_per_s": round(e2e["jobs_per_s"], 1),
+        "naive_jobs_per_s": round(naive["jobs_per_s"], 1),
+        "e2e_over_raw": round(e2e["jobs_per_s"] / raw["infer_per_s"], 3),
+        "e2e_over_naive": round(e2e["jobs_per_s"] / naive["jobs_per_s"], 2),
+        "latency_ms": {k: round(v, 1) for k, v in lat["latency_ms"].items()},
+        "latency_load_jobs_per_s": round(lat["latency_rate"], 1),
+        "worker_cpu_ms_per_job": worker_cpu_per_job(e2e),
+        "worker_cpu_ms_per_job_lifetime": (stats[0].get("cpu_ms_per_job") if stats else None),
+        "stack_cpu_ms_per_job": {k: round(v * 1000 / e2e["jobs"], 2) for k, v in e2e["cpu_s"].items()},
+        "e2e_wall_ms_per_job": round(e2e["seconds"] * 1000 / e2e["jobs"], 2),
+        "preprocess_jobs_per_s": {"1": round(scaling["1"], 1), "2": round(scaling["2"], 1)},
+        "preprocess_scaling_2x": round(scaling["scaling_2x"], 2),
+        "rss_mb": max((s.get("peak_rss_mb", 0.0) for s in stats), default=0.0),
+        "preprocess_pool_rss_mb": max((s.get("children_peak_rss_mb", 0.0) for s in stats), default=0.0),
+        "failed_jobs": e2e["failed"] + naive["failed"],
+        "config": {
+            "batch": batch,
+            "raw_concurrency": args.raw_concurrency,
+            "workers": args.workers,
+            "preprocess_processes": args.preprocess_processes,
+            "jobs": args.jobs,
+            "naive_jobs": args.naive_jobs,
+            "input_size": args.size,
+            "smoke": args.smoke,
+        },
+        "commit": git_commit(),
+        "machine": machine(),
+    }
+
+
+def print_table(r: dict[str, Any]) -> None:
+    lat = r["latency_ms"]
+    cpu = r["worker_cpu_ms_per_job"]
+    rows = [
+        (f"raw Triton infer/s (batch {r['config']['batch']})", r["raw_infer_per_s"], ""),
+        ("e2e jobs/s", r["e2e_jobs_per_s"], ""),
+        ("naive jobs/s (one at a time)", r["naive_jobs_per_s"], ""),
+        ("e2e / raw", r["e2e_over_raw"], "goal >= 0.9 on a GPU (not measured: no GPU here)"),
+        ("e2e / naive", r["e2e_over_naive"], f"goal >= {GOALS['e2e_over_naive']}"),
+        (
+            f"latency p50/p95/p99 ms @ {r['latency_load_jobs_per_s']}/s",
+            f"{lat['p50']}/{lat['p95']}/{lat['p99']}",
+            "",
+        ),
+        ("worker CPU ms/job preprocess", cpu["preprocess"], ""),
+        ("worker CPU ms/job other", cpu["other"], f"goal <= {GOALS['worker_cpu_other_ms']}"),
+        (
+            "preprocess jobs/s 1 / 2 procs",
+            f"{r['preprocess_jobs_per_s']['1']} / {r['preprocess_jobs_per_s']['2']}",
+            "",
+        ),
+        ("preprocess scaling 2x", r["preprocess_scaling_2x"], f"goal >= {GOALS['preprocess_scaling_2x']}"),
+        ("worker peak RSS MB (pool)", f"{r['rss_mb']} ({r['preprocess_pool_rss_mb']})", ""),
+    ]
+    print(f"bench @ {r['commit']} on {r['machine']['cores']} cores ({r['machine']['cpu']})")
+    for name, value, note in rows:
+        print(f"  {name:<40} {value!s:>16}  {note}")
+    print(
+        "  stack CPU ms/job during e2e: "
+        + ", ".join(f"{k}={v}" for k, v in r["stack_cpu_ms_per_job"].items())
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``scripts/bench``: run, print the table and the JSON line; non-zero when a job failed."""
+    harness.exit_on_sigterm()
+    result = run(parse_args(argv))
+    print_table(result)
+    print(json.dumps(result, sort_keys=True))
+    return exit_codes.OK if result["failed_jobs"] == 0 else exit_codes.FAILED
