@@ -9,6 +9,8 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from worker.shared import exit_codes
+
 # `fleet` builds every sub-command's parser on each start (`fleet worker` included), so the stack, its
 # emulators and the Google clients are imported only when a devstack command runs.
 
@@ -52,7 +54,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         )
     except (stack.StackError, TritonError, GoogleAPIError, OSError) as exc:
         print(f"devstack up failed: {exc}", file=sys.stderr)
-        return 1
+        return exit_codes.FAILED
     elapsed = time.monotonic() - started
     print(f"devstack up in {elapsed:.1f} s; env written to {running.work_dir / 'env'}")
     for name, pid in running.pids.items():
@@ -60,7 +62,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     print(f"  pubsub  {running.env['PUBSUB_EMULATOR_HOST']}   gcs {running.env['STORAGE_EMULATOR_HOST']}")
     print(f"  triton  grpc {running.env['TRITON_GRPC_URL']}  http {running.env['TRITON_HTTP_URL']}")
     print(f"use it with:  source {running.work_dir / 'env'}")
-    return 0
+    return exit_codes.OK
 
 
 def cmd_down(args: argparse.Namespace) -> int:
@@ -71,7 +73,7 @@ def cmd_down(args: argparse.Namespace) -> int:
         print("devstack down: nothing was running")
     for name, what in outcome.items():
         print(f"devstack down: {name}: {what}")
-    return 0
+    return exit_codes.OK
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -80,7 +82,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     report = stack.status(work_dir=args.work_dir or stack.DEFAULT_WORK_DIR)
     if args.json:
         print(json.dumps(report, indent=2, sort_keys=True))
-        return 0 if report["up"] else 1
+        return exit_codes.OK if report["up"] else exit_codes.FAILED
     print(f"devstack is {'up' if report['up'] else 'down'}")
     for name, svc in report["services"].items():
         state = "running" if svc["running"] else "NOT running"
@@ -89,7 +91,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     if report["up"]:
         for key, value in report["env"].items():
             print(f"  {key}={value}")
-    return 0 if report["up"] else 1
+    return exit_codes.OK if report["up"] else exit_codes.FAILED
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shlex
 import shutil
 import socket
 import subprocess
@@ -43,11 +42,12 @@ from worker.dev.devstack.tritonserver import (
     TritonServer,
     stop_process_group,
 )
+from worker.runtime.model_spec import MODEL_NAME
+from worker.shared import environment
 from worker.shared.resources import FleetResources, load_resources
 
 DEFAULT_WORK_DIR = REPO_ROOT / ".devstack"
 LOCAL_PROJECT = "local-project"
-MODEL_NAME = "drawing_analyzer"
 HOST = "127.0.0.1"
 EMULATOR_START_TIMEOUT_S = 30.0
 
@@ -68,11 +68,11 @@ class Stack:
 
     @property
     def pubsub_admin(self) -> AdminClient:
-        return AdminClient(self.env["FLEET_PUBSUB_ADMIN_URL"])
+        return AdminClient(self.env[environment.PUBSUB_ADMIN_URL])
 
     @property
     def gcs_admin(self) -> AdminClient:
-        return AdminClient(self.env["FLEET_GCS_ADMIN_URL"])
+        return AdminClient(self.env[environment.GCS_ADMIN_URL])
 
 
 def fleet_env(
@@ -86,30 +86,18 @@ def fleet_env(
     pubsub_admin_url: str,
     gcs_admin_url: str,
 ) -> dict[str, str]:
-    """Every variable of the shared ``.devstack/env`` contract."""
+    """Every variable of the shared ``.devstack/env`` contract (names: ``worker.shared.environment``)."""
     return {
-        "PUBSUB_EMULATOR_HOST": pubsub_host,
-        "STORAGE_EMULATOR_HOST": storage_url,
-        "GOOGLE_CLOUD_PROJECT": project,
-        "TRITON_GRPC_URL": triton_grpc,
-        "TRITON_HTTP_URL": triton_http,
-        "FLEET_JOBS_TOPIC": resources.full(resources.jobs_topic),
-        "FLEET_RESULTS_TOPIC": resources.full(resources.results_topic),
-        "FLEET_DEAD_LETTER_TOPIC": resources.full(resources.dead_letter_topic),
-        "FLEET_INTERACTIVE_SUBSCRIPTION": resources.full(resources.lane("interactive").subscription),
-        "FLEET_BATCH_SUBSCRIPTION": resources.full(resources.lane("batch").subscription),
-        "FLEET_DEAD_LETTER_SUBSCRIPTION": resources.full(resources.dead_letter_subscription),
-        "FLEET_DEAD_LETTER_HANDLER_SUBSCRIPTION": resources.full(resources.dead_letter_handler_subscription),
-        "FLEET_INPUT_BUCKET": resources.inputs_bucket(project),
-        "FLEET_RESULTS_BUCKET": resources.results_bucket(project),
-        "FLEET_PUBSUB_ADMIN_URL": pubsub_admin_url,
-        "FLEET_GCS_ADMIN_URL": gcs_admin_url,
+        environment.PUBSUB_EMULATOR_HOST: pubsub_host,
+        environment.STORAGE_EMULATOR_HOST: storage_url,
+        environment.PROJECT: project,
+        environment.TRITON_GRPC_URL: triton_grpc,
+        environment.TRITON_HTTP_URL: triton_http,
+        **environment.resource_environment(resources, project),
+        environment.PUBSUB_ADMIN_URL: pubsub_admin_url,
+        environment.GCS_ADMIN_URL: gcs_admin_url,
         "FLEET_MODEL_NAME": MODEL_NAME,
     }
-
-
-def render_env(env: Mapping[str, str]) -> str:
-    return "".join(f"export {key}={shlex.quote(value)}\n" for key, value in env.items())
 
 
 def _start_python_service(
@@ -188,7 +176,7 @@ def _start_gcloud_pubsub(work_dir: Path, project: str) -> tuple[int, str]:
 
 def create_resources(env: Mapping[str, str], resources: FleetResources, project: str) -> None:
     """Create the fleet's topics, subscriptions and buckets (idempotent: existing ones are kept)."""
-    channel = grpc.insecure_channel(env["PUBSUB_EMULATOR_HOST"])
+    channel = grpc.insecure_channel(env[environment.PUBSUB_EMULATOR_HOST])
     try:
         publisher = PublisherClient(transport=PublisherGrpcTransport(channel=channel))
         subscriber = SubscriberClient(transport=SubscriberGrpcTransport(channel=channel))
@@ -199,7 +187,7 @@ def create_resources(env: Mapping[str, str], resources: FleetResources, project:
         def subscription(short: str) -> str:
             return f"projects/{project}/subscriptions/{short}"
 
-        for name in ("FLEET_JOBS_TOPIC", "FLEET_RESULTS_TOPIC", "FLEET_DEAD_LETTER_TOPIC"):
+        for name in (environment.JOBS_TOPIC, environment.RESULTS_TOPIC, environment.DEAD_LETTER_TOPIC):
             with contextlib.suppress(exceptions.AlreadyExists):
                 publisher.create_topic(request={"name": topic(env[name])})
         wanted: list[types.Subscription] = []
@@ -207,7 +195,7 @@ def create_resources(env: Mapping[str, str], resources: FleetResources, project:
             wanted.append(
                 types.Subscription(
                     name=subscription(resources.full(lane.subscription)),
-                    topic=topic(env["FLEET_JOBS_TOPIC"]),
+                    topic=topic(env[environment.JOBS_TOPIC]),
                     filter=lane.filter,
                     ack_deadline_seconds=lane.ack_deadline_s,
                     message_retention_duration=duration_pb2.Duration(seconds=lane.message_retention_s),
@@ -216,16 +204,16 @@ def create_resources(env: Mapping[str, str], resources: FleetResources, project:
                         maximum_backoff=duration_pb2.Duration(seconds=lane.retry_max_backoff_s),
                     ),
                     dead_letter_policy=types.DeadLetterPolicy(
-                        dead_letter_topic=topic(env["FLEET_DEAD_LETTER_TOPIC"]),
+                        dead_letter_topic=topic(env[environment.DEAD_LETTER_TOPIC]),
                         max_delivery_attempts=lane.max_delivery_attempts,
                     ),
                 )
             )
-        for name in ("FLEET_DEAD_LETTER_SUBSCRIPTION", "FLEET_DEAD_LETTER_HANDLER_SUBSCRIPTION"):
+        for name in (environment.DEAD_LETTER_SUBSCRIPTION, environment.DEAD_LETTER_HANDLER_SUBSCRIPTION):
             wanted.append(
                 types.Subscription(
                     name=subscription(env[name]),
-                    topic=topic(env["FLEET_DEAD_LETTER_TOPIC"]),
+                    topic=topic(env[environment.DEAD_LETTER_TOPIC]),
                     ack_deadline_seconds=60,
                 )
             )
@@ -238,9 +226,9 @@ def create_resources(env: Mapping[str, str], resources: FleetResources, project:
     client = storage.Client(
         project=project,
         credentials=AnonymousCredentials(),  # type: ignore[no-untyped-call]
-        client_options={"api_endpoint": env["STORAGE_EMULATOR_HOST"]},
+        client_options={"api_endpoint": env[environment.STORAGE_EMULATOR_HOST]},
     )
-    for name in ("FLEET_INPUT_BUCKET", "FLEET_RESULTS_BUCKET"):
+    for name in (environment.INPUT_BUCKET, environment.RESULTS_BUCKET):
         with contextlib.suppress(exceptions.Conflict):
             client.create_bucket(env[name])
 
@@ -367,7 +355,7 @@ def up(
         except TritonError as exc:
             raise StackError(f"{exc}\n--- tritonserver log tail ---\n{triton.log_tail()}") from exc
         record_state(env)
-        (work_dir / "env").write_text(render_env(env))
+        (work_dir / "env").write_text(environment.render_env_file(env))
     except BaseException:
         record_state({})
         down(work_dir=work_dir)
