@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from worker.dev import drawings  # noqa: E402
-from worker.runtime import model_spec, preprocess  # noqa: E402
+from worker.runtime import abstention, model_spec, preprocess  # noqa: E402
 
 ONNX = ROOT / "model_repository" / "cpu" / model_spec.MODEL_NAME / model_spec.MODEL_VERSION / "model.onnx"
 
@@ -40,7 +40,7 @@ ONNX = ROOT / "model_repository" / "cpu" / model_spec.MODEL_NAME / model_spec.MO
 def _heldout_item(index: int) -> tuple[np.ndarray, int]:
     # Identical to drawings.dataset(HELDOUT_COUNT, seed=HELDOUT_SEED, fmt="mixed") item ``index`` and to
     # the held-out set scripts/train_model.py reports on.
-    label = model_spec.CLASS_NAMES[index % model_spec.NUM_CLASSES]
+    label = model_spec.CLASS_NAMES[index % len(model_spec.CLASS_NAMES)]
     fmt: drawings.Format = "jpeg" if index % 3 == 2 else "png"
     data, _ = drawings.render_drawing(
         drawings.dataset_seed(index, seed=drawings.HELDOUT_SEED), label, fmt=fmt
@@ -79,6 +79,7 @@ def run_triton(url: str, x: np.ndarray, batch: int) -> tuple[np.ndarray, np.ndar
 def compare(
     ref: tuple[np.ndarray, np.ndarray], got: tuple[np.ndarray, np.ndarray], labels: np.ndarray
 ) -> dict[str, float]:
+    policy = abstention.load_policy()
     return {
         "count": len(labels),
         "max_abs_diff_class_probs": float(np.abs(ref[0] - got[0]).max()),
@@ -86,6 +87,19 @@ def compare(
         "class_agreement": float((ref[0].argmax(1) == got[0].argmax(1)).mean()),
         "reference_accuracy": float((ref[0].argmax(1) == labels).mean()),
         "variant_accuracy": float((got[0].argmax(1) == labels).mean()),
+        # What a client sees: the worker's answer (part class, not_a_drawing or unsure) on both sides.
+        "answer_agreement": float(
+            np.mean(
+                [
+                    a.label == b.label
+                    for a, b in zip(
+                        abstention.decide_batch(ref[0], ref[1], policy),
+                        abstention.decide_batch(got[0], got[1], policy),
+                        strict=True,
+                    )
+                ]
+            )
+        ),
     }
 
 

@@ -290,7 +290,7 @@ def test_an_interactive_tensor_goes_alone_while_batch_requests_are_in_flight() -
             # When an interactive tensor arrives
             answer = await asyncio.wait_for(batcher.submit(TENSOR, interactive=True), timeout=1)
             # Then it is answered while the batch request is still in flight, in a request of its own
-            assert len(answer[0]) == 6
+            assert len(answer[0]) == 7  # one CLASS_PROBS row: six part classes + not_a_drawing
             assert model.batches == [1] and model.interactive_flags == [True]
             assert not any(f.done() for f in batch)
             # and the batch work follows, never more than one batch request in flight

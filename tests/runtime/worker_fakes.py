@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from worker.runtime import abstention, model_spec
 from worker.shared import errors
 from worker.shared.contracts import Delivery, Notification
 
@@ -117,9 +118,12 @@ class FakeModel:
         self.batches.append(len(batch))
         self.interactive_flags.append(interactive)
         n = len(batch)
-        probs = np.full((n, 6), 1 / 6, dtype=np.float32)
-        probs[:, 2] = 0.5
-        emb = np.ones((n, 128), dtype=np.float32) / np.sqrt(128)
+        # A confident flange near the flange prototype, so the real postprocess answers "flange".
+        probs = np.full((n, model_spec.NUM_CLASSES), 0.01, dtype=np.float32)
+        probs[:, model_spec.CLASS_NAMES.index("flange")] = 1.0 - 0.01 * (model_spec.NUM_CLASSES - 1)
+        prototypes = abstention.load_policy().prototypes
+        flange = np.asarray(prototypes[2], dtype=np.float32) if prototypes else np.ones(128) / np.sqrt(128)
+        emb = np.tile(flange.astype(np.float32), (n, 1))
         return probs, emb
 
 

@@ -8,6 +8,7 @@ timeouts and "model not loaded" are InferenceUnavailable (transient). This modul
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from typing import Any
 
@@ -17,7 +18,7 @@ import tritonclient.grpc.aio as triton_aio
 from tritonclient.grpc import InferInput, InferRequestedOutput
 from tritonclient.utils import InferenceServerException
 
-from worker.runtime import model_spec, policy
+from worker.runtime import abstention, model_spec, policy
 from worker.shared import errors
 
 FloatArray = npt.NDArray[np.float32]
@@ -97,14 +98,37 @@ class TritonModel:
         await self._client.close()
 
 
-def postprocess(probs: FloatArray, embedding: FloatArray, analyses: tuple[str, ...]) -> dict[str, Any]:
-    """One job's outputs, limited to the analyses it asked for."""
+@functools.cache
+def default_policy() -> abstention.Policy:
+    """The abstention policy of the served model: the copy shipped in this package (read once)."""
+    return abstention.load_policy()
+
+
+def postprocess(
+    probs: FloatArray,
+    embedding: FloatArray,
+    analyses: tuple[str, ...],
+    *,
+    decision_policy: abstention.Policy | None = None,
+) -> dict[str, Any]:
+    """One job's outputs, limited to the analyses it asked for.
+
+    ``classify`` answers a part class, ``not_a_drawing`` or ``unsure`` (worker.runtime.abstention) with
+    the calibrated confidence, the calibrated ``scores`` of every output class, and the rule, score and
+    threshold that decided.
+    """
     outputs: dict[str, Any] = {}
     if "classify" in analyses:
-        scores = np.round(probs.astype(np.float64), 6).tolist()
+        decision = abstention.decide(probs, embedding, decision_policy or default_policy())
         outputs["classify"] = {
-            "label": model_spec.CLASS_NAMES[int(np.argmax(probs))],
-            "scores": dict(zip(model_spec.CLASS_NAMES, scores, strict=True)),
+            "label": decision.label,
+            "confidence": round(decision.confidence, 6),
+            "scores": {name: round(value, 6) for name, value in decision.scores.items()},
+            "decision": {
+                "by": decision.decided_by,
+                "score": round(decision.score, 6),
+                "threshold": decision.threshold,
+            },
         }
     if "embed" in analyses:
         outputs["embed"] = {"embedding": np.round(embedding.astype(np.float64), 6).tolist()}

@@ -7,7 +7,7 @@ may import it.
 
 Tensor layout: the input is a batch of preprocessed grayscale images, ``[batch, 1, H, W]`` FP32, ink = 1.0
 and paper = 0.0 (see ``worker.runtime.preprocess``). Outputs are ``[batch, NUM_CLASSES]`` softmax
-probabilities in ``CLASS_NAMES`` order and ``[batch, EMBEDDING_DIM]`` L2-normalised embeddings.
+probabilities in ``OUTPUT_CLASSES`` order and ``[batch, EMBEDDING_DIM]`` L2-normalised embeddings.
 """
 
 from __future__ import annotations
@@ -39,9 +39,18 @@ MODEL_NAME: Final = "drawing_analyzer"
 #: The version directory served in both repositories (``model_repository/*/drawing_analyzer/1``).
 MODEL_VERSION: Final = "1"
 
-#: Part classes, in the order of the class-probability output.
+#: Part classes: what a drawing can be (the first columns of the class-probability output).
 CLASS_NAMES: Final[tuple[str, ...]] = ("plate", "shaft", "flange", "bracket", "gear", "pipe_fitting")
-NUM_CLASSES: Final = len(CLASS_NAMES)
+#: The model's explicit rejection class (issue 23), the last column of the class-probability output,
+#: and the answer for an input it cannot place (``worker.runtime.abstention``); neither is a part class.
+NOT_A_DRAWING: Final = "not_a_drawing"
+UNSURE: Final = "unsure"
+#: Columns of ``CLASS_PROBS``, in order: the part classes, then ``not_a_drawing``.
+OUTPUT_CLASSES: Final[tuple[str, ...]] = (*CLASS_NAMES, NOT_A_DRAWING)
+#: Every label a result's ``classify`` may carry.
+LABELS: Final[tuple[str, ...]] = (*OUTPUT_CLASSES, UNSURE)
+#: Width of ``CLASS_PROBS`` (part classes + ``not_a_drawing``).
+NUM_CLASSES: Final = len(OUTPUT_CLASSES)
 EMBEDDING_DIM: Final = 128
 
 #: Side of the square model input in pixels; drawings are letterboxed into it (worker.runtime.preprocess).
