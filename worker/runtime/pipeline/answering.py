@@ -67,8 +67,9 @@ class Answerer:
         self._pid = os.getpid()
         self._instance = settings.instance
 
-    def object_name(self, job_id: str | None, message_id: str) -> str:
-        return contracts.result_object_name(self._prefix, job_id, message_id)
+    def object_name(self, job: Job | Rejection, message_id: str) -> str:
+        """The job's result path: ``<prefix>[<namespace>/]<job_id>.json`` (``_rejected/`` without an id)."""
+        return contracts.result_object_name(self._prefix, job.job_id, message_id, job.namespace)
 
     async def answer(
         self,
@@ -78,13 +79,97 @@ class Answerer:
         outputs: dict[str, Any] | None,
         error: errors.FleetError | None,
         timeline: Timeline,
+        input_sha256: str | None = None,
     ) -> Answered:
-        """Write the result unless one exists, then notify what is stored.
+        """Write the result unless one exists, then notify what is stored — if it answers this job.
 
-        Raises ``TransientError`` when storage or Pub/Sub stay down (the caller gives the message back).
+        A stored result answers this job when its fingerprint matches (a redelivery, a duplicate publish,
+        a re-run manifest); otherwise the job_id is another job's and this one is answered
+        JOB_ID_CONFLICT at a path of its own. Raises ``TransientError`` when storage or Pub/Sub stay
+        down (the caller gives the message back).
         """
-        name = self.object_name(job.job_id, delivery.message_id)
-        document = contracts.build_result(
+        request = contracts.request_fingerprint(job, delivery.data)
+        name = self.object_name(job, delivery.message_id)
+        document = self._document(
+            delivery,
+            job,
+            outputs=outputs,
+            error=error,
+            timeline=timeline,
+            request=request,
+            input_sha256=input_sha256,
+        )
+        created, stored = await self._create_or_read(name, document, job)
+        if stored is not None and not contracts.answers_same_job(stored, request, input_sha256):
+            return await self._conflict(delivery, job, timeline, request, input_sha256)
+        status, error_body = _status_of(stored if stored is not None else document, document)
+        await self._notify(delivery, job, status=status, error_body=error_body, name=name)
+        return Answered(status, (error_body or {}).get("code"), duplicate=not created)
+
+    async def answer_existing(self, delivery: Delivery, job: Job) -> Answered | None:
+        """A redelivery whose result exists: re-publish its notification; None when there is none.
+
+        The input is not read again, so the stored result is taken when the request matches; a stored
+        result of another request (the job_id was reused) answers this job JOB_ID_CONFLICT at once.
+        """
+        name = self.object_name(job, delivery.message_id)
+        stored = _document_of(await self._read(name))
+        if stored is None:
+            return None
+        request = contracts.request_fingerprint(job, delivery.data)
+        if not contracts.answers_same_job(stored, request, None):
+            started = time.time()
+            timeline = Timeline(delivery.publish_time, delivery.leased_at, started, started)
+            return await self._conflict(delivery, job, timeline, request, None)
+        status, error_body = _status_of(stored, {"status": contracts.STATUS_FAILED, "error": None})
+        await self._notify(delivery, job, status=status, error_body=error_body, name=name)
+        return Answered(status, (error_body or {}).get("code"), duplicate=True)
+
+    async def _conflict(
+        self,
+        delivery: Delivery,
+        job: Job | Rejection,
+        timeline: Timeline,
+        request: str,
+        input_sha256: str | None,
+    ) -> Answered:
+        """Answer a job whose job_id is taken by another job: its own failure, at its message's path.
+
+        The other job's result is neither touched nor pointed at, so this client never reads it.
+        """
+        error: errors.PermanentError = errors.JobIdConflict(
+            f"job_id {job.job_id!r} already has a result that answers a different job (another input or "
+            "options); use a new job_id, or a namespace of your own"
+        )
+        if isinstance(job, Rejection):  # a rejected message keeps its own error, at its own path
+            error = job.error
+        name = contracts.rejected_object_name(self._prefix, delivery.message_id)
+        document = self._document(
+            delivery,
+            job,
+            outputs=None,
+            error=error,
+            timeline=timeline,
+            request=request,
+            input_sha256=input_sha256,
+        )
+        created, stored = await self._create_or_read(name, document, job)
+        status, error_body = _status_of(stored or document, document)
+        await self._notify(delivery, job, status=status, error_body=error_body, name=name)
+        return Answered(status, (error_body or {}).get("code"), duplicate=not created)
+
+    def _document(
+        self,
+        delivery: Delivery,
+        job: Job | Rejection,
+        *,
+        outputs: dict[str, Any] | None,
+        error: errors.FleetError | None,
+        timeline: Timeline,
+        request: str,
+        input_sha256: str | None,
+    ) -> dict[str, Any]:
+        return contracts.build_result(
             job_id=job.job_id,
             input_uri=job.input_uri if isinstance(job, Job) else None,
             outputs=outputs,
@@ -94,29 +179,22 @@ class Answerer:
             instance=self._instance,
             pid=self._pid,
             delivery_attempt=delivery.delivery_attempt,
+            fingerprint=contracts.fingerprint_body(request, input_sha256),
+            namespace=job.namespace,
         )
+
+    async def _create_or_read(
+        self, name: str, document: dict[str, Any], job: Job | Rejection
+    ) -> tuple[bool, dict[str, Any] | None]:
+        """(created, the stored document when one already existed)."""
         payload = contracts.encode(document)
         urgent = job.priority == contracts.INTERACTIVE
         created = await with_retries(
             lambda: self._results.create_result(name, payload, urgent=urgent), attempts=self._retries
         )
-        status, error_body = document["status"], document["error"]
-        if not created:
-            existing = await self._read(name)
-            if existing is not None:
-                status, error_body = _status_of(existing, status, error_body)
-        await self._notify(delivery, job, status=status, error_body=error_body, name=name)
-        return Answered(status, (error_body or {}).get("code"), duplicate=not created)
-
-    async def answer_existing(self, delivery: Delivery, job: Job) -> Answered | None:
-        """A redelivery whose result exists: re-publish its notification; None when there is none."""
-        name = self.object_name(job.job_id, delivery.message_id)
-        data = await self._read(name)
-        if data is None:
-            return None
-        status, error_body = _status_of(data, contracts.STATUS_FAILED, None)
-        await self._notify(delivery, job, status=status, error_body=error_body, name=name)
-        return Answered(status, (error_body or {}).get("code"), duplicate=True)
+        if created:
+            return True, None
+        return False, _document_of(await self._read(name))
 
     async def _read(self, name: str) -> bytes | None:
         return await with_retries(lambda: self._results.read_result(name), attempts=self._retries)
@@ -141,12 +219,20 @@ class Answerer:
         await with_retries(lambda: self._notifier.publish(notification), attempts=self._retries)
 
 
-def _status_of(
-    data: bytes, status: str, error_body: dict[str, str] | None
-) -> tuple[str, dict[str, str] | None]:
-    """(status, error) of a stored result document; the given fallback when it cannot be read."""
+def _document_of(data: bytes | None) -> dict[str, Any] | None:
+    """A stored result document; ``{}`` for one that cannot be read (never taken as another job's)."""
+    if data is None:
+        return None
     try:
         document = json.loads(data)
-        return str(document["status"]), document.get("error")
-    except (ValueError, KeyError, TypeError):
-        return status, error_body
+    except ValueError:
+        return {}
+    return document if isinstance(document, dict) else {}
+
+
+def _status_of(document: dict[str, Any], fallback: dict[str, Any]) -> tuple[str, dict[str, str] | None]:
+    """(status, error) of a result document; the fallback's when the stored one is unreadable."""
+    status = document.get("status")
+    if not isinstance(status, str):
+        return str(fallback["status"]), fallback.get("error")
+    return status, document.get("error")

@@ -30,6 +30,18 @@ log = get_logger(__name__)
 FAIL_FAST_ANSWER_S = 30.0
 
 
+class _InputRead:
+    """The digest of the input as read, for the result's fingerprint (None until it was read)."""
+
+    __slots__ = ("sha256",)
+
+    def __init__(self) -> None:
+        self.sha256: str | None = None
+
+    def digest(self, data: bytes) -> None:
+        self.sha256 = contracts.input_digest(data)
+
+
 class JobRunner:
     """Turns one leased delivery into a decision (``Ack``/``Nack``); never raises."""
 
@@ -101,6 +113,7 @@ class JobRunner:
             return await self._process_job(delivery, job, started)
 
     async def _process_job(self, delivery: Delivery, job: Job | Rejection, started: float) -> Decision:
+        read = _InputRead()
         try:
             if isinstance(job, Rejection):
                 return await self._answer(delivery, job, outputs=None, error=job.error, started=started)
@@ -108,12 +121,20 @@ class JobRunner:
                 decision = await self._answer_existing(delivery, job)
                 if decision is not None:
                     return decision
-            outputs, inference_ms = await self._run(job, delivery.ack_id)
+            outputs, inference_ms = await self._run(job, delivery.ack_id, read)
             return await self._answer(
-                delivery, job, outputs=outputs, error=None, started=started, inference_ms=inference_ms
+                delivery,
+                job,
+                outputs=outputs,
+                error=None,
+                started=started,
+                inference_ms=inference_ms,
+                input_sha256=read.sha256,
             )
         except errors.PermanentError as exc:
-            return await self._answer(delivery, job, outputs=None, error=exc, started=started)
+            return await self._answer(
+                delivery, job, outputs=None, error=exc, started=started, input_sha256=read.sha256
+            )
         except errors.TransientError as exc:
             self._outcomes.record(delivery, job, RETRY, exc.code, started)
             return Nack(delivery.subscription, delivery.ack_id)
@@ -123,18 +144,19 @@ class JobRunner:
         if job.deadline is not None and time.time() > job.deadline:
             raise errors.DeadlineExceeded("the job's deadline passed before it ran")
 
-    async def _run(self, job: Job, ack_id: str) -> tuple[dict[str, Any], float]:
+    async def _run(self, job: Job, ack_id: str, read: _InputRead) -> tuple[dict[str, Any], float]:
         self._check_deadline(job)
         if job.priority == contracts.INTERACTIVE:
             self._begun.add(ack_id)
             # No new batch request goes to Triton while this job is on its way there.
-            tensor = await self._prepare_interactive(job)
+            tensor = await self._prepare_interactive(job, read)
             probs, embedding, inference_ms = await self._batcher.submit(tensor, interactive=True)
         else:
             await self._gate.yield_to()
             async with self._batch_fetches:
                 self._begun.add(ack_id)
                 data = await self._read_input(job, urgent=False)
+            read.digest(data)
             await self._gate.yield_to()
             async with self._batch_decodes:
                 tensor = await self._p.preprocess(data)
@@ -142,9 +164,10 @@ class JobRunner:
             probs, embedding, inference_ms = await self._batcher.submit(tensor, interactive=False)
         return self._p.postprocess(probs, embedding, job.analyses), inference_ms
 
-    async def _prepare_interactive(self, job: Job) -> FloatArray:
+    async def _prepare_interactive(self, job: Job, read: _InputRead) -> FloatArray:
         # Interactive reads skip the fetch limit that paces the backlog and use their own threads.
         data = await self._read_input(job, urgent=True)
+        read.digest(data)
         tensor = await self._p.preprocess(data, urgent=True)  # its own process: no batch queue
         self._check_deadline(job)
         return tensor
@@ -177,12 +200,15 @@ class JobRunner:
         error: errors.FleetError | None,
         started: float,
         inference_ms: float = 0.0,
+        input_sha256: str | None = None,
     ) -> Decision:
         self._begun.add(delivery.ack_id)  # answering: a drain lets it finish
         timeline = timeline_of(delivery, started=started, inference_ms=inference_ms)
         if job.priority != contracts.INTERACTIVE:
             await self._gate.yield_to()
-        answered = await self._answerer.answer(delivery, job, outputs=outputs, error=error, timeline=timeline)
+        answered = await self._answerer.answer(
+            delivery, job, outputs=outputs, error=error, timeline=timeline, input_sha256=input_sha256
+        )
         self._outcomes.record(
             delivery,
             job,

@@ -1,0 +1,88 @@
+"""The Answerer's idempotency-key rule: a stored result answers a job only if its fingerprint matches."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+from worker.runtime.pipeline.answering import Answerer, parse, timeline_of
+from worker.runtime.settings import WorkerSettings
+from worker.shared import contracts, errors
+from worker.shared.contracts import Job
+
+from .worker_fakes import FakeNotifier, FakeStore, delivery
+
+SETTINGS = WorkerSettings(
+    input_bucket="inputs", transient_retries=1, watch_metadata=False, instance_name="vm"
+)
+
+
+def world() -> tuple[Answerer, FakeStore, FakeNotifier]:
+    store, notifier = FakeStore(), FakeNotifier()
+    return (
+        Answerer(store, notifier, settings=SETTINGS, model_name="m", model_version=lambda: "1"),
+        store,
+        notifier,
+    )
+
+
+def answer(answerer: Answerer, body: dict[str, Any], data: bytes, **attributes: str) -> Any:
+    d = delivery(body, attributes=attributes)
+    job = parse(d, SETTINGS)
+    assert isinstance(job, Job)
+    return d, asyncio.run(
+        answerer.answer(
+            d,
+            job,
+            outputs={"classify": {"label": "gear"}},
+            error=None,
+            timeline=timeline_of(d, started=0.0),
+            input_sha256=contracts.input_digest(data),
+        )
+    )
+
+
+def test_the_same_job_again_is_answered_from_the_stored_result() -> None:
+    answerer, store, notifier = world()
+    body = {"job_id": "order-1", "input_uri": "gs://inputs/a.png"}
+    answer(answerer, body, b"gear")
+    stored = store.results["results/order-1.json"]
+    _, again = answer(answerer, body, b"gear")
+    assert again == ("succeeded", None, True) and store.results["results/order-1.json"] == stored
+    assert [n["result_uri"] for n in notifier.bodies()] == ["gs://results/results/order-1.json"] * 2
+
+
+def test_a_reused_job_id_with_other_bytes_gets_its_own_conflict_result() -> None:
+    answerer, store, notifier = world()
+    body = {"job_id": "order-1", "input_uri": "gs://inputs/a.png"}
+    answer(answerer, body, b"gear")
+    first = store.results["results/order-1.json"]
+    # the same URI, overwritten with another drawing: another job
+    second_delivery, second = answer(answerer, body, b"shaft", client="b")
+    assert second == ("failed", "JOB_ID_CONFLICT", False)
+    own = contracts.rejected_object_name("results/", second_delivery.message_id)
+    document = json.loads(store.results[own])
+    assert document["error"]["code"] == "JOB_ID_CONFLICT" and document["outputs"] is None
+    assert store.results["results/order-1.json"] == first
+    note = notifier.sent[-1]
+    assert note.attributes["client"] == "b" and json.loads(note.data)["result_uri"].endswith(own)
+
+
+def test_a_redelivery_of_another_request_is_a_conflict_without_reading_the_input() -> None:
+    answerer, _store, _notifier = world()
+    answer(answerer, {"job_id": "order-1", "input_uri": "gs://inputs/a.png"}, b"gear")
+    d = delivery({"job_id": "order-1", "input_uri": "gs://inputs/b.png"}, attempt=2)
+    job = parse(d, SETTINGS)
+    assert isinstance(job, Job)
+    answered = asyncio.run(answerer.answer_existing(d, job))
+    assert answered is not None and answered.error_code == errors.JobIdConflict.code
+
+
+def test_namespaces_keep_two_publishers_job_ids_apart() -> None:
+    answerer, store, _ = world()
+    body = {"job_id": "order-1", "input_uri": "gs://inputs/a.png"}
+    _, a = answer(answerer, body, b"gear", namespace="team-a")
+    _, b = answer(answerer, {**body, "input_uri": "gs://inputs/b.png"}, b"shaft", namespace="team-b")
+    assert a.status == b.status == "succeeded" and not a.duplicate and not b.duplicate
+    assert sorted(store.results) == ["results/team-a/order-1.json", "results/team-b/order-1.json"]
