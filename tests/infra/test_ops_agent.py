@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import re
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from structlog.processors import JSONRenderer
@@ -98,15 +98,14 @@ def test_worker_severities_become_the_entry_severity() -> None:
     assert set(telemetry._SEVERITY.values()) <= LOG_SEVERITIES
 
 
-def test_worker_epoch_time_is_not_parsed_yet() -> None:
-    """The worker writes epoch seconds (a number): no strptime format reads it, the entry keeps the read time.
-
-    A tripwire: once telemetry writes RFC 3339 in UTC, this fails; assert the timestamp is set instead.
-    """
+def test_the_worker_time_field_becomes_the_entry_timestamp() -> None:
+    """The worker writes RFC 3339 in UTC, which the documented time_format reads (not the read time)."""
+    before = datetime.now(UTC)
     entry = ops_agent_entry(_worker_line("info"))
-    value = entry["jsonPayload"].get("time")
-    print(f"worker time field: {value!r} -> entry timestamp {entry['timestamp']} (None = read time)")
-    assert isinstance(value, float) and entry["timestamp"] is None
+    after = datetime.now(UTC)
+    assert "time" not in entry["jsonPayload"]
+    assert entry["timestamp"] is not None and before - timedelta(seconds=1) <= entry["timestamp"] <= after
+    assert telemetry.log_time(0.5) == "1970-01-01T00:00:00.500000Z"
 
 
 def test_journal_receiver_feeds_the_crash_loop_metric() -> None:

@@ -393,7 +393,7 @@ def _stage_medians_ms(
             _epoch(timeline[k]) for k in ("published", "leased", "started", "finished")
         )
         # the worker's last log lines may not be flushed yet: this is a diagnostic, not an assertion
-        logged = next((x["time"] for x in lines if x.get("job_id") == run.job_id(key)), None)
+        logged = next((_epoch(x["time"]) for x in lines if x.get("job_id") == run.job_id(key)), None)
         stages = {
             "total": answered - published,
             "from_pubsub_accept": answered - accepted,
@@ -842,7 +842,9 @@ def test_a_long_job_keeps_its_lease_and_one_past_max_processing_fails(
     # Then the long job was delivered once and succeeded; the other failed with PROCESSING_TIMEOUT
     long_doc, _ = long_run.result("long")
     short_doc, _ = short_run.result("short")
-    answered = next(x["time"] for x in log_lines(long_worker) if x.get("job_id") == long_run.job_id("long"))
+    answered = next(
+        _epoch(x["time"]) for x in log_lines(long_worker) if x.get("job_id") == long_run.job_id("long")
+    )
     took_s = answered - _epoch(long_doc["timeline"]["leased"])  # leased -> result written and notified
     print(f"long job held for {took_s:.1f} s under a 5 s deadline")
     assert took_s > 5.0

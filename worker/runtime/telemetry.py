@@ -21,6 +21,7 @@ import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, TextIO
 
 import structlog
@@ -69,11 +70,18 @@ _SEVERITY = {
 TRACE_KEY = "logging.googleapis.com/trace"
 
 
+def log_time(now: float | None = None) -> str:
+    """RFC 3339 in UTC with microseconds (``2024-05-01T12:34:56.123456Z``): the form the Ops Agent's
+    ``parse_json`` ``time_format`` reads into the entry's timestamp (epoch seconds would keep read time)."""
+    moment = datetime.fromtimestamp(time.time() if now is None else now, UTC)
+    return moment.isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
 def _cloud_logging_shape(_logger: Any, method: str, event: EventDict) -> EventDict:
     out: dict[str, Any] = {
         "severity": _SEVERITY.get(method, "DEFAULT"),
         "message": str(event.pop("event", "")),
-        "time": time.time(),
+        "time": log_time(),
         "logger": event.pop("logger_name", None) or event.pop("logger", None),
     }
     trace = event.pop("trace", None)
