@@ -11,7 +11,7 @@ PIP_FLAGS := --quiet --disable-pip-version-check
 PY_SCRIPTS := scripts/bench scripts/build_trt_engine scripts/chaos scripts/demo scripts/devstack scripts/simulate
 PY_SOURCES := worker tests scripts $(PY_SCRIPTS)
 
-.PHONY: all venv triton-venv test demo lint format typecheck check lint-infra bench chaos simulate train devstack-up devstack-down clean pubsub-fidelity
+.PHONY: all venv triton-venv test demo lint format typecheck check lint-infra bench chaos simulate train devstack-up devstack-down clean pubsub-fidelity train-symbols
 
 all: test
 
@@ -88,3 +88,7 @@ clean:
 # not-implemented cases explained. Takes minutes (the suite waits out real ack deadlines): not in `make test`.
 pubsub-fidelity: venv
 	$(PY) -m worker.dev.devstack.system_tests
+
+# The second bundled model (symbol recognition) from the generator; CPU, 2 threads, a few minutes.
+train-symbols: $(TRAIN_VENV)/.installed
+	$(TRAIN_VENV)/bin/python scripts/train_symbols.py
