@@ -7,7 +7,6 @@ so "nothing was published" is checked, not assumed.
 from __future__ import annotations
 
 import json
-from concurrent.futures import Future
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -18,77 +17,9 @@ from google.cloud import pubsub_v1
 from worker.cli import EXIT_USAGE, main
 from worker.client import cli as client_cli
 from worker.client import sdk
-from worker.client.connections import Connections
 from worker.shared.errors import ClientInputInvalid, PublishIncomplete
 
-SETTINGS = sdk.ClientSettings(
-    project="p",
-    jobs_topic="fleet-jobs",
-    results_topic="fleet-results",
-    dead_letter_hold_subscription="fleet-dead-letter-hold",
-    input_bucket="p-fleet-inputs",
-    results_bucket="p-fleet-results",
-)
-PNG = b"\x89PNG\r\n\x1a\n" + b"\0" * 32
-
-
-class FakePublisher:
-    """Records publishes; the n-th publish (0-based) in ``fail_at`` gets a failed future."""
-
-    def __init__(self, fail_at: frozenset[int] = frozenset()) -> None:
-        self.published: list[tuple[str, bytes, dict[str, str]]] = []
-        self.fail_at = fail_at
-
-    def publish(self, topic: str, data: bytes, **attributes: str) -> Future[str]:
-        future: Future[str] = Future()
-        if len(self.published) in self.fail_at:
-            future.set_exception(RuntimeError("publish refused"))
-        else:
-            future.set_result(str(len(self.published)))
-        self.published.append((topic, data, attributes))
-        return future
-
-
-class FakeSubscriber:
-    """Records subscriptions created and deleted, acks and nacks; every pull comes back empty."""
-
-    def __init__(self) -> None:
-        self.created: list[dict[str, Any]] = []
-        self.deleted: list[str] = []
-        self.acked: list[str] = []
-        self.nacked: list[str] = []
-
-    def create_subscription(self, request: dict[str, Any]) -> None:
-        self.created.append(request)
-
-    def delete_subscription(self, request: dict[str, Any]) -> None:
-        self.deleted.append(request["subscription"])
-
-    def pull(self, request: dict[str, Any], timeout: float) -> Any:
-        return SimpleNamespace(received_messages=[])
-
-    def acknowledge(self, request: dict[str, Any]) -> None:
-        self.acked.extend(request["ack_ids"])
-
-    def modify_ack_deadline(self, request: dict[str, Any]) -> None:
-        assert request["ack_deadline_seconds"] == 0
-        self.nacked.extend(request["ack_ids"])
-
-
-class NoStorage:
-    def bucket(self, name: str) -> Any:
-        raise AssertionError("storage must not be touched")
-
-
-def fake_client(
-    publisher: FakePublisher | None = None, subscriber: FakeSubscriber | None = None
-) -> sdk.FleetClient:
-    return sdk.FleetClient(
-        SETTINGS,
-        publisher=publisher or FakePublisher(),
-        subscriber=subscriber or FakeSubscriber(),
-        storage_client=NoStorage(),
-    )
+from .client_fakes import PNG, SETTINGS, FakePublisher, FakeSubscriber, NoStorage, fake_client
 
 
 def write_manifest(path: Path, *lines: Any) -> Path:
@@ -408,19 +339,6 @@ def test_no_project_is_a_usage_error() -> None:
 
 
 # --- the CLI on bad input ----------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def no_network(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The CLI must fail on bad input before it creates any subscription or publisher."""
-
-    def refuse(*args: object, **kwargs: object) -> None:
-        raise AssertionError("the CLI reached the network on bad input")
-
-    monkeypatch.setattr(sdk.FleetClient, "open", refuse)
-    monkeypatch.setattr(Connections, "publisher", refuse)
-    monkeypatch.setenv("GOOGLE_CLOUD_PROJECT", "local-project")
-    monkeypatch.setenv("FLEET_DEVSTACK_ENV", "/nonexistent")
 
 
 def test_cli_bad_manifest_exits_2_naming_file_and_line(

@@ -3,14 +3,18 @@
 Notifications are the fast path; the result object is the truth. ``wait`` therefore reads result objects
 for jobs this client did not publish (their notifications went elsewhere or came before the subscription)
 and again whenever answers stop arriving for a while, so a job that is answered never makes it hang.
+For a job this client submitted, a result object counts only if it answers that job (``JobIdentity``):
+a job id that another job already used is answered by the worker's JOB_ID_CONFLICT, never by the other
+job's result.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Collection, Generator, Iterable, Sequence
+from collections.abc import Callable, Collection, Generator, Iterable, Mapping, Sequence
 
-from worker.client.records import STATUS_PENDING, JobOutcome
+from worker.client.prepare import PreparedJob
+from worker.client.records import STATUS_PENDING, JobIdentity, JobOutcome
 from worker.client.result_objects import ResultObjects
 from worker.client.subscription import PULL_TIMEOUT_S, ResultsSubscription
 
@@ -43,16 +47,36 @@ class Answers:
     """Every answer this client has seen, and the ways to wait for more."""
 
     def __init__(
-        self, subscription: ResultsSubscription, results: ResultObjects, published: Collection[str]
+        self,
+        subscription: ResultsSubscription,
+        results: ResultObjects,
+        published: Collection[str],
+        message_ids: Mapping[str, str],
     ) -> None:
         self._subscription = subscription
         self._results = results
         self._published = published  # job ids this client published: their notifications come here
+        self._message_ids = message_ids  # job id -> message id of its latest publish
+        self._identities: dict[str, JobIdentity] = {}  # the jobs this client was asked to submit
         self._outcomes: dict[str, JobOutcome] = {}
 
+    def expect(self, jobs: Sequence[PreparedJob]) -> None:
+        """Jobs about to be submitted: an answer counts only if it answers them; earlier answers are dropped.
+
+        Dropping matters when one client submits a job id twice with different bodies: the first job's
+        answer must not be taken for the second's.
+        """
+        for job in jobs:
+            self._identities[job.job_id] = job.identity
+            self._outcomes.pop(job.job_id, None)
+
     def lookup(self, job_ids: Sequence[str]) -> dict[str, JobOutcome]:
-        """Read result objects for ``job_ids``; returns (and remembers) the answered ones."""
-        found = self._results.answered(job_ids)
+        """Read result objects for ``job_ids``; returns (and remembers) the answered ones.
+
+        A job this client was asked to submit is answered only by a result that answers it; any other job
+        id by whatever is stored under it.
+        """
+        found = self._results.answered(job_ids, self._identities, self._message_ids)
         self._outcomes.update(found)
         return found
 

@@ -59,7 +59,8 @@ def _register_submit(subparsers: Any) -> None:
         "every job, then publish them. A manifest is JSONL, one job per line: "
         '{"job_id": "d-1", "input": "drawings/a.png"} or {"job_id": "d-2", "input_uri": "gs://b/o.png"}, '
         "optional priority, analyses, deadline, params, attributes. Re-submitting a manifest reports jobs "
-        "that already have a result instead of running them again.",
+        "that already have a result instead of running them again; a job_id whose result answers a "
+        "different job is answered JOB_ID_CONFLICT.",
     )
     submit.add_argument("targets", nargs="+", metavar="PATH|gs://…|manifest.jsonl")
     submit.add_argument("--priority", choices=("interactive", "batch"), default="batch")
@@ -69,6 +70,7 @@ def _register_submit(subparsers: Any) -> None:
         "--timeout", type=float, default=DEFAULT_WAIT_TIMEOUT_S, help="seconds to --wait (default 3600)"
     )
     _common(submit)
+    _namespace(submit)
     submit.set_defaults(func=_guarded(cmd_submit))
 
 
@@ -88,6 +90,7 @@ def _register_results(subparsers: Any) -> None:
     )
     results.add_argument("--limit", type=int, help="stop after this many notifications")
     _common(results)
+    _namespace(results)
     results.set_defaults(func=_guarded(cmd_results))
 
 
@@ -96,6 +99,7 @@ def _register_status(subparsers: Any) -> None:
     status.add_argument("job_id")
     status.add_argument("--full", action="store_true", help="print the whole result object")
     _common(status, client_id=False)
+    _namespace(status)
     status.set_defaults(func=_guarded(cmd_status))
 
 
@@ -127,6 +131,14 @@ def _common(parser: argparse.ArgumentParser, *, client_id: bool = True) -> None:
             help="durable client id whose results subscription is kept (default: FLEET_CLIENT_ID, else "
             "one per user and host; --wait uses a fresh ephemeral id)",
         )
+
+
+def _namespace(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--namespace",
+        help="scope job ids to results/<namespace>/<job_id>.json, so other clients' job ids never meet "
+        "yours ([a-z0-9][a-z0-9-]{0,62}; default: FLEET_NAMESPACE, else none)",
+    )
 
 
 # --- commands -------------------------------------------------------------------------------------------
@@ -263,7 +275,7 @@ def _client(
     from worker.client import sdk
 
     sdk.apply_devstack_env()
-    settings = sdk.ClientSettings.from_env(project=args.project)
+    settings = sdk.ClientSettings.from_env(project=args.project, namespace=getattr(args, "namespace", None))
     client_id = getattr(args, "client_id", None)
     if ephemeral_when_waiting and not client_id:
         client = sdk.FleetClient(settings)

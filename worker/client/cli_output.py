@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
-from worker.shared.errors import FleetError
+from worker.shared.errors import FleetError, JobIdConflict
 from worker.shared.exit_codes import FAILED as EXIT_FAILED
 from worker.shared.exit_codes import OK as EXIT_OK
 
@@ -26,6 +26,12 @@ if TYPE_CHECKING:
     from worker.client.sdk import FleetClient, JobOutcome, SubmitReceipt
 
 MAX_LISTED_FAILURES = 20
+#: Printed under a JOB_ID_CONFLICT outcome: the job was not run, and what the user can do about it.
+CONFLICT_ADVICE = (
+    "  {job_id} was not run: its job_id already has a result that answers a different job (another input, "
+    "options or client). Choose a new job_id, or set a namespace of your own with --namespace or "
+    "FLEET_NAMESPACE."
+)
 
 
 @contextmanager
@@ -123,12 +129,14 @@ def _print_submit(
 
 
 def outcome_line(outcome: JobOutcome) -> str:
-    """``job: status [CODE] message  gs://…``."""
+    """``job: status [CODE] message  gs://…``; a JOB_ID_CONFLICT adds a line saying what to do."""
     line = f"{outcome.job_id}: {outcome.status}"
     if outcome.error_code:
         line += f" [{outcome.error_code}] {outcome.error_message or ''}".rstrip()
     if outcome.result_uri:
         line += f"  {outcome.result_uri}"
+    if outcome.error_code == JobIdConflict.code:
+        line += "\n" + CONFLICT_ADVICE.format(job_id=outcome.job_id)
     return line
 
 

@@ -94,14 +94,25 @@ class DeadLetterHold:
         if not isinstance(body, dict) or not contracts.valid_job_id(body.get("job_id")):
             return letter.data, attributes, None
         original = str(body["job_id"])
-        attempt = 1
-        while self._results.fetch(replay_job_id(original, attempt)) is not None:
-            attempt += 1
-        new_id = replay_job_id(original, attempt)
+        new_id = self._unused_replay_id(original, attributes.get(contracts.NAMESPACE_ATTRIBUTE))
         body["job_id"] = new_id
         attributes["job_id"] = new_id
         attributes[REPLAY_OF_ATTRIBUTE] = original
         return contracts.encode(body), attributes, new_id
+
+    def _unused_replay_id(self, original: str, namespace: str | None) -> str:
+        """The first ``<original>.replay-N`` without a result, in the held job's own namespace.
+
+        The held message's namespace, not this client's: the replay's result lands where its owner looks.
+        """
+        scope = namespace if contracts.valid_namespace(namespace) else None
+        attempt = 1
+        while True:
+            candidate = replay_job_id(original, attempt)
+            name = contracts.result_object_name(self._settings.results_prefix, candidate, "", scope)
+            if self._results.fetch_object(name) is None:
+                return candidate
+            attempt += 1
 
     def _pull(self, max_messages: int) -> list[Any]:
         subscriber = self._connections.subscriber()

@@ -16,9 +16,10 @@ from typing import Any
 
 from worker.client.ids import CLIENT_ID_ATTRIBUTE
 from worker.client.problems import input_error
-from worker.client.records import JobRequest
+from worker.client.records import JobIdentity, JobRequest
 from worker.client.settings import ClientSettings
 from worker.shared import contracts
+from worker.shared.contracts import NAMESPACE_ATTRIBUTE
 
 MAX_ATTRIBUTE_KEY_BYTES = 256  # Pub/Sub limits
 MAX_ATTRIBUTE_VALUE_BYTES = 1024
@@ -29,21 +30,30 @@ _SAFE_SUFFIX_RE = re.compile(r"\.[a-z0-9]{1,10}")
 
 @dataclass(frozen=True)
 class Upload:
-    """A local file and the content-addressed object it becomes (re-runs never upload it twice)."""
+    """A local file and the content-addressed object it becomes (re-runs never upload it twice).
+
+    ``sha256`` is the hex digest of the file's bytes: the worker's ``input_digest`` of what it will read.
+    """
 
     path: Path
     object_name: str
     size_bytes: int
+    sha256: str
 
 
 @dataclass(frozen=True)
 class PreparedJob:
-    """A validated job message, ready to publish once its upload (if any) is done."""
+    """A validated job message, ready to publish once its upload (if any) is done.
+
+    ``identity`` is the fingerprint the worker will store in the job's result, so the client can tell a
+    stored result that answers this job from one that answers another job under the same job id.
+    """
 
     job_id: str
     data: bytes
     attributes: dict[str, str]
     upload: Upload | None
+    identity: JobIdentity
 
 
 class FileHasher:
@@ -67,7 +77,8 @@ class FileHasher:
                 size += len(chunk)
         suffix = resolved.suffix.lower()
         suffix = suffix if _SAFE_SUFFIX_RE.fullmatch(suffix) else ""
-        upload = Upload(resolved, f"{self._prefix}sha256/{digest.hexdigest()}{suffix}", size)
+        hexdigest = digest.hexdigest()
+        upload = Upload(resolved, f"{self._prefix}sha256/{hexdigest}{suffix}", size, hexdigest)
         self._cache[resolved] = upload
         return upload
 
@@ -110,10 +121,13 @@ def _prepare_one(
         body["deadline"] = request.deadline
     if request.params is not None:
         body["params"] = request.params  # the parser says what is wrong with a non-object
-    attributes = _attributes(request, client_id)
+    attributes = _attributes(request, client_id, settings.namespace)
     data = contracts.encode(body)
-    check_job_message(data, attributes)
-    return PreparedJob(request.job_id, data, attributes, upload)
+    job = check_job_message(data, attributes)
+    identity = JobIdentity(
+        contracts.request_fingerprint(job, data), None if upload is None else upload.sha256
+    )
+    return PreparedJob(request.job_id, data, attributes, upload, identity)
 
 
 def _local_upload(request: JobRequest, hasher: FileHasher) -> Upload:
@@ -128,13 +142,18 @@ def _local_upload(request: JobRequest, hasher: FileHasher) -> Upload:
         raise ValueError(f"cannot read input file {request.input}: {exc.strerror or exc}") from exc
 
 
-def _attributes(request: JobRequest, client_id: str) -> dict[str, str]:
-    reserved = contracts.RESERVED_ATTRIBUTES | {CLIENT_ID_ATTRIBUTE}
+def _attributes(request: JobRequest, client_id: str, namespace: str | None) -> dict[str, str]:
+    # The namespace is reserved even when unset: a hand-set one would move the result path behind the
+    # client's back (its lookups and sweeps read the settings' namespace).
+    own = {CLIENT_ID_ATTRIBUTE: client_id} | ({} if namespace is None else {NAMESPACE_ATTRIBUTE: namespace})
+    reserved = contracts.RESERVED_ATTRIBUTES | {CLIENT_ID_ATTRIBUTE, NAMESPACE_ATTRIBUTE}
     clash = sorted(set(request.attributes) & reserved)
     if clash:
         raise ValueError(f"attribute(s) {', '.join(clash)} are set by the client itself")
-    if len(request.attributes) > contracts.MAX_CLIENT_ATTRIBUTES - 1:
-        raise ValueError(f"at most {contracts.MAX_CLIENT_ATTRIBUTES - 1} attributes besides client_id")
+    if len(request.attributes) > contracts.MAX_CLIENT_ATTRIBUTES - len(own):
+        raise ValueError(
+            f"at most {contracts.MAX_CLIENT_ATTRIBUTES - len(own)} attributes besides {', '.join(own)}"
+        )
     for key, value in request.attributes.items():
         if not key or len(key.encode()) > MAX_ATTRIBUTE_KEY_BYTES or key.startswith("goog"):
             raise ValueError(f"attribute name {key[:40]!r} is empty, too long or reserved (goog*)")
@@ -144,12 +163,12 @@ def _attributes(request: JobRequest, client_id: str) -> dict[str, str]:
         **request.attributes,
         "priority": request.priority if isinstance(request.priority, str) else "",
         "job_id": request.job_id,
-        CLIENT_ID_ATTRIBUTE: client_id,
+        **own,
     }
 
 
-def check_job_message(data: bytes, attributes: Mapping[str, str]) -> None:
-    """Reject a job the worker would reject, using the worker's own parser (raises ValueError).
+def check_job_message(data: bytes, attributes: Mapping[str, str]) -> contracts.Job:
+    """The job as the worker parses it; raises ValueError for a job the worker would reject.
 
     The client does not know the worker's allowed input buckets, so the job's own bucket is allowed here;
     a bucket outside the worker's list is answered ``INPUT_NOT_ALLOWED`` by the worker.
@@ -170,3 +189,4 @@ def check_job_message(data: bytes, attributes: Mapping[str, str]) -> None:
     parsed = contracts.parse_job(delivery, allowed_buckets=frozenset({bucket}))
     if isinstance(parsed, contracts.Rejection):
         raise ValueError(f"{parsed.error.code}: {parsed.error.message}")
+    return parsed

@@ -19,6 +19,8 @@ class JobPublisher:
         self._settings = settings
         self._connections = connections
         self.published_ids: set[str] = set()  # every job id this client has published
+        # job id -> Pub/Sub message id of its latest publish: a JOB_ID_CONFLICT answer is stored under it
+        self.message_ids: dict[str, str] = {}
 
     def publish(self, jobs: Sequence[PreparedJob]) -> tuple[str, ...]:
         """Publish every job; raises ``PublishIncomplete`` naming the published and unpublished ids."""
@@ -28,13 +30,14 @@ class JobPublisher:
         published: list[str] = []
         for job_id, future in futures:
             try:
-                future.result(timeout=self._settings.publish_timeout_s)
+                message_id = future.result(timeout=self._settings.publish_timeout_s)
             except Exception as exc:
                 first_error = first_error or exc
                 unpublished.append(job_id)
             else:
                 published.append(job_id)
                 self.published_ids.add(job_id)
+                self.message_ids[job_id] = str(message_id)
         if unpublished:
             raise PublishIncomplete(
                 f"published {len(published)} of {len(jobs)} jobs; {len(unpublished)} were not published "

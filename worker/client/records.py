@@ -38,6 +38,24 @@ class JobRequest:
 
 
 @dataclass(frozen=True)
+class JobIdentity:
+    """What decides one job's answer, as the worker fingerprints it: does a stored result answer this job?
+
+    ``request`` is ``contracts.request_fingerprint`` of the job as the worker parses it; ``input_sha256``
+    is the digest of a local input's bytes (None for a ``gs://`` input the client did not upload). A job
+    id is the caller's choice, so a result at its path may answer another job (another input, options or
+    publisher): the client reports a stored result only when it answers this job.
+    """
+
+    request: str
+    input_sha256: str | None = None
+
+    def answered_by(self, document: dict[str, Any]) -> bool:
+        """True when the stored result ``document`` answers this job (the worker's own check)."""
+        return contracts.answers_same_job(document, self.request, self.input_sha256)
+
+
+@dataclass(frozen=True)
 class JobOutcome:
     """What is known about one job: its status, where its result is, and the error when it failed."""
 

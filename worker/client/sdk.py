@@ -20,6 +20,11 @@ Three rules shape the client:
   answered, so ``wait`` sweeps GCS for jobs it has no notification for (published before the subscription
   existed, or by another process) and re-submitting a job id that is already answered reports the existing
   result instead of publishing again (results are write-once: a re-run needs a new job id).
+* **Only results that answer this job.** Job ids are the caller's choice, so the result under an id may
+  answer another job. The client takes a stored result for a job it submits only when the result's
+  fingerprint (the worker's ``contracts.request_fingerprint`` and input digest) matches; otherwise the job
+  is published and answered ``JOB_ID_CONFLICT`` by the worker. ``ClientSettings.namespace``
+  (``FLEET_NAMESPACE``) scopes result paths so that two clients' job ids never meet.
 
 This module is the facade: ``FleetClient`` wires the parts below and every public name of the client is
 importable from here. One concern per module: ``settings`` (environment, ``.devstack/env``), ``records``,
@@ -57,6 +62,7 @@ from worker.client.records import (
     ANSWERED_STATUSES,
     STATUS_PENDING,
     DeadLetter,
+    JobIdentity,
     JobOutcome,
     JobRequest,
     Replay,
@@ -102,18 +108,29 @@ class FleetClient:
         self.uploader = InputUploader(settings, self.connections)
         self.publisher = JobPublisher(settings, self.connections)
         self.result_objects = ResultObjects(settings, self.connections)
-        self.answers = Answers(self.subscription, self.result_objects, self.publisher.published_ids)
+        self.answers = Answers(
+            self.subscription,
+            self.result_objects,
+            self.publisher.published_ids,
+            self.publisher.message_ids,
+        )
         self.hold = DeadLetterHold(settings, self.connections, self.result_objects)
         self._opened = False
         self._closed = False
 
     @classmethod
     def from_env(
-        cls, *, project: str | None = None, client_id: str | None = None, ephemeral: bool | None = None
+        cls,
+        *,
+        project: str | None = None,
+        namespace: str | None = None,
+        client_id: str | None = None,
+        ephemeral: bool | None = None,
     ) -> FleetClient:
         """Settings from the environment (``.devstack/env`` fills what is missing); clients from ADC."""
         apply_devstack_env()
-        return cls(ClientSettings.from_env(project=project), client_id=client_id, ephemeral=ephemeral)
+        settings = ClientSettings.from_env(project=project, namespace=namespace)
+        return cls(settings, client_id=client_id, ephemeral=ephemeral)
 
     # -- lifecycle --
 
@@ -161,10 +178,14 @@ class FleetClient:
         """Validate every request, upload local inputs, skip jobs already answered, publish the rest.
 
         A job whose id the caller chose (``may_be_answered``) has its result object looked up first (one GET
-        per job): a job id that already has a result is reported in ``already_answered``, not published.
+        per job): a job id whose result answers this very job (same input, analyses, params and namespace:
+        the worker's fingerprint) is reported in ``already_answered``, not published. A result that answers
+        another job under the same id is not this job's answer: the job is published, and the worker
+        answers it ``failed`` / ``JOB_ID_CONFLICT`` (choose a new job id, or a namespace of your own).
         """
         prepared = prepare_jobs(requests, settings=self.settings, client_id=self.client_id)
         self.open()  # before any publish, so no notification for these jobs can be missed
+        self.answers.expect(prepared)
         answered = self.answers.lookup([r.job_id for r in requests if r.may_be_answered])
         to_publish = [job for job in prepared if job.job_id not in answered]
         uploaded, reused = self.uploader.upload(to_publish, on_upload)
@@ -181,7 +202,11 @@ class FleetClient:
     # -- results --
 
     def fetch_result(self, job_id: str) -> dict[str, Any] | None:
-        """The job's result object (parsed JSON), or None when it has none yet."""
+        """The object at the job's result path in this client's namespace, or None when there is none yet.
+
+        It is what is stored under the job id, whichever job it answers; ``wait`` checks that for the jobs
+        this client submitted.
+        """
         return self.result_objects.fetch(job_id)
 
     def result_outcome(self, job_id: str) -> JobOutcome:
@@ -196,6 +221,8 @@ class FleetClient:
         Answers come from this client's notifications and, for jobs without one, from their result objects:
         at the start for jobs not published by this open client, then whenever answers stop arriving for a
         while — so a job answered before the wait began (or whose notification went elsewhere) never hangs.
+        For a job this client submitted, a result object that answers another job under the same id does
+        not count: its answer is the worker's JOB_ID_CONFLICT (notification or rejected-result object).
         """
         self.open()
         return self.answers.wait(job_ids, timeout_s, on_answer=on_answer)
@@ -241,6 +268,7 @@ __all__ = [
     "ClientSettings",
     "DeadLetter",
     "FleetClient",
+    "JobIdentity",
     "JobOutcome",
     "JobRequest",
     "OutcomeCallback",

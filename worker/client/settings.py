@@ -62,7 +62,9 @@ class ClientSettings:
 
     ``results_prefix`` and ``upload_prefix`` are object-name prefixes in the results and inputs buckets;
     ``publish_timeout_s`` bounds the wait for one publish future; ``storage_threads`` is how many GCS
-    requests (uploads, result lookups) run at once.
+    requests (uploads, result lookups) run at once. ``namespace`` (default None: ``results/<job_id>.json``)
+    goes on every job as the ``namespace`` attribute and scopes its result path to
+    ``results/<namespace>/<job_id>.json``, so this client's job ids never meet another namespace's.
     """
 
     project: str
@@ -75,6 +77,14 @@ class ClientSettings:
     upload_prefix: str = "uploads/"
     publish_timeout_s: float = 120.0
     storage_threads: int = 8
+    namespace: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.namespace is not None and not contracts.valid_namespace(self.namespace):
+            raise ClientInputInvalid(
+                f"namespace {self.namespace[:70]!r} must match [a-z0-9][a-z0-9-]{{0,62}} "
+                f"(--namespace or {environment.NAMESPACE})"
+            )
 
     @classmethod
     def from_env(
@@ -82,9 +92,13 @@ class ClientSettings:
         environ: Mapping[str, str] | None = None,
         *,
         project: str | None = None,
+        namespace: str | None = None,
         resources: FleetResources | None = None,
     ) -> ClientSettings:
-        """``--project`` > ``GOOGLE_CLOUD_PROJECT``; every other name defaults from ``fleet.json``."""
+        """``--project`` > ``GOOGLE_CLOUD_PROJECT``; ``--namespace`` > ``FLEET_NAMESPACE`` > none.
+
+        Every other name defaults from ``fleet.json``.
+        """
         env = os.environ if environ is None else environ
         res = resources or load_resources()
         project = project or env.get(environment.PROJECT) or env.get(LEGACY_PROJECT)
@@ -103,6 +117,7 @@ class ClientSettings:
             input_bucket=name(environment.INPUT_BUCKET),
             results_bucket=name(environment.RESULTS_BUCKET),
             results_prefix=res.results_prefix,
+            namespace=namespace or env.get(environment.NAMESPACE) or None,
         )
 
     def topic_path(self, topic: str) -> str:
@@ -114,9 +129,17 @@ class ClientSettings:
         return f"projects/{self.project}/subscriptions/{subscription}"
 
     def result_object(self, job_id: str) -> str:
-        """The object name of the job's write-once result in the results bucket."""
-        return contracts.result_object_name(self.results_prefix, job_id, "")
+        """The object name of the job's write-once result in the results bucket (in this namespace)."""
+        return contracts.result_object_name(self.results_prefix, job_id, "", self.namespace)
+
+    def rejected_object(self, message_id: str) -> str:
+        """The result object of one published message that could not use its job's path (JOB_ID_CONFLICT)."""
+        return contracts.rejected_object_name(self.results_prefix, message_id)
+
+    def object_uri(self, name: str) -> str:
+        """``gs://`` URI of an object in the results bucket."""
+        return f"gs://{self.results_bucket}/{name}"
 
     def result_uri(self, job_id: str) -> str:
         """``gs://`` URI of the job's result object."""
-        return f"gs://{self.results_bucket}/{self.result_object(job_id)}"
+        return self.object_uri(self.result_object(job_id))

@@ -36,6 +36,9 @@ PUBSUB_ADMIN_URL: Final = "FLEET_PUBSUB_ADMIN_URL"
 GCS_ADMIN_URL: Final = "FLEET_GCS_ADMIN_URL"
 #: Where the client looks for the local stack's env file before ``.devstack/env`` up the tree.
 DEVSTACK_ENV: Final = "FLEET_DEVSTACK_ENV"
+#: The client's namespace: the ``namespace`` attribute of every job it publishes, which scopes the result path
+#: (``results/<namespace>/<job_id>.json``); unset keeps ``results/<job_id>.json``.
+NAMESPACE: Final = "FLEET_NAMESPACE"
 
 RESOURCE_VARIABLES: Final = (
     JOBS_TOPIC,
