@@ -11,7 +11,7 @@ PIP_FLAGS := --quiet --disable-pip-version-check
 PY_SCRIPTS := scripts/bench scripts/build_trt_engine scripts/chaos scripts/demo scripts/devstack scripts/simulate
 PY_SOURCES := worker tests scripts $(PY_SCRIPTS)
 
-.PHONY: all venv triton-venv test demo lint format typecheck check lint-infra bench chaos simulate train devstack-up devstack-down clean pubsub-fidelity train-symbols
+.PHONY: all venv triton-venv test demo lint format typecheck check lint-infra image image-test bench chaos simulate train devstack-up devstack-down clean pubsub-fidelity train-symbols
 
 all: test
 
@@ -32,7 +32,7 @@ $(TRITON_VENV)/.installed: scripts/requirements-triton.txt
 	touch $@
 triton-venv: $(TRITON_VENV)/.installed
 
-test: venv triton-venv lint typecheck lint-infra
+test: venv triton-venv lint typecheck lint-infra image-test
 	$(PY) -m pytest -q
 
 demo: venv triton-venv
@@ -53,6 +53,14 @@ check: test
 
 lint-infra: venv
 	scripts/lint-infra
+
+# The worker image, built offline with rootful podman (scripts/build-image; docs/deploy.md for the real
+# build). image-test also builds a team image with a test package and runs the checks inside both.
+image: venv
+	scripts/build-image
+
+image-test: venv
+	scripts/build-image --test
 
 bench: venv triton-venv
 	$(PY) scripts/bench
