@@ -34,6 +34,15 @@ def test_audit_counts_lost_duplicates_and_overwrites() -> None:
     assert audit.duplicate_notifications == 1
     assert audit.overwritten == 1
     assert audit.error_codes == {"INPUT_NOT_FOUND": 1}
+    assert audit.job_id_conflicts == 0
+
+
+def test_audit_counts_jobs_answered_job_id_conflict() -> None:
+    expected = {k: f"results/{k}.json" for k in ("a", "b")}
+    notes = {"a": [note("a", "failed", "JOB_ID_CONFLICT")], "b": [note("b")]}
+    objects = {f"results/{k}.json": SimpleNamespace(metageneration=1) for k in ("a", "b")}
+    audit = harness.audit_jobs(expected, notes, objects, writes_by_object={})
+    assert audit.job_id_conflicts == 1 and audit.error_codes == {"JOB_ID_CONFLICT": 1}
 
 
 def test_percentiles_nearest_rank() -> None:

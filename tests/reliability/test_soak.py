@@ -42,6 +42,8 @@ def test_small_soak_loses_nothing(tmp_path: Path) -> None:
     assert result["jobs"] == JOBS
     assert result["lost"] == 0, summary
     assert result["overwritten"] == 0, summary
+    # and no job of the run's own (never reused) ids was taken for another: no false conflicts
+    assert result["job_id_conflicts"] == 0, summary
     assert result["within_bound"], summary
     assert result["succeeded"] + result["failed"] + result["expired"] == JOBS, summary
     # The run must actually have been chaotic, or lost = 0 proves nothing.

@@ -242,6 +242,7 @@ def verify(
         "overwritten": audit.overwritten,
         "duplicate_notifications": audit.duplicate_notifications,
         "conflicting_notifications": audit.conflicting_notifications,
+        "job_id_conflicts": audit.job_id_conflicts,
         "error_codes": audit.error_codes,
         "missing_objects": audit.missing_objects[:10],
         "missing_notifications": audit.missing_notifications[:10],
@@ -267,6 +268,7 @@ def print_table(result: dict[str, Any]) -> None:
         ("expired", result["expired"]),
         ("LOST", result["lost"]),
         ("OVERWRITTEN", result["overwritten"]),
+        ("JOB_ID_CONFLICT (own ids)", result["job_id_conflicts"]),
         ("duplicate notifications", result["duplicate_notifications"]),
         ("conflicting notifications", result["conflicting_notifications"]),
         ("faults injected", ", ".join(f"{k}={v}" for k, v in result["faults"].items()) or "none"),
@@ -281,7 +283,8 @@ def print_table(result: dict[str, Any]) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``scripts/chaos``: the soak, its table and JSON line; non-zero when a job was lost or overwritten."""
+    """``scripts/chaos``: the soak, its table and JSON line; non-zero when a job was lost, overwritten or
+    answered JOB_ID_CONFLICT (the soak never reuses an id, so a conflict is a false one)."""
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
     # SIGTERM (a test timeout, Ctrl-C from make) unwinds through the finally blocks: workers, emulators
     # and Triton are stopped instead of left running on a shared machine.
@@ -289,5 +292,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     result = run(parse_args(argv))
     print_table(result)
     print(json.dumps(result, sort_keys=True))
-    ok = result["lost"] == 0 and result["overwritten"] == 0 and result["within_bound"]
+    ok = (
+        result["lost"] == 0
+        and result["overwritten"] == 0
+        and result["job_id_conflicts"] == 0
+        and result["within_bound"]
+    )
     return exit_codes.OK if ok else exit_codes.FAILED

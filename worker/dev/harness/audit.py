@@ -24,6 +24,8 @@ class Audit:
     missing_notifications: list[str] = field(default_factory=list)
     duplicate_notifications: int = 0
     conflicting_notifications: int = 0
+    #: Jobs answered JOB_ID_CONFLICT (on any notification): 0 when every job id is the run's own.
+    job_id_conflicts: int = 0
     error_codes: dict[str, int] = field(default_factory=dict)
 
 
@@ -56,25 +58,32 @@ def audit_jobs(
         if blob is None or not notes:
             audit.lost += 1
             continue
-        if len(notes) > 1:
-            audit.duplicate_notifications += len(notes) - 1
-            if len({(n.status, n.error_code) for n in notes}) > 1:
-                audit.conflicting_notifications += 1
-        status = notes[0].status
-        if status == "succeeded":
-            audit.succeeded += 1
-        elif status == "expired":
-            audit.expired += 1
-        else:
-            audit.failed += 1
-            code = notes[0].error_code or "?"
-            audit.error_codes[code] = audit.error_codes.get(code, 0) + 1
+        _count_answers(audit, notes)
         if writes_by_object is not None:
             if writes_by_object.get(object_name, 0) > 1:
                 audit.overwritten += 1
         elif int(getattr(blob, "metageneration", 1) or 1) > 1:
             audit.overwritten += 1
     return audit
+
+
+def _count_answers(audit: Audit, notes: Sequence[Notification]) -> None:
+    """One answered job's notifications: its status (from the first), duplicates, conflicts."""
+    if any(n.error_code == "JOB_ID_CONFLICT" for n in notes):
+        audit.job_id_conflicts += 1
+    if len(notes) > 1:
+        audit.duplicate_notifications += len(notes) - 1
+        if len({(n.status, n.error_code) for n in notes}) > 1:
+            audit.conflicting_notifications += 1
+    status = notes[0].status
+    if status == "succeeded":
+        audit.succeeded += 1
+    elif status == "expired":
+        audit.expired += 1
+    else:
+        audit.failed += 1
+        code = notes[0].error_code or "?"
+        audit.error_codes[code] = audit.error_codes.get(code, 0) + 1
 
 
 def delivery_stats(admin_url: str | None, subscriptions: Iterable[str]) -> dict[str, dict[str, Any]]:
