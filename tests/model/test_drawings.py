@@ -97,3 +97,49 @@ def test_the_issue_inputs() -> None:
     noise = preprocess.preprocess_bytes(inputs["uniform_noise"])
     assert 0.4 < float(noise[0, 96].mean()) < 0.6  # a row inside the letterbox, away from the padding
     assert Image.open(io.BytesIO(inputs["photo_like"])).mode == "RGB"
+
+
+# --- annotation symbols (issue 16: the symbol recognizer's ground truth) --------------------------------
+SMALL = (438, 310)
+
+
+def test_symbol_drawings_are_deterministic_per_seed() -> None:
+    first = drawings.render_symbol_drawing(21, size=SMALL)
+    assert first == drawings.render_symbol_drawing(21, size=SMALL)
+    assert first != drawings.render_symbol_drawing(22, size=SMALL)
+
+
+def test_without_symbols_the_sheet_is_the_plain_drawing() -> None:
+    # The symbols come from their own generator: the base drawing and its scan stay render_image's.
+    plain, _ = drawings.render_image(8, size=SMALL)
+    bare, present = drawings.render_symbol_image(8, (), size=SMALL)
+    assert present == ()
+    assert np.array_equal(np.asarray(plain), np.asarray(bare))
+
+
+@pytest.mark.parametrize("symbol", drawings.SYMBOL_NAMES)
+def test_each_symbol_adds_ink_where_it_is_drawn(symbol: str) -> None:
+    bare, _ = drawings.render_symbol_image(8, (), size=(877, 620))
+    marked, present = drawings.render_symbol_image(8, (symbol,), size=(877, 620))
+    assert present == (symbol,)
+    darker = np.asarray(bare, dtype=np.int16) - np.asarray(marked, dtype=np.int16) > 60
+    assert 30 < int(darker.sum()) < 20_000  # a mark of a few strokes, not nothing and not a page
+
+
+def test_random_subsets_cover_every_symbol_present_and_absent() -> None:
+    subsets = [drawings.render_symbol_image(s, size=(219, 155))[1] for s in range(40)]
+    for symbol in drawings.SYMBOL_NAMES:
+        carrying = sum(symbol in subset for subset in subsets)
+        assert 8 <= carrying <= 32, (symbol, carrying)
+    assert len(set(subsets)) > 20
+    assert all(list(s) == [n for n in drawings.SYMBOL_NAMES if n in s] for s in subsets)  # declared order
+
+
+def test_symbol_dataset_formats_and_unknown_symbol() -> None:
+    items = list(drawings.symbol_dataset(3, seed=drawings.SYMBOL_HELDOUT_SEED, size=SMALL, fmt="mixed"))
+    assert [Image.open(io.BytesIO(d)).format for d, _ in items] == ["PNG", "PNG", "JPEG"]
+    assert items[0] == drawings.render_symbol_drawing(
+        drawings.dataset_seed(0, seed=drawings.SYMBOL_HELDOUT_SEED), size=SMALL
+    )
+    with pytest.raises(ValueError, match="unknown symbols"):
+        drawings.render_symbol_image(1, ("teapot",))

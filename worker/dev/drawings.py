@@ -643,6 +643,23 @@ def render_image(
     seed: int, part_class: str | None = None, *, size: tuple[int, int] = DEFAULT_SIZE
 ) -> tuple[Image.Image, str]:
     """Render one drawing (mode ``L``) and return it with its class name."""
+    sheet = _unscanned(seed, part_class, size)
+    return _scan(sheet.image, sheet.rng), sheet.label
+
+
+@dataclass(frozen=True)
+class _Sheet:
+    """A drawn sheet before the scanner: the generator state the scan (and symbols) continue from."""
+
+    image: Image.Image
+    label: str
+    rng: random.Random
+    canvas: _Canvas
+    #: The drawing area inside the border, above the title block (pixels): x0, y0, x1, y1.
+    area_px: tuple[float, float, float, float]
+
+
+def _unscanned(seed: int, part_class: str | None, size: tuple[int, int]) -> _Sheet:
     rng = random.Random(seed)
     label = part_class if part_class is not None else rng.choice(CLASS_NAMES)
     if label not in _BUILDERS:
@@ -661,7 +678,7 @@ def render_image(
         canvas.place((origin[0] * k, origin[1] * k), scale, turns)
         for item in view.items:
             canvas.render(item)
-    return _scan(image, rng), label
+    return _Sheet(image, label, rng, canvas, (10.0 * k, 10.0 * k, right * k, bottom * k))
 
 
 def encode(image: Image.Image, fmt: Format = "png", *, quality: int = 85) -> bytes:
@@ -996,3 +1013,225 @@ def issue_inputs(size: tuple[int, int] = DEFAULT_SIZE) -> dict[str, bytes]:
         "typed_text": encode(text),
         "photo_like": encode(photo),
     }
+
+
+# --- annotation symbols on drawings (issue 16: the symbol recognition package) -------------------------
+#: The annotation symbols the generator draws, in the symbol model's output order.
+SYMBOL_NAMES: Final[tuple[str, ...]] = (
+    "surface_finish",
+    "welding",
+    "tolerance_frame",
+    "section_arrow",
+    "datum",
+    "balloon",
+)
+#: Dataset bases of the symbol model (``symbol_dataset(seed=...)``), disjoint from the drawing model's.
+SYMBOL_TRAIN_SEED: Final = 11
+SYMBOL_CALIBRATION_SEED: Final = 12
+SYMBOL_HELDOUT_SEED: Final = 13
+#: Probability that a drawing carries each symbol (independently), so every subset occurs.
+SYMBOL_PRESENT_P: Final = 0.5
+#: A symbol's unit (about its height) in sheet units: 9-15 mm, as drawn at 3.5-5 mm text height.
+SYMBOL_SCALE_UNITS: Final = (9.0, 15.0)
+
+_SymbolShape = tuple[tuple[float, float, float, float], Callable[["_Canvas", random.Random, float], None]]
+
+
+def _filled(canvas: _Canvas, *points: Point) -> None:
+    canvas.draw.polygon([canvas.px(p) for p in points], fill=canvas.ink)
+
+
+def _label(canvas: _Canvas, at: Point, value: str) -> None:
+    canvas.text(canvas.px(at), value)
+
+
+def _sym_surface_finish(canvas: _Canvas, rng: random.Random, _: float) -> None:
+    """The check mark (ISO 1302): short left leg, long right leg, optional bar and Ra value."""
+    legs = (Line((-0.3, 0.0), (0.0, 0.5), "thin"), Line((0.0, 0.5), (0.5, -0.5), "thin"))
+    for item in legs:
+        canvas.render(item)
+    if rng.random() < 0.6:  # material removal required
+        canvas.render(Line((-0.3, 0.0), (0.25, 0.0), "thin"))
+    if rng.random() < 0.7:
+        canvas.render(Line((0.5, -0.5), (1.3, -0.5), "thin"))
+        _label(canvas, (0.9, -0.78), f"Ra {rng.choice(('0.8', '1.6', '3.2', '6.3', '12.5'))}")
+
+
+def _sym_welding(canvas: _Canvas, rng: random.Random, _: float) -> None:
+    """ISO 2553: arrow line to the joint, reference line, a weld symbol on it, the tail fork."""
+    canvas.render(Line((-1.2, 0.0), (1.2, 0.0), "thin"))
+    canvas.render(Line((-1.2, 0.0), (-1.9, 0.8), "thin"))
+    canvas.arrow(canvas.px((-1.9, 0.8)), canvas.px((-1.2, 0.0)))
+    side = rng.choice((1.0, -1.0))
+    kind = rng.randrange(3)
+    if kind == 0:  # fillet
+        canvas.render(Poly(((-0.2, 0.0), (0.2, 0.0), (-0.2, 0.4 * side)), "thin"))
+    elif kind == 1:  # V butt
+        canvas.render(Line((-0.25, 0.4 * side), (0.0, 0.0), "thin"))
+        canvas.render(Line((0.25, 0.4 * side), (0.0, 0.0), "thin"))
+    else:  # square butt
+        canvas.render(Line((-0.1, 0.0), (-0.1, 0.35 * side), "thin"))
+        canvas.render(Line((0.1, 0.0), (0.1, 0.35 * side), "thin"))
+    if rng.random() < 0.7:
+        canvas.render(Line((1.2, 0.0), (1.5, -0.3), "thin"))
+        canvas.render(Line((1.2, 0.0), (1.5, 0.3), "thin"))
+    if rng.random() < 0.3:  # weld all round
+        canvas.render(Circle((-1.2, 0.0), 0.12, "thin"))
+
+
+def _sym_tolerance_frame(canvas: _Canvas, rng: random.Random, _: float) -> None:
+    """A feature control frame (ISO 1101): characteristic, tolerance value, datum letter(s)."""
+    cells = rng.choice((2, 3, 3, 4))
+    edges = (0.0, 0.8, 2.2, 2.9, 3.6)[: cells + 1]  # characteristic, value, then one cell per datum
+    right = edges[-1]
+    canvas.render(Poly(((0.0, 0.0), (right, 0.0), (right, 0.8), (0.0, 0.8)), "thin"))
+    for x in edges[1:-1]:
+        canvas.render(Line((x, 0.0), (x, 0.8), "thin"))
+    kind = rng.randrange(5)
+    if kind == 0:  # position
+        canvas.render(Circle((0.4, 0.4), 0.22, "thin"))
+        canvas.render(Line((0.1, 0.4), (0.7, 0.4), "thin"))
+        canvas.render(Line((0.4, 0.1), (0.4, 0.7), "thin"))
+    elif kind == 1:  # flatness
+        canvas.render(Poly(((0.2, 0.55), (0.55, 0.55), (0.65, 0.25), (0.3, 0.25)), "thin"))
+    elif kind == 2:  # parallelism
+        canvas.render(Line((0.2, 0.65), (0.45, 0.15), "thin"))
+        canvas.render(Line((0.38, 0.65), (0.63, 0.15), "thin"))
+    elif kind == 3:  # perpendicularity
+        canvas.render(Line((0.15, 0.65), (0.65, 0.65), "thin"))
+        canvas.render(Line((0.4, 0.65), (0.4, 0.15), "thin"))
+    else:  # circularity
+        canvas.render(Circle((0.4, 0.4), 0.25, "thin"))
+    _label(canvas, (1.5, 0.4), f"{rng.choice(('0.01', '0.02', '0.05', '0.1', '0.2'))}")
+    for i, x in enumerate(edges[2:-1]):
+        _label(canvas, (x + 0.35, 0.4), "AB"[i])
+
+
+def _sym_section_arrow(canvas: _Canvas, rng: random.Random, _: float) -> None:
+    """A cutting-plane pair (ISO 128-40): thick end strokes, arrows in the viewing direction, letters."""
+    letter = rng.choice("ABCDEF")
+    gap = rng.uniform(2.5, 6.0)
+    for y in (0.0, gap):
+        canvas.render(Line((0.0, y - 0.6), (0.0, y + 0.6), "outline"))
+        canvas.render(Line((0.0, y), (0.8, y), "thin"))
+        _filled(canvas, (1.2, y), (0.75, y - 0.2), (0.75, y + 0.2))
+        _label(canvas, (1.0, y - 0.6 if y == 0.0 else y + 0.6), letter)
+    if rng.random() < 0.5:  # the cutting plane's chain line between the pair
+        canvas.render(Line((0.0, 0.6), (0.0, gap - 0.6), "center"))
+
+
+def _sym_datum(canvas: _Canvas, rng: random.Random, _: float) -> None:
+    """A datum feature indicator: letter in a square, leader, filled triangle on the feature."""
+    canvas.render(Poly(((0.0, 0.0), (0.8, 0.0), (0.8, 0.8), (0.0, 0.8)), "thin"))
+    _label(canvas, (0.4, 0.4), rng.choice("ABCD"))
+    leader = rng.uniform(0.5, 1.0)
+    canvas.render(Line((0.4, 0.8), (0.4, 0.8 + leader), "thin"))
+    _filled(canvas, (0.4, 0.8 + leader), (0.1, 1.15 + leader), (0.7, 1.15 + leader))
+
+
+def _sym_balloon(canvas: _Canvas, rng: random.Random, _: float) -> None:
+    """An item balloon: a circle with the item number and a leader ending in a dot."""
+    canvas.render(Circle((0.0, 0.0), 0.45, "thin"))
+    _label(canvas, (0.0, 0.0), str(rng.randint(1, 24)))
+    end = (rng.uniform(0.8, 1.6), rng.uniform(0.6, 1.4))
+    canvas.render(Line((0.32, 0.32), end, "thin"))
+    canvas.circle(end, 0.07, "outline")
+
+
+#: Each symbol's extent in its own units (x0, y0, x1, y1, before rotation) and its painter.
+_SYMBOLS: Final[dict[str, _SymbolShape]] = {
+    "surface_finish": ((-0.4, -1.0, 1.4, 0.6), _sym_surface_finish),
+    "welding": ((-2.0, -0.5, 1.6, 0.9), _sym_welding),
+    "tolerance_frame": ((0.0, 0.0, 3.6, 0.8), _sym_tolerance_frame),
+    "section_arrow": ((-0.2, -1.0, 1.3, 7.0), _sym_section_arrow),
+    "datum": ((0.0, 0.0, 0.8, 2.2), _sym_datum),
+    "balloon": ((-0.5, -0.5, 1.7, 1.5), _sym_balloon),
+}
+assert tuple(_SYMBOLS) == SYMBOL_NAMES
+
+
+def _symbol_box(
+    extent: tuple[float, float, float, float], origin: Point, scale_px: float, turns: int
+) -> tuple[float, float, float, float]:
+    corners = [(extent[0], extent[1]), (extent[2], extent[3])]
+    if turns:  # the canvas turns (x, y) -> (-y, x)
+        corners = [(-y, x) for x, y in corners]
+    xs = sorted(origin[0] + x * scale_px for x, _ in corners)
+    ys = sorted(origin[1] + y * scale_px for _, y in corners)
+    return xs[0], ys[0], xs[1], ys[1]
+
+
+def _place_symbols(sheet: _Sheet, names: tuple[str, ...], rng: random.Random) -> None:
+    """Draw 1-3 instances of each named symbol at free spots of the drawing area (0 or 90 degrees)."""
+    canvas = _Canvas(sheet.canvas.draw, sheet.canvas.k, rng, sheet.canvas.font)
+    canvas.ink = sheet.canvas.ink
+    ax0, ay0, ax1, ay1 = sheet.area_px
+    taken: list[tuple[float, float, float, float]] = []
+    for name in names:
+        extent, paint = _SYMBOLS[name]
+        for instance in range(rng.randint(1, 3)):
+            scale = rng.uniform(*SYMBOL_SCALE_UNITS)
+            turns = rng.choice((0, 1))
+            scale_px = scale * canvas.k
+            for attempt in range(30):
+                origin = (rng.uniform(ax0, ax1), rng.uniform(ay0, ay1))
+                box = _symbol_box(extent, origin, scale_px, turns)
+                inside = box[0] >= ax0 and box[1] >= ay0 and box[2] <= ax1 and box[3] <= ay1
+                free = not any(
+                    box[0] < t[2] and t[0] < box[2] and box[1] < t[3] and t[1] < box[3] for t in taken
+                )
+                # The first instance is always drawn (the label says present); extra ones only if room.
+                if inside and (free or (instance == 0 and attempt == 29)):
+                    break
+            else:
+                continue
+            taken.append(box)
+            canvas.place(origin, scale, turns)
+            canvas.font = _font(canvas.k, 0.3 * scale)
+            paint(canvas, rng, scale)
+
+
+def render_symbol_image(
+    seed: int, symbols: tuple[str, ...] | None = None, *, size: tuple[int, int] = DEFAULT_SIZE
+) -> tuple[Image.Image, tuple[str, ...]]:
+    """The drawing of ``seed`` with annotation symbols drawn before the scan; returns the symbols drawn.
+
+    Without ``symbols`` each of ``SYMBOL_NAMES`` is present with ``SYMBOL_PRESENT_P``, independently.
+    The symbols come from their own generator (the base drawing and its scan are those of
+    ``render_image(seed)``), at 9-15 mm, 0 or 90 degrees, one to three instances each.
+    """
+    sym_rng = random.Random(seed ^ 0x5B_01_5EED)
+    if symbols is None:
+        symbols = tuple(n for n in SYMBOL_NAMES if sym_rng.random() < SYMBOL_PRESENT_P)
+    unknown = [n for n in symbols if n not in _SYMBOLS]
+    if unknown:
+        raise ValueError(f"unknown symbols {unknown}; expected some of {SYMBOL_NAMES}")
+    ordered = tuple(n for n in SYMBOL_NAMES if n in symbols)
+    sheet = _unscanned(seed, None, size)
+    _place_symbols(sheet, ordered, sym_rng)
+    return _scan(sheet.image, sheet.rng), ordered
+
+
+def render_symbol_drawing(
+    seed: int,
+    symbols: tuple[str, ...] | None = None,
+    *,
+    size: tuple[int, int] = DEFAULT_SIZE,
+    fmt: Format = "png",
+) -> tuple[bytes, tuple[str, ...]]:
+    """``render_symbol_image`` encoded; returns ``(bytes, symbols present)``. Same seed, same bytes."""
+    image, present = render_symbol_image(seed, symbols, size=size)
+    return encode(image, fmt, quality=70 + seed % 26), present
+
+
+def symbol_dataset(
+    count: int,
+    *,
+    seed: int = SYMBOL_TRAIN_SEED,
+    size: tuple[int, int] = DEFAULT_SIZE,
+    fmt: Format | Literal["mixed"] = "png",
+) -> Iterator[tuple[bytes, tuple[str, ...]]]:
+    """``count`` deterministic drawings with random symbol subsets (``mixed``: every third is JPEG)."""
+    for i in range(count):
+        item_fmt: Format = ("jpeg" if i % 3 == 2 else "png") if fmt == "mixed" else fmt
+        yield render_symbol_drawing(dataset_seed(i, seed=seed), size=size, fmt=item_fmt)
