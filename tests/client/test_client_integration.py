@@ -7,6 +7,7 @@ GCS-backed waiter and dead-letter replay.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -229,6 +230,93 @@ def test_wait_returns_jobs_answered_before_the_waiter_subscribed(
     # Then the waiter reads their result objects instead of hanging
     assert {o.status for o in outcomes.values()} == {"succeeded"}
     assert time.monotonic() - started < 60
+
+
+def test_a_reused_job_id_is_answered_job_id_conflict_never_with_another_clients_result(
+    workers: list[subprocess.Popen[bytes]], drawings: Path, tmp_path: Path, storage_client: Any
+) -> None:
+    # Given client A's job shared-<tag> answered for drawing d0
+    settings = sdk.ClientSettings.from_env()
+    job_id = f"shared-{run_id()}"
+    with sdk.FleetClient(settings) as client_a:
+        first = client_a.wait(
+            client_a.submit([sdk.JobRequest(job_id, str(drawings / "d0.png"))]).job_ids, 120
+        )
+    assert first[job_id].succeeded
+    blob = storage_client.bucket(settings.results_bucket).get_blob(settings.result_object(job_id))
+    a_generation, a_bytes = blob.generation, blob.download_as_bytes()
+
+    # When client B (its own settings and client) submits the same job_id for drawing d1
+    settings_b = sdk.ClientSettings.from_env()
+    with sdk.FleetClient(settings_b) as client_b:
+        receipt = client_b.submit([sdk.JobRequest(job_id, str(drawings / "d1.png"))])
+        outcome = client_b.wait(receipt.job_ids, timeout_s=120)[job_id]
+
+    # Then B's job was published (A's result is not B's answer) and B is answered JOB_ID_CONFLICT
+    assert receipt.already_answered == {} and receipt.published == (job_id,)
+    assert (outcome.status, outcome.error_code) == ("failed", "JOB_ID_CONFLICT"), outcome
+    assert outcome.result_uri is not None and "/_rejected/" in outcome.result_uri
+    # at an object of B's own, with B's input and nothing of A's
+    own = json.loads(
+        storage_client.bucket(settings.results_bucket)
+        .blob(outcome.result_uri.split("/", 3)[3])
+        .download_as_bytes()
+    )
+    assert own["outputs"] is None and own["input_uri"] != json.loads(a_bytes)["input_uri"]
+    # and A's result object is unchanged
+    again = storage_client.bucket(settings.results_bucket).get_blob(settings.result_object(job_id))
+    assert (again.generation, again.download_as_bytes()) == (a_generation, a_bytes)
+
+    # and the CLI says so: exit 1, the job named, what to do; --json carries the code
+    manifest = tmp_path / "reuse.jsonl"
+    manifest.write_text(json.dumps({"job_id": job_id, "input": str(drawings / "d2.png")}) + "\n")
+    text = fleet("submit", "--wait", "--timeout", "120", str(manifest))
+    assert text.returncode == 1, text.stderr[-2000:]
+    assert f"{job_id}: failed [JOB_ID_CONFLICT]" in text.stdout
+    assert f"{job_id} was not run" in text.stdout and "--namespace" in text.stdout
+    as_json = fleet("submit", "--wait", "--json", "--timeout", "120", str(manifest))
+    assert as_json.returncode == 1
+    assert [j["error"]["code"] for j in json.loads(as_json.stdout)["jobs"]] == ["JOB_ID_CONFLICT"]
+
+
+def test_two_clients_reusing_a_job_id_in_their_own_namespaces_both_get_their_own_results(
+    workers: list[subprocess.Popen[bytes]], drawings: Path, tmp_path: Path, storage_client: Any
+) -> None:
+    # Given two namespaces and one job_id
+    tag = run_id()
+    job_id = f"order-{tag}-sheet-1"
+    base = sdk.ClientSettings.from_env()
+    settings_a = dataclasses.replace(base, namespace=f"team-a-{tag}")
+    namespace_b = f"team-b-{tag}"
+
+    # When client A submits it through the SDK for d0 and client B through the CLI for d1
+    with sdk.FleetClient(settings_a) as client_a:
+        outcome_a = client_a.wait(
+            client_a.submit([sdk.JobRequest(job_id, str(drawings / "d0.png"))]).job_ids, 120
+        )
+    manifest = tmp_path / "b.jsonl"
+    manifest.write_text(json.dumps({"job_id": job_id, "input": str(drawings / "d1.png")}) + "\n")
+    submitted_b = fleet(
+        "submit", "--wait", "--json", "--timeout", "120", "--namespace", namespace_b, str(manifest)
+    )
+
+    # Then both succeed, each with its own result object in its own namespace
+    assert outcome_a[job_id].succeeded, outcome_a
+    assert outcome_a[job_id].result_uri == settings_a.result_uri(job_id)
+    assert submitted_b.returncode == 0, submitted_b.stderr[-2000:] + submitted_b.stdout[-2000:]
+    (job_b,) = json.loads(submitted_b.stdout)["jobs"]
+    settings_b = dataclasses.replace(base, namespace=namespace_b)
+    assert (job_b["status"], job_b["result_uri"]) == ("succeeded", settings_b.result_uri(job_id))
+    bucket = storage_client.bucket(base.results_bucket)
+    doc_a = json.loads(bucket.blob(settings_a.result_object(job_id)).download_as_bytes())
+    doc_b = json.loads(bucket.blob(settings_b.result_object(job_id)).download_as_bytes())
+    assert (doc_a["namespace"], doc_b["namespace"]) == (settings_a.namespace, namespace_b)
+    assert doc_a["input_uri"] != doc_b["input_uri"]
+    assert bucket.get_blob(base.result_object(job_id)) is None  # nothing at the un-namespaced path
+    # and fleet status reads each namespace's own result
+    status_b = fleet("status", job_id, "--json", "--namespace", namespace_b)
+    assert status_b.returncode == 0 and json.loads(status_b.stdout)["result_uri"] == job_b["result_uri"]
+    assert fleet("status", job_id).returncode == 1  # pending: no result outside the namespaces
 
 
 def test_cli_status_and_results(workers: list[subprocess.Popen[bytes]], drawings: Path) -> None:

@@ -89,8 +89,7 @@ def _register_results(subparsers: Any) -> None:
         help="without --follow, stop after this many seconds without a notification (default 5)",
     )
     results.add_argument("--limit", type=int, help="stop after this many notifications")
-    _common(results)
-    _namespace(results)
+    _common(results)  # no --namespace: notifications carry their own result_uri
     results.set_defaults(func=_guarded(cmd_results))
 
 
