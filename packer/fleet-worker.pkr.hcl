@@ -1,13 +1,11 @@
-# The fleet worker image: NVIDIA driver (from the base image), Docker + NVIDIA container toolkit, the
-# Triton / TensorRT / worker images pre-pulled, the Ops Agent, and the systemd units that run them.
+# The generic fleet VM image: NVIDIA driver (from the base image), Docker + NVIDIA container toolkit, the
+# Triton / TensorRT images pre-pulled, the Ops Agent, and the systemd units. No model: at boot the units
+# take the model packages out of the worker image the metadata names (packer/README.md).
 #   packer init packer/ && packer build -var project_id=my-project packer/
 
 locals {
   image_name = "${var.image_family}-${var.image_version}"
   scripts    = "${path.root}/scripts"
-  # Defaults relative to the template, so `packer build packer/` works from the repository root.
-  model_repository_dir = var.model_repository_dir != "" ? var.model_repository_dir : "${path.root}/../model_repository/gpu"
-  onnx_model_path      = var.onnx_model_path != "" ? var.onnx_model_path : "${path.root}/../model_repository/cpu/drawing_analyzer/1/model.onnx"
 }
 
 source "googlecompute" "worker" {
@@ -22,7 +20,7 @@ source "googlecompute" "worker" {
 
   image_name        = local.image_name
   image_family      = var.image_family
-  image_description = "inference-fleet worker: Triton + worker containers, NVIDIA driver and container toolkit."
+  image_description = "inference-fleet generic worker VM: driver, Docker + NVIDIA toolkit, Triton and TensorRT images; models come from the worker image at boot."
   image_labels = {
     app           = "inference-fleet"
     image-version = var.image_version
@@ -47,16 +45,6 @@ build {
     destination = "/tmp/fleet/files"
   }
 
-  provisioner "file" {
-    source      = local.model_repository_dir
-    destination = "/tmp/fleet/model_repository"
-  }
-
-  provisioner "file" {
-    source      = local.onnx_model_path
-    destination = "/tmp/fleet/model.onnx"
-  }
-
   # One concern per script, in order; each is idempotent (safe to re-run on a half-built VM).
   provisioner "shell" {
     execute_command = "chmod +x {{ .Path }}; sudo -E bash '{{ .Path }}'"
@@ -66,11 +54,6 @@ build {
       "TRITON_IMAGE=${var.triton_image}",
       "TENSORRT_IMAGE=${var.tensorrt_image}",
       "WORKER_IMAGE=${var.worker_image}",
-      "MODEL_INPUT_NAME=${var.model_input.name}",
-      "MODEL_INPUT_CHW=${var.model_input.chw}",
-      "MODEL_MAX_BATCH=${var.model_input.max_batch}",
-      "MODEL_OPT_BATCH=${var.model_input.opt_batch}",
-      "TRT_PRECISION=${var.trt_precision}",
       "IMAGE_VERSION=${var.image_version}",
     ]
     scripts = [

@@ -9,6 +9,9 @@ data "google_compute_image" "worker" {
 }
 
 locals {
+  # fleet-health's port on the VM (FLEET_HEALTH_PORT's default); the firewall opens it to Google's probers.
+  health_port = 8080
+
   # Resolved here rather than in the template: a new image in the family changes the template, which
   # (create_before_destroy + the MIG update policy) rolls it out; a family URL would drift silently.
   worker_image = data.google_compute_image.worker.self_link
@@ -133,6 +136,14 @@ resource "google_compute_region_instance_group_manager" "workers" {
     max_unavailable_fixed = 0
   }
 
+  # fleet-health (packer/files/bin/fleet-health) answers 200 on /healthz only once the boot prepared the
+  # models and the worker container runs: a failed boot (unpullable image, invalid package, no precision
+  # within tolerance) or a crash-looping worker is recreated instead of idling while the backlog grows.
+  auto_healing_policies {
+    health_check      = google_compute_health_check.worker.id
+    initial_delay_sec = var.autohealing_initial_delay_s
+  }
+
   instance_lifecycle_policy {
     # A VM whose worker failed to start is recreated rather than left holding a GPU.
     default_action_on_failure = "REPAIR"
@@ -147,4 +158,26 @@ resource "google_compute_region_instance_group_manager" "workers" {
     google_storage_bucket_iam_member.worker,
     google_compute_router_nat.nat,
   ]
+}
+
+resource "google_compute_health_check" "worker" {
+  project     = var.project_id
+  name        = "${local.prefix}-worker-health"
+  description = "inference-fleet worker VM: boot prepared the models and the worker container runs (fleet-health)."
+
+  check_interval_sec  = 10
+  timeout_sec         = 5
+  healthy_threshold   = 1
+  unhealthy_threshold = 3
+
+  http_health_check {
+    port         = local.health_port
+    request_path = "/healthz"
+  }
+
+  log_config {
+    enable = true
+  }
+
+  depends_on = [google_project_service.apis]
 }

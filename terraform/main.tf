@@ -39,7 +39,6 @@ locals {
       FLEET_DEAD_LETTER_HANDLER_SUBSCRIPTION = local.dead_letter_handler_subscription
       FLEET_INPUT_BUCKET                     = local.buckets.inputs
       FLEET_RESULTS_BUCKET                   = local.buckets.results
-      FLEET_MODEL_NAME                       = "drawing_analyzer"
       # Per-process job counters and the failure alert's source (worker/runtime/telemetry.py).
       FLEET_METRICS_EXPORT = "true"
       # Triton runs beside the worker on the same VM (triton.service, host network).

@@ -83,6 +83,30 @@ resource "google_compute_firewall" "iap_ssh" {
   }
 }
 
+# Google's health-check probers (documented ranges) reach fleet-health for the MIG's autohealing. On a
+# network the module does not create, the same rule is the network owner's to add.
+resource "google_compute_firewall" "health_checks" {
+  count = var.network.create ? 1 : 0
+
+  project       = var.project_id
+  name          = "${local.prefix}-allow-health-checks"
+  network       = google_compute_network.fleet[0].id
+  description   = "Autohealing health checks to fleet-health on the workers."
+  direction     = "INGRESS"
+  priority      = 1000
+  source_ranges = ["35.191.0.0/16", "130.211.0.0/22"]
+  target_tags   = ["${local.prefix}-worker"]
+
+  allow {
+    protocol = "tcp"
+    ports    = [tostring(local.health_port)]
+  }
+
+  log_config {
+    metadata = "INCLUDE_ALL_METADATA"
+  }
+}
+
 # Explicit low-priority deny so the intent (no other ingress) survives someone adding a broad allow
 # rule to a shared network; VPCs deny ingress implicitly, but that rule is invisible.
 resource "google_compute_firewall" "deny_ingress" {

@@ -91,6 +91,17 @@ variable "worker" {
   }
 }
 
+variable "autohealing_initial_delay_s" {
+  type        = number
+  description = "Seconds the MIG waits after a VM starts before its health check can recreate it: covers the boot's image pull and, on an engine cache miss, building and measuring each precision (packer/README.md boot timeline)."
+  default     = 1200
+
+  validation {
+    condition     = var.autohealing_initial_delay_s >= 300 && var.autohealing_initial_delay_s <= 3600
+    error_message = "The autohealing_initial_delay_s must be between 300 (a cache-hit boot) and 3600 (the API's maximum)."
+  }
+}
+
 variable "autoscaler_max_replicas" {
   description = "Upper bound of the spot worker group."
   type        = number

@@ -7,14 +7,13 @@ import importlib.machinery
 import importlib.util
 import os
 import re
-import subprocess
 import sys
 from pathlib import Path
 from types import ModuleType
 
 import pytest
 
-from worker.runtime import model_spec
+from worker.runtime.model_packages import engine_build
 from worker.runtime.settings import WorkerSettings
 
 from ._files import BIN, PACKER, REPO, SPOT_NOTICE_S, TERRAFORM, UNITS, blocks, parse_hcl, parse_unit, seconds
@@ -64,7 +63,8 @@ def test_units_parse_and_install() -> None:
     units = sorted(UNITS.glob("*.service"))
     assert {u.name for u in units} == {
         "fleet-metadata.service",
-        "fleet-trt-engine.service",
+        "fleet-models.service",
+        "fleet-health.service",
         "triton.service",
         "worker.service",
         "fleet-dlq-handler.service",
@@ -94,7 +94,7 @@ def test_worker_runs_the_metadata_image_after_triton_is_ready() -> None:
     assert service["Restart"] == ["always"]
     triton = parse_unit(UNITS / "triton.service")
     assert triton["Service"]["ExecStartPost"] == ["/usr/local/bin/fleet-wait-triton"]
-    assert "fleet-trt-engine.service" in triton["Unit"]["Requires"][0]
+    assert "fleet-models.service" in triton["Unit"]["Requires"][0]
     assert "--gpus all" in triton["Service"]["ExecStart"][0]
     assert "8002" in triton["Service"]["ExecStart"][0], "the Ops Agent scrapes Triton metrics there"
 
@@ -106,11 +106,9 @@ def test_metadata_keys_written_by_terraform_are_read_on_the_vm() -> None:
         assert key in metadata and f"instance/attributes/{key}" in reader, key
 
 
-def build_trt_engine() -> ModuleType | None:
-    """The model owner's scripts/build_trt_engine as a module (it has no .py suffix), if present."""
+def build_trt_engine() -> ModuleType:
+    """The model owner's scripts/build_trt_engine as a module (it has no .py suffix)."""
     path = REPO / "scripts" / "build_trt_engine"
-    if not path.is_file():
-        return None
     loader = importlib.machinery.SourceFileLoader("build_trt_engine", str(path))
     spec = importlib.util.spec_from_loader("build_trt_engine", loader)
     assert spec is not None
@@ -125,60 +123,54 @@ def build_trt_engine() -> ModuleType | None:
 
 
 @pytest.mark.parametrize(
-    ("gpu", "cc", "trt", "precision"),
+    ("gpu", "cc", "trt"),
     [
-        ("NVIDIA L4", "8.9", "10.3.0", "fp16"),
-        ("Tesla T4", "7.5", "10.3.1", "fp32"),
-        ("NVIDIA H100 80GB HBM3", "9.0", "10.8.0", "fp16"),
+        ("NVIDIA L4", "8.9", "10.3.0"),
+        ("Tesla T4", "7.5", "10.3.1"),
+        ("NVIDIA H100 80GB HBM3", "9.0", "10.8.0"),
     ],
 )
-def test_boot_engine_name_is_the_build_scripts_cache_key(gpu: str, cc: str, trt: str, precision: str) -> None:
-    """Compute capability + TensorRT version (+ GPU, precision) key the GCS cache, named as the model's
-    build script names engines, so engines built by hand and at boot share one cache."""
-    out = subprocess.run(
-        ["bash", str(BIN / "fleet-trt-engine"), "--print-name", gpu, cc, trt, precision],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=10,
-    ).stdout.strip()
-    assert f".sm{cc.replace('.', '')}." in out and f".trt{'.'.join(trt.split('.')[:2])}." in out
-    module = build_trt_engine()
-    if module is not None:
-        assert out == module.engine_name(module.Target(gpu, cc, trt), precision)
+def test_boot_engine_key_names_the_gpu_as_the_build_script_does(gpu: str, cc: str, trt: str) -> None:
+    """The cache key's GPU part (compute capability, TensorRT major.minor) is build_trt_engine's, so
+    engines built by hand on a GPU can pre-warm the cache under the same name."""
+    slug = engine_build.target_slug(gpu, cc, trt)
+    assert f".sm{cc.replace('.', '')}." in f".{slug}" and slug.endswith(f".trt{'.'.join(trt.split('.')[:2])}")
+    assert slug == build_trt_engine().Target(gpu, cc, trt).slug
+    key = engine_build.cache_key("tiny", "ab" * 32, slug)
+    assert key == f"tiny/{'ab' * 32}/tiny.{slug}.plan"
 
 
-def test_boot_engine_build_uses_the_build_scripts_profile() -> None:
-    module = build_trt_engine()
+def test_the_vm_image_bakes_no_model() -> None:
+    """Generic VM image: no model repository or ONNX in the template, no model name in the metadata."""
+    template = (PACKER / "fleet-worker.pkr.hcl").read_text(encoding="utf-8")
+    assert "model_repository" not in template and ".onnx" not in template
     variables = blocks("variable", sorted(PACKER.glob("*.pkr.hcl")))
-    model_input = variables["model_input"]["default"]
-    assert variables["trt_precision"]["default"] == "fp16"
-    if module is not None:
-        low, opt, high = module.profile_batches()
-        assert (low, opt, high) == (1, model_input["opt_batch"], model_input["max_batch"])
-    script = (BIN / "fleet-trt-engine").read_text(encoding="utf-8")
-    assert "--query-gpu=name,compute_cap" in script
+    assert not {"model_input", "trt_precision", "model_repository_dir", "onnx_model_path"} & set(variables)
+    assert "FLEET_MODEL_NAME" not in (TERRAFORM / "main.tf").read_text(encoding="utf-8")
+    boot = (BIN / "fleet-boot-models").read_text(encoding="utf-8")
+    assert "--query-gpu=name,compute_cap" in boot and "IMAGE_MODELS_DIR=/opt/fleet/models" in boot
+    assert "ENV " in (REPO / "Dockerfile").read_text(encoding="utf-8")
+    assert "FLEET_MODELS_DIR=/opt/fleet/models" in (REPO / "Dockerfile").read_text(encoding="utf-8")
     assert "FLEET_TRT_VERSION=" in (PACKER / "scripts" / "50-pull-images.sh").read_text(encoding="utf-8")
 
 
 def test_provisioning_scripts_are_strict_and_executable() -> None:
-    scripts = sorted((PACKER / "scripts").glob("*.sh")) + sorted(BIN.glob("fleet-*"))
+    scripts = sorted((PACKER / "scripts").glob("*.sh")) + sorted(BIN.glob("*"))
     assert len(scripts) >= 8
     for script in scripts:
+        if script.name == "fleet-health":  # python, standard library: tests/infra/test_boot.py runs it
+            assert os.access(script, os.X_OK)
+            continue
         lines = script.read_text(encoding="utf-8").splitlines()
         assert lines[0] == "#!/usr/bin/env bash", script.name
         assert "set -euo pipefail" in lines, script.name
         assert os.access(script, os.X_OK), f"{script.name} is not executable"
 
 
-def test_packer_template_matches_the_module_and_the_model() -> None:
+def test_packer_template_matches_the_module() -> None:
     variables = blocks("variable", sorted(PACKER.glob("*.pkr.hcl")))
     tf_variables = blocks("variable")
     assert variables["image_family"]["default"] == tf_variables["image_family"]["default"]
-    model_input = variables["model_input"]["default"]
-    assert model_input["name"] == model_spec.INPUT.name
-    assert model_input["chw"] == "x".join(str(d) for d in model_spec.INPUT.shape)
-    assert model_input["max_batch"] == model_spec.MAX_BATCH_SIZE
     template = parse_hcl(PACKER / "fleet-worker.pkr.hcl")
     build = template["build"][0]
     scripts = build["provisioner"][-1]["shell"]["scripts"]

@@ -9,7 +9,7 @@ import re
 from worker.runtime import settings
 from worker.shared.resources import load_resources
 
-from ._files import TERRAFORM, all_resources, blocks, dynamic, locals_, one, parse_hcl, resources
+from ._files import PACKER, TERRAFORM, all_resources, blocks, dynamic, locals_, one, parse_hcl, resources
 
 BASIC_ROLES = {"roles/owner", "roles/editor", "roles/viewer"}
 PROJECT_ROLES_ALLOWED = {"roles/monitoring.metricWriter", "roles/logging.logWriter"}
@@ -419,3 +419,21 @@ def test_readme_tables_are_in_sync() -> None:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     assert module.main(["--check"]) == 0, "run terraform/scripts/readme_tables.py"
+
+
+def test_autohealing_probes_fleet_health_on_its_port_and_path() -> None:
+    """A failed boot or a crash-looping worker is recreated: the MIG's health check is fleet-health's."""
+    health = resources("google_compute_health_check")["worker"]
+    probe = one(health, "http_health_check")
+    assert probe["request_path"] == "/healthz"
+    boot_health = (PACKER / "files" / "bin" / "fleet-health").read_text(encoding="utf-8")
+    port = re.search(r'FLEET_HEALTH_PORT", "(\d+)"', boot_health)
+    assert port and locals_()["health_port"] == int(port.group(1)) and probe["port"] == "${local.health_port}"
+    assert 'self.path != "/healthz"' in boot_health
+    for group in resources("google_compute_region_instance_group_manager").values():
+        policy = one(group, "auto_healing_policies")
+        assert policy["health_check"] == "${google_compute_health_check.worker.id}"
+        assert policy["initial_delay_sec"] == "${var.autohealing_initial_delay_s}"
+    rule = resources("google_compute_firewall")["health_checks"]
+    assert rule["source_ranges"] == ["35.191.0.0/16", "130.211.0.0/22"]
+    assert one(rule, "allow")["ports"] == ["${tostring(local.health_port)}"]
