@@ -52,6 +52,7 @@ COMMAND_PARTS: tuple[CommandPart, ...] = (
         requires=("gcp_storage_emulator", "numpy", "PIL"),
         hidden_without_extra=True,
     ),
+    CommandPart("worker.runtime.model_packages.engine_build", extra="models", requires=("onnxruntime",)),
 )
 COMMAND_MODULES: tuple[str, ...] = tuple(part.module for part in COMMAND_PARTS)
 
