@@ -108,7 +108,8 @@ def main(argv: list[str] | None = None) -> int:
         from worker.dev.devstack.tritonserver import TritonServer  # noqa: PLC0415 (needs .venv-triton)
 
         server = TritonServer(
-            model_repository=ROOT / "model_repository" / args.serve,
+            # cpu: generated from the bundled packages into the work dir; gpu: the generated GPU repository
+            model_repository=ROOT / ".devstack" / "gpu-repository" if args.serve == "gpu" else None,
             work_dir=Path(tempfile.mkdtemp(prefix="bench-triton-")),
         )
         server.start(timeout_s=300)

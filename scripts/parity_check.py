@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Parity of a served drawing_analyzer variant against the ONNX reference on the fixed held-out set.
 
-The reference is ``model_repository/cpu/drawing_analyzer/1/model.onnx`` run by onnxruntime on CPU. The
+The reference is ``worker/models/drawing_analyzer/model.onnx`` run by onnxruntime on CPU. The
 variant is whatever a tritonserver serves as ``drawing_analyzer``: the CPU repository (python backend +
 onnxruntime, expected identical), or the GPU repository with a TensorRT engine installed by
 ``scripts/build_trt_engine --install`` (expect ~1e-4 for FP32, more for FP16/INT8).
@@ -34,7 +34,10 @@ sys.path.insert(0, str(ROOT))
 from worker.dev import drawings  # noqa: E402
 from worker.runtime import abstention, model_spec, preprocess  # noqa: E402
 
-ONNX = ROOT / "model_repository" / "cpu" / model_spec.MODEL_NAME / model_spec.MODEL_VERSION / "model.onnx"
+ONNX = model_spec.ONNX_PATH
+#: The GPU repository: ``fleet models repository worker/models --variant gpu --out`` it, then
+#: ``scripts/build_trt_engine --install`` puts the engine in it.
+GPU_REPOSITORY = ROOT / ".devstack" / "gpu-repository"
 
 
 def _heldout_item(index: int) -> tuple[np.ndarray, int]:
@@ -126,7 +129,8 @@ def main(argv: list[str] | None = None) -> int:
         from worker.dev.devstack.tritonserver import TritonServer  # noqa: PLC0415 (needs .venv-triton)
 
         server = TritonServer(
-            model_repository=ROOT / "model_repository" / args.serve,
+            # cpu: generated from the bundled packages into the work dir; gpu: the generated GPU repository
+            model_repository=GPU_REPOSITORY if args.serve == "gpu" else None,
             work_dir=Path(tempfile.mkdtemp(prefix="parity-triton-")),
         )
         server.start(timeout_s=300)

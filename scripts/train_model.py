@@ -55,7 +55,7 @@ sys.path.insert(0, str(ROOT))
 from worker.dev import drawings, model_card  # noqa: E402
 from worker.runtime import abstention, model_spec, preprocess  # noqa: E402
 
-DEFAULT_OUT = ROOT / "model_repository" / "cpu" / "drawing_analyzer" / model_spec.MODEL_VERSION
+DEFAULT_OUT = model_spec.PACKAGE_DIR
 CACHE_DIR = ROOT / "build" / "model-data"
 #: Training drawings come at several resolutions so the model does not depend on the scan's dpi.
 TRAIN_SIZES: tuple[tuple[int, int], ...] = ((1754, 1240), (1315, 930), (877, 620), (2104, 1488))
@@ -448,8 +448,6 @@ def main(argv: list[str] | None = None) -> int:
     }
     document = json.dumps(policy.to_json(), indent=1) + "\n"
     (args.out / abstention.POLICY_FILE).write_text(document)
-    if args.out == DEFAULT_OUT:
-        abstention.PACKAGED_POLICY.write_text(document)
 
     metrics = {
         "model": model_spec.MODEL_NAME,

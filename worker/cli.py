@@ -53,6 +53,7 @@ COMMAND_PARTS: tuple[CommandPart, ...] = (
         hidden_without_extra=True,
     ),
     CommandPart("worker.runtime.model_packages.engine_build", extra="models", requires=("onnxruntime",)),
+    CommandPart("worker.runtime.model_packages.commands", extra="models", requires=("onnxruntime", "onnx")),
 )
 COMMAND_MODULES: tuple[str, ...] = tuple(part.module for part in COMMAND_PARTS)
 

@@ -15,7 +15,7 @@ from worker.runtime import abstention, inference, model_spec
 from worker.shared import contracts
 
 ROOT = Path(__file__).resolve().parents[2]
-VERSION_DIR = ROOT / "model_repository" / "cpu" / model_spec.MODEL_NAME / model_spec.MODEL_VERSION
+VERSION_DIR = model_spec.PACKAGE_DIR
 PROTOTYPES = tuple(tuple(float(v) for v in row) for row in np.eye(6, model_spec.EMBEDDING_DIM))
 POLICY = abstention.Policy(
     temperature=2.0,
@@ -102,8 +102,8 @@ def test_policy_json_round_trip() -> None:
 
 
 def test_the_packaged_policy_is_the_one_next_to_the_committed_model() -> None:
-    # The worker image carries the package, not the model repository; training writes both copies.
-    assert abstention.PACKAGED_POLICY.read_bytes() == (VERSION_DIR / abstention.POLICY_FILE).read_bytes()
+    # One copy, in the bundled package next to the ONNX it was fitted on.
+    assert abstention.PACKAGED_POLICY == VERSION_DIR / abstention.POLICY_FILE
     policy = abstention.load_policy()
     assert policy.onnx_sha256 == hashlib.sha256((VERSION_DIR / "model.onnx").read_bytes()).hexdigest()
     metrics = json.loads((VERSION_DIR / "model.metrics.json").read_text())

@@ -17,14 +17,7 @@ from worker.runtime import abstention, inference, model_spec, preprocess
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
-METRICS = (
-    ROOT
-    / "model_repository"
-    / "cpu"
-    / model_spec.MODEL_NAME
-    / model_spec.MODEL_VERSION
-    / "model.metrics.json"
-)
+METRICS = model_spec.PACKAGE_DIR / "model.metrics.json"
 CARD = ROOT / "docs" / "model-card.md"
 #: Triton's outputs match onnxruntime's to ~1e-6, so a decision may flip only for an item sitting on a
 #: threshold: allow one item per set in the rates, and the same in the AUROC and ECE figures.

@@ -1,4 +1,5 @@
-"""model_spec.py is the one truth: both Triton config.pbtxt files must say the same names/shapes/dtypes."""
+"""model_spec.py and the bundled package agree: the package's model.toml, the Triton configs generated from
+it (both variants) and the ONNX graph say the same names, shapes and dtypes."""
 
 from __future__ import annotations
 
@@ -10,10 +11,14 @@ from pathlib import Path
 import pytest
 
 from worker.runtime import model_spec
+from worker.runtime.model_packages import triton_repository
+from worker.runtime.model_packages.declaration import read_declaration
 
-ROOT = Path(__file__).resolve().parents[2]
-CPU_CONFIG = ROOT / "model_repository" / "cpu" / model_spec.MODEL_NAME / "config.pbtxt"
-GPU_CONFIG = ROOT / "model_repository" / "gpu" / model_spec.MODEL_NAME / "config.pbtxt"
+DECLARATION = read_declaration(model_spec.PACKAGE_DIR)
+CONFIGS = {
+    "cpu": triton_repository.config_pbtxt(DECLARATION, "cpu"),
+    "gpu": triton_repository.config_pbtxt(DECLARATION, "gpu"),
+}
 
 _TENSOR = re.compile(
     r"\{\s*name:\s*\"(?P<name>[^\"]+)\"\s*data_type:\s*(?P<dtype>\w+)\s*dims:\s*\[(?P<dims>[^\]]*)\]\s*\}"
@@ -48,9 +53,9 @@ def _scalar(text: str, key: str) -> str:
     return match.group(1).strip()
 
 
-@pytest.fixture(params=[CPU_CONFIG, GPU_CONFIG], ids=["cpu", "gpu"])
+@pytest.fixture(params=["cpu", "gpu"])
 def config(request: pytest.FixtureRequest) -> str:
-    return _strip_comments(Path(request.param).read_text())
+    return _strip_comments(CONFIGS[request.param])
 
 
 def test_name_and_batch(config: str) -> None:
@@ -71,20 +76,20 @@ def test_requests_run_as_sent_on_an_instance_kept_for_interactive_work(config: s
     assert "model_warmup" in config
 
 
-def test_variants() -> None:
-    cpu = _strip_comments(CPU_CONFIG.read_text())
-    gpu = _strip_comments(GPU_CONFIG.read_text())
+def test_variants(tmp_path: Path) -> None:
+    cpu = _strip_comments(CONFIGS["cpu"])
+    gpu = _strip_comments(CONFIGS["gpu"])
     assert _scalar(cpu, "backend") == "python"
     assert "KIND_CPU" in cpu
     assert _scalar(gpu, "platform") == "tensorrt_plan"
     assert "KIND_GPU" in gpu
-    assert (CPU_CONFIG.parent / model_spec.MODEL_VERSION / "model.py").is_file()
-    assert (CPU_CONFIG.parent / model_spec.MODEL_VERSION / "model.onnx").is_file()
+    assert DECLARATION.version == model_spec.MODEL_VERSION
+    assert DECLARATION.preferred_batch_size == model_spec.WORKER_BATCH_SIZE
 
 
 def test_onnx_graph_matches_model_spec() -> None:
     onnx = pytest.importorskip("onnxruntime")
-    path = CPU_CONFIG.parent / model_spec.MODEL_VERSION / "model.onnx"
+    path = model_spec.ONNX_PATH
     session = onnx.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     (inp,) = session.get_inputs()
     assert inp.name == model_spec.INPUT.name
@@ -102,7 +107,7 @@ def test_analyses() -> None:
 
 
 def test_committed_metrics_describe_the_committed_onnx() -> None:
-    version_dir = CPU_CONFIG.parent / model_spec.MODEL_VERSION
+    version_dir = model_spec.PACKAGE_DIR
     metrics = json.loads((version_dir / "model.metrics.json").read_text())
     assert metrics["onnx_sha256"] == hashlib.sha256((version_dir / "model.onnx").read_bytes()).hexdigest()
     assert metrics["heldout"]["class_accuracy"] >= 0.95

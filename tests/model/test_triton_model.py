@@ -15,15 +15,13 @@ from worker.runtime import model_spec
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
-ONNX_PATH = (
-    ROOT / "model_repository" / "cpu" / model_spec.MODEL_NAME / model_spec.MODEL_VERSION / "model.onnx"
-)
+ONNX_PATH = model_spec.ONNX_PATH
 MIN_ACCURACY = 0.95  # the issue's held-out target
 
 
 @pytest.fixture(scope="module")
 def triton_url(stack: Any) -> str:
-    """The session stack's tritonserver, which serves ``model_repository/cpu`` (tests/conftest.py)."""
+    """The session stack's tritonserver: the CPU repository generated from the bundled packages."""
     return str(stack.env["TRITON_GRPC_URL"])
 
 

@@ -87,4 +87,4 @@ def test_dry_run_prints_and_builds_nothing(
 
 
 def test_onnx_default_is_the_one_committed_copy(trt: ModuleType) -> None:
-    assert trt.DEFAULT_ONNX.parts[-5:] == ("model_repository", "cpu", "drawing_analyzer", "1", "model.onnx")
+    assert trt.DEFAULT_ONNX.parts[-4:] == ("worker", "models", "drawing_analyzer", "model.onnx")

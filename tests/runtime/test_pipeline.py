@@ -14,7 +14,6 @@ from typing import Any
 import numpy as np
 import pytest
 
-from worker.runtime.inference import postprocess
 from worker.runtime.pipeline.batching import Batcher
 from worker.runtime.pipeline.core import Pipeline
 from worker.runtime.pipeline.gate import InteractiveGate
@@ -23,7 +22,15 @@ from worker.runtime.pipeline.ports import Ports
 from worker.runtime.settings import WorkerSettings
 from worker.shared import errors
 
-from .worker_fakes import FakeModel, FakeNotifier, FakeSource, FakeStore, delivery, fake_preprocess
+from .worker_fakes import (
+    FakeModel,
+    FakeNotifier,
+    FakeSource,
+    FakeStore,
+    delivery,
+    drawing_catalog,
+    fake_preprocess,
+)
 
 SETTINGS = WorkerSettings(
     input_bucket="inputs",
@@ -53,7 +60,13 @@ class World:
         self.pipeline = Pipeline(
             settings,
             Ports(
-                self.source, self.store, self.store, self.model, self.notifier, fake_preprocess, postprocess
+                self.source,
+                self.store,
+                self.store,
+                drawing_catalog(),
+                {"drawing_analyzer": self.model},
+                self.notifier,
+                fake_preprocess,
             ),
         )
 
@@ -255,16 +268,16 @@ class GatedModel(FakeModel):
         self.batch_in_flight = 0
         self.max_batch_in_flight = 0
 
-    async def infer(self, batch: Any, *, interactive: bool) -> tuple[Any, Any]:
+    async def infer(self, inputs: dict[str, Any], *, interactive: bool) -> dict[str, Any]:
         if not interactive:
             self.batch_in_flight += 1
             self.max_batch_in_flight = max(self.max_batch_in_flight, self.batch_in_flight)
             await self.release.wait()
             self.batch_in_flight -= 1
-        return await super().infer(batch, interactive=interactive)
+        return await super().infer(inputs, interactive=interactive)
 
 
-TENSOR = np.zeros((1, 4, 4), dtype=np.float32)
+TENSOR = {"IMAGE": np.zeros((1, 4, 4), dtype=np.float32)}
 
 
 @contextlib.asynccontextmanager
@@ -290,7 +303,7 @@ def test_an_interactive_tensor_goes_alone_while_batch_requests_are_in_flight() -
             # When an interactive tensor arrives
             answer = await asyncio.wait_for(batcher.submit(TENSOR, interactive=True), timeout=1)
             # Then it is answered while the batch request is still in flight, in a request of its own
-            assert len(answer[0]) == 7  # one CLASS_PROBS row: six part classes + not_a_drawing
+            assert len(answer[0]["CLASS_PROBS"]) == 7  # one row: six part classes + not_a_drawing
             assert model.batches == [1] and model.interactive_flags == [True]
             assert not any(f.done() for f in batch)
             # and the batch work follows, never more than one batch request in flight

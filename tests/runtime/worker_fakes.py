@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import json
 import time
@@ -12,6 +13,8 @@ from typing import Any
 import numpy as np
 
 from worker.runtime import abstention, model_spec
+from worker.runtime.model_packages.catalog import Catalog
+from worker.runtime.model_packages.loader import load_package
 from worker.shared import errors
 from worker.shared.contracts import Delivery, Notification
 
@@ -108,7 +111,8 @@ class FakeModel:
     async def ready(self) -> bool:
         return self.fail is None
 
-    async def infer(self, batch: Any, *, interactive: bool) -> tuple[Any, Any]:
+    async def infer(self, inputs: dict[str, Any], *, interactive: bool) -> dict[str, Any]:
+        batch = inputs["IMAGE"]
         if self.delay_s:
             await asyncio.sleep(self.delay_s)
         if self.fail is not None:
@@ -124,7 +128,7 @@ class FakeModel:
         prototypes = abstention.load_policy().prototypes
         flange = np.asarray(prototypes[2], dtype=np.float32) if prototypes else np.ones(128) / np.sqrt(128)
         emb = np.tile(flange.astype(np.float32), (n, 1))
-        return probs, emb
+        return {"CLASS_PROBS": probs, "EMBEDDING": emb}
 
 
 class FakeNotifier:
@@ -139,8 +143,17 @@ class FakeNotifier:
         return [json.loads(n.data) for n in self.sent]
 
 
-async def fake_preprocess(data: bytes, *, urgent: bool = False) -> Any:
+async def fake_preprocess(
+    package_folder: str, data: bytes, params: dict[str, Any], *, urgent: bool = False
+) -> dict[str, Any]:
+    """The drawing package's input without decoding: 4 x 4 pixels, a value the FakeModel reads."""
     if data == b"garbage":
         raise errors.ImageUndecodable("not an image")
     value = 2.0 if data == b"poison" else 0.5
-    return np.full((1, 4, 4), value, dtype=np.float32)
+    return {"IMAGE": np.full((1, 4, 4), value, dtype=np.float32)}
+
+
+@functools.cache
+def drawing_catalog() -> Catalog:
+    """The bundled drawing package alone (its real handler's postprocess answers the FakeModel's rows)."""
+    return Catalog([load_package(model_spec.PACKAGE_DIR)])

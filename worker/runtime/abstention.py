@@ -42,10 +42,10 @@ BY_CLASS: Final = "class_probability"
 DECIDED_BY: Final = (BY_NOT_A_DRAWING, BY_PROTOTYPE, BY_CLASS)
 #: Probabilities are clipped here before the log so an underflowed 0.0 stays finite.
 _MIN_PROB: Final = 1e-30
-#: The policy written next to the committed model, and the worker package's copy of it (kept identical
-#: by tests/model/test_abstention_card.py): the worker image carries the package, not the repository.
+#: The policy's file name in a model package, and the drawing model's policy (its bundled package: the
+#: worker image carries the package, and the handler reads this file next to the ONNX).
 POLICY_FILE: Final = "abstention.json"
-PACKAGED_POLICY: Final = Path(__file__).resolve().parent / "drawing_analyzer.abstention.json"
+PACKAGED_POLICY: Final = model_spec.PACKAGE_DIR / POLICY_FILE
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,6 +23,7 @@ from worker.shared import exit_codes
 
 if TYPE_CHECKING:  # the wiring's types; the modules themselves are imported when a command runs
     from worker.runtime.inference import TritonModel
+    from worker.runtime.model_packages.catalog import Catalog
     from worker.runtime.notify import PubSubNotifier
     from worker.runtime.pipeline.core import Pipeline
     from worker.runtime.pipeline.preprocessors import InlinePreprocessor, PoolPreprocessor
@@ -115,7 +116,7 @@ class _Worker:
     """The wired worker: what ``run_worker`` starts and closes, each part by its own start/close."""
 
     pipeline: Pipeline
-    model: TritonModel
+    models: dict[str, TritonModel]
     notifier: PubSubNotifier
     preprocessor: PoolPreprocessor | InlinePreprocessor
     watcher: PreemptionWatcher
@@ -131,27 +132,36 @@ class _Worker:
         if self.exporter is not None:
             await asyncio.to_thread(self.exporter.stop)
         await asyncio.to_thread(self.preprocessor.close)
-        await self.model.close()
+        for model in self.models.values():
+            await model.close()
         for pool in self.threads:
             pool.shutdown(wait=False)
 
 
-def _preprocessor(settings: WorkerSettings, metrics: Metrics) -> PoolPreprocessor | InlinePreprocessor:
-    from worker.runtime import preprocess
+def load_catalog(settings: WorkerSettings) -> Catalog:
+    """The packages in ``settings.models_dir`` (default: bundled); ``PackageInvalid`` names a bad one."""
+    from worker.runtime.model_packages import loader
+
+    return loader.load_packages(settings.models_dir or loader.BUNDLED_MODELS_DIR)
+
+
+def _preprocessor(
+    settings: WorkerSettings, metrics: Metrics, catalog: Catalog
+) -> PoolPreprocessor | InlinePreprocessor:
     from worker.runtime.pipeline.preprocessors import InlinePreprocessor, PoolPreprocessor
 
     if settings.one_at_a_time:
-        return InlinePreprocessor(preprocess.preprocess_bytes, metrics=metrics)
+        return InlinePreprocessor(metrics=metrics)
     return PoolPreprocessor(
-        preprocess.preprocess_bytes,
+        [str(package.folder) for package in catalog.packages],
         processes=settings.preprocess_processes,
         metrics=metrics,
         batch_nice=settings.batch_preprocess_nice,
     )
 
 
-async def _build_worker(settings: WorkerSettings, metrics: Metrics) -> _Worker:
-    pre = _preprocessor(settings, metrics)
+async def _build_worker(settings: WorkerSettings, metrics: Metrics, catalog: Catalog) -> _Worker:
+    pre = _preprocessor(settings, metrics, catalog)
     # The pool processes start while this process imports the adapters and waits for the model: a
     # worker started during a backlog takes its first jobs that much sooner.
     warm_up = asyncio.create_task(asyncio.to_thread(pre.warm_up))
@@ -160,9 +170,12 @@ async def _build_worker(settings: WorkerSettings, metrics: Metrics) -> _Worker:
     from worker.runtime.pipeline.core import Pipeline
     from worker.runtime.pipeline.ports import Ports
 
-    model = inference.TritonModel(
-        settings.triton_grpc_url, settings.model_name, timeout_s=settings.triton_timeout_s
-    )
+    models = {
+        package.name: inference.TritonModel(
+            settings.triton_grpc_url, package.declaration, timeout_s=settings.triton_timeout_s
+        )
+        for package in catalog.packages
+    }
     threads = concurrent.futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="gcs")
     urgent_threads = concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="gcs-urgent")
     notifier = _notifier(settings)
@@ -173,16 +186,16 @@ async def _build_worker(settings: WorkerSettings, metrics: Metrics) -> _Worker:
         ),
         inputs=store,
         results=store,
-        model=model,
+        catalog=catalog,
+        models=models,
         notifier=notifier,
         preprocess=pre,
-        postprocess=inference.postprocess,
     )
     pipeline = Pipeline(settings, ports, metrics=metrics)
     watcher = preemption.PreemptionWatcher(settings.metadata_url, asyncio.get_running_loop(), pipeline.drain)
     return _Worker(
         pipeline=pipeline,
-        model=model,
+        models=models,
         notifier=notifier,
         preprocessor=pre,
         watcher=watcher,
@@ -195,14 +208,19 @@ async def _build_worker(settings: WorkerSettings, metrics: Metrics) -> _Worker:
 async def _start(worker: _Worker, settings: WorkerSettings) -> bool:
     """Wait for the model and the preprocess pool, then start the watchers; False when start-up failed."""
     from worker.runtime import telemetry
+    from worker.runtime.model_packages.declaration import PackageInvalid
 
     log = telemetry.get_logger("worker.runtime.app")
-    log.info("waiting for model", model=settings.model_name, url=settings.triton_grpc_url)
-    try:
-        await worker.model.wait_ready(timeout_s=settings.triton_ready_timeout_s)
-    except Exception as exc:
-        log.error("model never became ready", reason=type(exc).__name__)
-        return False
+    for name, model in worker.models.items():
+        log.info("waiting for model", model=name, url=settings.triton_grpc_url)
+        try:
+            await model.wait_ready(timeout_s=settings.triton_ready_timeout_s)
+        except PackageInvalid as exc:  # Triton serves other tensors than the package declares
+            log.error("model package refused", model=exc.package, reason=exc.problem)
+            return False
+        except Exception as exc:
+            log.error("model never became ready", model=name, reason=type(exc).__name__)
+            return False
     try:
         await worker.warm_up
     except Exception as exc:
@@ -214,8 +232,8 @@ async def _start(worker: _Worker, settings: WorkerSettings) -> bool:
         worker.exporter.start()
     log.info(
         "worker started",
-        model=worker.model.name,
-        version=worker.model.version,
+        model="+".join(worker.models),
+        version="+".join(m.version for m in worker.models.values()),
         slots=settings.pipeline_slots,
         instance=settings.instance,
     )
@@ -228,8 +246,11 @@ async def run_worker(settings: WorkerSettings) -> int:
 
     telemetry.configure_logging(settings.log_level)
     started = time.monotonic()
+    catalog = _catalog_or_none(settings)
+    if catalog is None:
+        return exit_codes.STARTUP_FAILED
     metrics = telemetry.Metrics(slots=settings.pipeline_slots)
-    worker = await _build_worker(settings, metrics)
+    worker = await _build_worker(settings, metrics, catalog)
     worker.notifier.start()
     preemption.install_signal_handlers(asyncio.get_running_loop(), worker.pipeline.drain)
     code: int = exit_codes.STARTUP_FAILED
@@ -247,6 +268,20 @@ async def run_worker(settings: WorkerSettings) -> int:
         )
         if settings.stats_file:
             telemetry.write_stats(stats, settings.stats_file)
+
+
+def _catalog_or_none(settings: WorkerSettings) -> Catalog | None:
+    """The packages, or None after logging which package is bad and why (the worker refuses to start)."""
+    from worker.runtime import telemetry
+    from worker.runtime.model_packages.declaration import PackageInvalid
+
+    try:
+        return load_catalog(settings)
+    except PackageInvalid as exc:
+        telemetry.get_logger("worker.runtime.app").error(
+            "model package refused", model=exc.package, reason=exc.problem
+        )
+        return None
 
 
 def _notifier(settings: WorkerSettings) -> PubSubNotifier:
@@ -307,6 +342,9 @@ async def run_dlq_handler(settings: WorkerSettings) -> int:
     from worker.runtime.pipeline.answering import Answerer
 
     telemetry.configure_logging(settings.log_level)
+    catalog = _catalog_or_none(settings)
+    if catalog is None:
+        return exit_codes.STARTUP_FAILED
     threads = concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="gcs")
     notifier = _notifier(settings)
     answerer = Answerer(
@@ -319,7 +357,7 @@ async def run_dlq_handler(settings: WorkerSettings) -> int:
     source = intake.PubSubSource(
         intake.subscriber_client(), settings.project, timeout_s=settings.pubsub_timeout_s
     )
-    handler = DeadLetterHandler(settings, source, answerer)
+    handler = DeadLetterHandler(settings, source, answerer, offered=catalog.analyses)
     preemption.install_signal_handlers(asyncio.get_running_loop(), handler.stop)
     notifier.start()
     try:

@@ -18,7 +18,7 @@ from worker.runtime.intake import Ack, JobSource, Nack, Settler
 from worker.runtime.pipeline.answering import Answerer, parse, timeline_of
 from worker.runtime.settings import WorkerSettings
 from worker.runtime.telemetry import get_logger
-from worker.shared import errors, exit_codes
+from worker.shared import contracts, errors, exit_codes
 from worker.shared.contracts import Delivery
 
 log = get_logger("worker.runtime.dead_letter")
@@ -28,8 +28,16 @@ DEAD_LETTER_ATTRIBUTE_PREFIX = "CloudPubSubDeadLetter"
 class DeadLetterHandler:
     """Answers dead-lettered jobs until ``stop()``."""
 
-    def __init__(self, settings: WorkerSettings, source: JobSource, answerer: Answerer) -> None:
+    def __init__(
+        self,
+        settings: WorkerSettings,
+        source: JobSource,
+        answerer: Answerer,
+        *,
+        offered: tuple[str, ...] = contracts.DEFAULT_ANALYSES,
+    ) -> None:
         self._s = settings
+        self._offered = offered  # the analyses the worker offers: the job parses as the worker parsed it
         self._source = source
         self._answerer = answerer
         self.settler = Settler(source, interval_s=settings.settle_interval_ms / 1000.0)
@@ -74,7 +82,7 @@ class DeadLetterHandler:
             attributes=client_attributes,
             delivery_attempt=int(attempts) if attempts.isdigit() else delivery.delivery_attempt,
         )
-        job = parse(original, self._s)
+        job = parse(original, self._s, self._offered)
         error = errors.DeadLettered(
             f"the job was not processed after {attempts or 'the maximum'} delivery attempts"
         )

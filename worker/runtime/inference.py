@@ -1,4 +1,4 @@
-"""Triton adapter: readiness, batched inference over gRPC (asyncio client), postprocessing.
+"""Triton adapter: readiness, batched inference over gRPC (asyncio client), the drawing model's postprocess.
 
 Every call carries a timeout. Errors leave already classified (policy.classify_inference_status):
 INVALID_ARGUMENT-like statuses are the request's fault (ModelRejected, permanent); unavailability,
@@ -18,10 +18,12 @@ import tritonclient.grpc.aio as triton_aio
 from tritonclient.grpc import InferInput, InferRequestedOutput
 from tritonclient.utils import InferenceServerException
 
-from worker.runtime import abstention, model_spec, policy
+from worker.runtime import abstention, policy
+from worker.runtime.model_packages.declaration import Declaration, PackageInvalid
 from worker.shared import errors
 
 FloatArray = npt.NDArray[np.float32]
+Arrays = dict[str, np.ndarray[Any, Any]]
 
 
 def _classify(exc: BaseException) -> errors.FleetError:
@@ -31,15 +33,19 @@ def _classify(exc: BaseException) -> errors.FleetError:
 
 
 class TritonModel:
-    """The ``Model`` port: one long-lived asyncio gRPC client to the local tritonserver."""
+    """The ``Model`` port for one model package: a long-lived asyncio gRPC client to the local tritonserver.
 
-    def __init__(self, url: str, model_name: str, *, timeout_s: float) -> None:
+    Every request asks for all of the package's declared outputs; the package's postprocess picks.
+    """
+
+    def __init__(self, url: str, declaration: Declaration, *, timeout_s: float) -> None:
         self._url = url
-        self._model = model_name
+        self._declaration = declaration
+        self._model = declaration.name
         self._timeout_s = timeout_s
         self._client = triton_aio.InferenceServerClient(url=url)
-        self._outputs = [InferRequestedOutput(spec.name) for spec in model_spec.OUTPUTS]
-        self.version = model_spec.MODEL_VERSION
+        self._outputs = [InferRequestedOutput(t.name) for t in declaration.outputs]
+        self.version = declaration.version
 
     @property
     def name(self) -> str:
@@ -57,7 +63,10 @@ class TritonModel:
             return False
 
     async def wait_ready(self, *, timeout_s: float) -> None:
-        """Block until the model is ready, with backoff; InferenceUnavailable after ``timeout_s``."""
+        """Block until the model is ready, with backoff; InferenceUnavailable after ``timeout_s``.
+
+        Then Triton's metadata must show the declared tensors: ``PackageInvalid`` names what differs.
+        """
         deadline = time.monotonic() + timeout_s
         attempt = 0
         while not await self.ready():
@@ -65,37 +74,60 @@ class TritonModel:
             if time.monotonic() >= deadline:
                 raise errors.InferenceUnavailable(f"model {self._model} not ready after {timeout_s:.0f} s")
             await asyncio.sleep(policy.backoff_s(attempt, base_s=0.2, cap_s=2.0))
-        await self._read_version()
+        await self._read_metadata()
 
-    async def _read_version(self) -> None:
+    async def _read_metadata(self) -> None:
         try:
             metadata: Any = await asyncio.wait_for(
                 self._client.get_model_metadata(self._model, as_json=True), timeout=self._timeout_s
             )
-            versions = metadata.get("versions") or [self.version]
-            self.version = str(versions[-1])
         except Exception as exc:
             raise _classify(exc) from exc
+        versions = metadata.get("versions") or [self.version]
+        self.version = str(versions[-1])
+        check_metadata(self._declaration, metadata)
 
-    async def infer(self, batch: FloatArray, *, interactive: bool) -> tuple[FloatArray, FloatArray]:
-        """``[n, 1, H, W]`` -> (class probabilities ``[n, C]``, embeddings ``[n, 128]``)."""
-        tensor = InferInput(model_spec.INPUT.name, list(batch.shape), model_spec.INPUT.triton_dtype)
-        tensor.set_data_from_numpy(batch)
+    async def infer(self, inputs: Arrays, *, interactive: bool) -> Arrays:
+        """A batch of the declared inputs (batch axis first) -> every declared output, one row per item."""
+        tensors = []
+        rows = 0
+        for spec in self._declaration.inputs:
+            array = inputs[spec.name]
+            rows = len(array)
+            tensor = InferInput(spec.name, list(array.shape), spec.dtype)
+            tensor.set_data_from_numpy(array)
+            tensors.append(tensor)
         # ``interactive`` decides nothing here: the batcher keeps a model instance free for it.
         try:
             result = await self._client.infer(
-                self._model, [tensor], outputs=self._outputs, client_timeout=self._timeout_s
+                self._model, tensors, outputs=self._outputs, client_timeout=self._timeout_s
             )
         except Exception as exc:
             raise _classify(exc) from exc
-        probs = result.as_numpy(model_spec.OUTPUT_PROBS.name)
-        embeddings = result.as_numpy(model_spec.OUTPUT_EMBEDDING.name)
-        if probs is None or embeddings is None or len(probs) != len(batch):
-            raise errors.ModelRejected("triton returned no or mis-sized outputs")
-        return probs, embeddings
+        outputs: Arrays = {}
+        for spec in self._declaration.outputs:
+            array = result.as_numpy(spec.name)
+            if array is None or len(array) != rows:
+                raise errors.ModelRejected(f"triton returned no or mis-sized {spec.name} for {self._model}")
+            outputs[spec.name] = array
+        return outputs
 
     async def close(self) -> None:
         await self._client.close()
+
+
+def check_metadata(declaration: Declaration, metadata: dict[str, Any]) -> None:
+    """Triton's model metadata (JSON form) must list the declared tensors; ``PackageInvalid`` otherwise."""
+    for kind, declared in (("inputs", declaration.inputs), ("outputs", declaration.outputs)):
+        served = {
+            t.get("name"): (t.get("datatype"), [int(n) for n in t.get("shape", [])[1:]])
+            for t in metadata.get(kind) or []
+        }
+        wanted = {t.name: (t.dtype, list(t.shape)) for t in declared}
+        if served != wanted:
+            raise PackageInvalid(
+                declaration.name, f"Triton serves {kind} {served}, the package declares {wanted}"
+            )
 
 
 @functools.cache

@@ -13,6 +13,7 @@ probabilities in ``OUTPUT_CLASSES`` order and ``[batch, EMBEDDING_DIM]`` L2-norm
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Final
 
 
@@ -36,8 +37,12 @@ class TensorSpec:
 
 
 MODEL_NAME: Final = "drawing_analyzer"
-#: The version directory served in both repositories (``model_repository/*/drawing_analyzer/1``).
+#: The model's version (``model.toml``'s ``model.version``; the generated repositories' version folder).
 MODEL_VERSION: Final = "1"
+#: The bundled model package (worker/models/drawing_analyzer: model.toml, handler.py, the ONNX graph).
+PACKAGE_DIR: Final = Path(__file__).resolve().parents[1] / "models" / MODEL_NAME
+#: The committed ONNX graph, the one copy (the CPU repository serves it; GPU engines are built from it).
+ONNX_PATH: Final = PACKAGE_DIR / "model.onnx"
 
 #: Part classes: what a drawing can be (the first columns of the class-probability output).
 CLASS_NAMES: Final[tuple[str, ...]] = ("plate", "shaft", "flange", "bracket", "gear", "pipe_fitting")

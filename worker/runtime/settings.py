@@ -61,6 +61,7 @@ class WorkerSettings:
     allowed_input_buckets: tuple[str, ...] = ()
     triton_grpc_url: str = "127.0.0.1:8001"
     model_name: str = "drawing_analyzer"
+    models_dir: str = ""
     pipeline_slots: int = 32
     max_batch_size: int = model_spec.WORKER_BATCH_SIZE
     max_batch_delay_ms: float = 5.0
@@ -194,7 +195,12 @@ FIELDS: tuple[Option, ...] = (
         "comma list of buckets jobs may read (default: the input bucket)",
     ),
     Option("triton_grpc_url", environment.TRITON_GRPC_URL, "tritonserver gRPC host:port"),
-    Option("model_name", "FLEET_MODEL_NAME", "Triton model name"),
+    Option("model_name", "FLEET_MODEL_NAME", "model name in the dead-letter handler's results"),
+    Option(
+        "models_dir",
+        "FLEET_MODELS_DIR",
+        "folder of model packages to serve (default: the packages bundled with the worker)",
+    ),
     Option("pipeline_slots", "FLEET_PIPELINE_SLOTS", "jobs leased at once (count); pull never exceeds it"),
     Option("max_batch_size", "FLEET_MAX_BATCH_SIZE", "images per Triton request (count)"),
     Option("max_batch_delay_ms", "FLEET_MAX_BATCH_DELAY_MS", "longest wait to fill a batch (ms)"),

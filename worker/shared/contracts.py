@@ -99,8 +99,12 @@ def parse_job(
     allowed_buckets: frozenset[str],
     offered_analyses: tuple[str, ...] = DEFAULT_ANALYSES,
     max_message_bytes: int = 64 * 1024,
+    default_analyses: tuple[str, ...] | None = None,
 ) -> Job | Rejection:
-    """Validate a job message; every failure maps to one stable error code (worker/shared/errors.py)."""
+    """Validate a job message; every failure maps to one stable error code (worker/shared/errors.py).
+
+    A job without ``analyses`` asks for ``default_analyses`` (default: every offered analysis).
+    """
     priority = _lane_priority(delivery.attributes)
     namespace = delivery.attributes.get(NAMESPACE_ATTRIBUTE)
     try:
@@ -112,7 +116,7 @@ def parse_job(
     if isinstance(body.get("priority"), str) and body["priority"] in PRIORITIES:
         priority = body["priority"]
     try:
-        job = _parse_body(body, allowed_buckets, offered_analyses)
+        job = _parse_body(body, allowed_buckets, offered_analyses, default_analyses)
     except errors.PermanentError as exc:
         return Rejection(exc, salvaged, priority, namespace)
     return job if namespace is None else replace(job, namespace=namespace)
@@ -135,7 +139,12 @@ def _parse_envelope(delivery: Delivery, namespace: str | None, max_message_bytes
     return body
 
 
-def _parse_body(body: dict[str, Any], allowed_buckets: frozenset[str], offered: tuple[str, ...]) -> Job:
+def _parse_body(
+    body: dict[str, Any],
+    allowed_buckets: frozenset[str],
+    offered: tuple[str, ...],
+    default: tuple[str, ...] | None = None,
+) -> Job:
     version = body.get("schema_version", SCHEMA_VERSION)
     if type(version) is not int or version not in SUPPORTED_SCHEMA_VERSIONS:
         raise errors.UnsupportedSchemaVersion(
@@ -159,7 +168,7 @@ def _parse_body(body: dict[str, Any], allowed_buckets: frozenset[str], offered: 
         input_bucket=bucket,
         input_object=obj,
         priority=priority,
-        analyses=_parse_analyses(body.get("analyses"), offered),
+        analyses=_parse_analyses(body.get("analyses"), offered, default),
         deadline=_parse_deadline(body.get("deadline")),
         params=_parse_params(body.get("params")),
     )
@@ -179,9 +188,11 @@ def _parse_input_uri(value: object, allowed_buckets: frozenset[str]) -> tuple[st
     return bucket, obj, value
 
 
-def _parse_analyses(value: object, offered: tuple[str, ...]) -> tuple[str, ...]:
+def _parse_analyses(
+    value: object, offered: tuple[str, ...], default: tuple[str, ...] | None = None
+) -> tuple[str, ...]:
     if value is None:
-        return offered
+        return offered if default is None else default
     if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
         raise errors.SchemaInvalid("analyses must be a non-empty list of strings")
     unknown = [v for v in value if v not in offered]
@@ -315,9 +326,11 @@ class Timeline:
     started: float
     finished: float
     inference_ms: float = 0.0
+    #: Per model that ran: ``{name: {"preprocess_ms": .., "inference_ms": ..}}`` (optional, additive).
+    models: dict[str, dict[str, float]] | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        document: dict[str, Any] = {
             "published": rfc3339(self.published),
             "leased": rfc3339(self.leased),
             "started": rfc3339(self.started),
@@ -325,6 +338,9 @@ class Timeline:
             "queue_wait_ms": round(max(0.0, self.started - self.published) * 1000.0, 1),
             "inference_ms": round(self.inference_ms, 1),
         }
+        if self.models:
+            document["models"] = self.models
+        return document
 
 
 def build_result(

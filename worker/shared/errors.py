@@ -126,6 +126,18 @@ class ModelRejected(PermanentError):
     code = "MODEL_REJECTED"
 
 
+class ModelPreprocessFailed(PermanentError):
+    """The model package's ``preprocess`` raised, or returned tensors that do not match its declaration."""
+
+    code = "MODEL_PREPROCESS_FAILED"
+
+
+class ModelOutputInvalid(PermanentError):
+    """The model package's ``postprocess`` raised, or returned non-JSON outputs or missed an analysis."""
+
+    code = "MODEL_OUTPUT_INVALID"
+
+
 class ProcessingTimeout(PermanentError):
     """The job ran past the worker's maximum processing time."""
 

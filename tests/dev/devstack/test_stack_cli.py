@@ -33,6 +33,7 @@ EXPECTED_ENV = {
     "FLEET_PUBSUB_ADMIN_URL",
     "FLEET_GCS_ADMIN_URL",
     "FLEET_MODEL_NAME",
+    "FLEET_MODELS_DIR",  # the packages the generated repository came from: the worker loads the same
 }
 
 

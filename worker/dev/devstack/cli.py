@@ -28,7 +28,12 @@ def register(subparsers: Any) -> None:
     up = commands.add_parser("up", help="start the stack in the background and write .devstack/env")
     _add_common(up)
     up.add_argument("--pubsub", choices=("builtin", "gcloud"), default="builtin", help="Pub/Sub emulator")
-    up.add_argument("--model-repository", help="Triton model repository (default model_repository/cpu)")
+    up.add_argument(
+        "--models",
+        metavar="DIR",
+        help="serve the model packages in DIR (default $FLEET_MODELS_DIR, else the bundled packages)",
+    )
+    up.add_argument("--model-repository", help="serve this ready Triton model repository instead")
     up.set_defaults(func=cmd_up)
     down = commands.add_parser("down", help="stop what `up` started (by pid)")
     _add_common(down)
@@ -51,6 +56,7 @@ def cmd_up(args: argparse.Namespace) -> int:
             work_dir=args.work_dir or stack.DEFAULT_WORK_DIR,
             pubsub=args.pubsub,
             model_repository=args.model_repository,
+            models_dir=args.models,
         )
     except (stack.StackError, TritonError, GoogleAPIError, OSError) as exc:
         print(f"devstack up failed: {exc}", file=sys.stderr)

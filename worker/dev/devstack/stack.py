@@ -35,8 +35,8 @@ from google.pubsub_v1.services.subscriber.transports import SubscriberGrpcTransp
 from worker.dev.devstack.admin_http import AdminClient
 from worker.dev.devstack.tritonserver import (
     CHILDREN,
-    DEFAULT_MODEL_REPOSITORY,
     DEFAULT_TRITON_VENV,
+    MODELS_DIR_ENV,
     REPO_ROOT,
     TritonError,
     TritonServer,
@@ -290,6 +290,7 @@ def up(
     work_dir: Path | str = DEFAULT_WORK_DIR,
     pubsub: str = "builtin",
     model_repository: Path | str | None = None,
+    models_dir: Path | str | None = None,
     project: str = LOCAL_PROJECT,
     resources: FleetResources | None = None,
     triton_venv: Path | str = DEFAULT_TRITON_VENV,
@@ -305,9 +306,9 @@ def up(
         if all(_is_ours(svc["pid"], svc["marker"]) for svc in existing["services"].values()):
             return _stack_from_state(existing, resources, work_dir)
         down(work_dir=work_dir)
-    repo = Path(
-        model_repository or os.environ.get("FLEET_DEVSTACK_MODEL_REPOSITORY") or DEFAULT_MODEL_REPOSITORY
-    ).absolute()
+    # A ready repository when given (FLEET_DEVSTACK_MODEL_REPOSITORY too); otherwise the CPU repository
+    # generated from the model packages (models_dir, FLEET_MODELS_DIR, the bundled ones) in work_dir.
+    repo = model_repository or os.environ.get("FLEET_DEVSTACK_MODEL_REPOSITORY") or None
     services: dict[str, dict[str, Any]] = {}
 
     def record_state(env: Mapping[str, str]) -> None:
@@ -316,7 +317,7 @@ def up(
         tmp.write_text(json.dumps(state, indent=2))
         tmp.replace(work_dir / "state.json")
 
-    triton = TritonServer(model_repository=repo, venv=triton_venv, work_dir=work_dir)
+    triton = TritonServer(model_repository=repo, models_dir=models_dir, venv=triton_venv, work_dir=work_dir)
     try:
         # tritonserver takes longest (model load + warmup): launch it first, wait for it last.
         triton.launch()
@@ -349,6 +350,9 @@ def up(
             pubsub_admin_url=pubsub_admin_url,
             gcs_admin_url=storage_url + "/_devstack",
         )
+        if triton.models_dir is not None:
+            # The worker that sources .devstack/env loads the packages this server was generated from.
+            env[MODELS_DIR_ENV] = str(triton.models_dir)
         create_resources(env, resources, project)
         try:
             triton.wait_ready(timeout_s=180)

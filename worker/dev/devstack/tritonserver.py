@@ -13,6 +13,11 @@ Two traps on this machine kind (see the design brief) are handled here:
 The server gets explicit free loopback ports (gRPC, HTTP, metrics), a per-process shared-memory prefix
 (several engineers' servers coexist on one host), modest CPU threads, and ``start()`` waits for server and
 model readiness. ``stop()`` terminates the whole process group (the stubs are children).
+
+What it serves is generated from model packages (``worker.runtime.model_packages``): the CPU repository
+of ``models_dir`` (default ``$FLEET_MODELS_DIR``, else the packages bundled with the worker) is written
+into the work dir at each launch, so the server and the worker read the same packages. An explicit
+``model_repository`` (a ready Triton repository) is served as is.
 """
 
 from __future__ import annotations
@@ -32,9 +37,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from worker.runtime.model_packages import loader, triton_repository
+from worker.runtime.model_packages.declaration import PackageInvalid
+
 REPO_ROOT = Path(__file__).resolve().parents[3]
 DEFAULT_TRITON_VENV = REPO_ROOT / ".venv-triton"
-DEFAULT_MODEL_REPOSITORY = REPO_ROOT / "model_repository" / "cpu"
+#: The variable naming the model packages to serve (the worker reads the same one); default: bundled.
+MODELS_DIR_ENV = "FLEET_MODELS_DIR"
 DEFAULT_WORK_DIR = REPO_ROOT / ".devstack"
 PYTHON_VERSION = "3.11"
 
@@ -150,13 +159,35 @@ def _get_status(url: str, timeout_s: float = 2.0) -> int:
         return 0
 
 
+def resolve_models_dir(models_dir: Path | str | None = None) -> Path:
+    """``models_dir``, else ``$FLEET_MODELS_DIR``, else the packages bundled with the worker."""
+    return Path(models_dir or os.environ.get(MODELS_DIR_ENV) or loader.BUNDLED_MODELS_DIR).absolute()
+
+
+def write_cpu_repository(models_dir: Path, repository: Path) -> list[str]:
+    """Replace ``repository`` with the CPU variant of the packages in ``models_dir``; the model names.
+
+    A bad package raises ``TritonError`` naming it (the same check the worker makes when it starts).
+    """
+    try:
+        catalog = loader.load_packages(models_dir)
+    except PackageInvalid as exc:
+        raise TritonError(str(exc)) from exc
+    if repository.exists():
+        shutil.rmtree(repository)
+    repository.mkdir(parents=True)
+    triton_repository.write_repository(catalog.packages, repository, "cpu")
+    return [package.name for package in catalog.packages]
+
+
 class TritonServer:
     """One tritonserver process: ``start()`` (waits for readiness), ``stop()``, ports and URLs."""
 
     def __init__(
         self,
         *,
-        model_repository: Path | str = DEFAULT_MODEL_REPOSITORY,
+        model_repository: Path | str | None = None,
+        models_dir: Path | str | None = None,
         models: Sequence[str] = (),
         venv: Path | str = DEFAULT_TRITON_VENV,
         work_dir: Path | str = DEFAULT_WORK_DIR,
@@ -164,10 +195,15 @@ class TritonServer:
         log_path: Path | str | None = None,
         extra_args: Sequence[str] = (),
     ) -> None:
-        self.model_repository = Path(model_repository).absolute()
+        self.work_dir = Path(work_dir).absolute()
+        if model_repository is None:
+            self.models_dir: Path | None = resolve_models_dir(models_dir)
+            self.model_repository = self.work_dir / "model_repository"
+        else:
+            self.models_dir = None
+            self.model_repository = Path(model_repository).absolute()
         self.models = tuple(models)
         self.venv = Path(venv)
-        self.work_dir = Path(work_dir).absolute()
         self.host = host
         self.log_path = Path(log_path) if log_path else self.work_dir / "tritonserver.log"
         self.extra_args = tuple(extra_args)
@@ -207,6 +243,8 @@ class TritonServer:
         """Start the process on fresh free ports without waiting (pair with ``wait_ready``)."""
         if self.process is not None:
             raise TritonError("tritonserver already started")
+        if self.models_dir is not None:
+            write_cpu_repository(self.models_dir, self.model_repository)
         if not self.model_repository.is_dir():
             raise TritonError(f"model repository {self.model_repository} does not exist")
         self.grpc_port, self.http_port, self.metrics_port = free_port(), free_port(), free_port()
@@ -352,7 +390,7 @@ def _reap(pid: int) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Foreground run for debugging: ``python -m worker.dev.devstack.tritonserver [MODEL_REPOSITORY]``."""
     args = list(sys.argv[1:] if argv is None else argv)
-    server = TritonServer(model_repository=args[0] if args else DEFAULT_MODEL_REPOSITORY)
+    server = TritonServer(models_dir=args[0] if args else None)
     server.start()
     sys.stdout.write(json.dumps({"grpc": server.grpc_url, "http": server.http_url}) + "\n")
     sys.stdout.flush()

@@ -7,7 +7,8 @@ One concern per module, in the spirit of python-pubsub's ``subscriber/_protocol/
 - ``dispatcher``: the jobs in flight (a task each, lease held, decision settled) and the drain;
 - ``job``: running one job to a decision (``Ack``/``Nack``);
 - ``batching``: micro-batches into Triton requests, interactive work first; ``gate``: the bounded
-  priority of interactive work over batch work;
+  priority of interactive work over batch work; ``models``: a batcher per model package and a job's
+  plan across them (needs first, one result);
 - ``answering``: the write-once result and its notification, incl. re-notifying a stored result
   (also used by the dead-letter handler); ``outcomes``: the metric and log line of each outcome;
 - ``outage``: Triton health and the monitor that waits an outage out;

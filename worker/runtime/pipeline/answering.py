@@ -28,21 +28,41 @@ class Answered(NamedTuple):
     duplicate: bool
 
 
-def parse(delivery: Delivery, settings: WorkerSettings) -> Job | Rejection:
-    """The job in ``delivery``, validated against the worker's limits, or why it cannot run."""
+def parse(
+    delivery: Delivery,
+    settings: WorkerSettings,
+    offered: tuple[str, ...] = contracts.DEFAULT_ANALYSES,
+) -> Job | Rejection:
+    """The job in ``delivery``, validated against the worker's limits and ``offered`` analyses.
+
+    A job that names no analyses asks for ``contracts.DEFAULT_ANALYSES`` (classify, embed: the drawing
+    model's) when the worker offers them, else for every offered analysis.
+    """
+    default = contracts.DEFAULT_ANALYSES if set(contracts.DEFAULT_ANALYSES) <= set(offered) else offered
     return contracts.parse_job(
-        delivery, allowed_buckets=settings.allowed_buckets, max_message_bytes=settings.max_message_bytes
+        delivery,
+        allowed_buckets=settings.allowed_buckets,
+        max_message_bytes=settings.max_message_bytes,
+        offered_analyses=offered,
+        default_analyses=default,
     )
 
 
-def timeline_of(delivery: Delivery, *, started: float, inference_ms: float = 0.0) -> Timeline:
-    """The result's timeline for a job answered now (wall-clock seconds)."""
+def timeline_of(
+    delivery: Delivery,
+    *,
+    started: float,
+    inference_ms: float = 0.0,
+    models: dict[str, dict[str, float]] | None = None,
+) -> Timeline:
+    """The result's timeline for a job answered now (wall-clock seconds); ``models``: per-model timings."""
     return Timeline(
         published=delivery.publish_time,
         leased=delivery.leased_at,
         started=started,
         finished=time.time(),
         inference_ms=inference_ms,
+        models=models,
     )
 
 
@@ -80,8 +100,11 @@ class Answerer:
         error: errors.FleetError | None,
         timeline: Timeline,
         input_sha256: str | None = None,
+        model: dict[str, str] | None = None,
     ) -> Answered:
         """Write the result unless one exists, then notify what is stored — if it answers this job.
+
+        ``model``: the models that answered it (default: the worker's, for a job that ran none).
 
         A stored result answers this job when its fingerprint matches (a redelivery, a duplicate publish,
         a re-run manifest); otherwise the job_id is another job's and this one is answered
@@ -98,6 +121,7 @@ class Answerer:
             timeline=timeline,
             request=request,
             input_sha256=input_sha256,
+            model=model,
         )
         created, stored = await self._create_or_read(name, document, job)
         if stored is not None and not contracts.answers_same_job(stored, request, input_sha256):
@@ -168,13 +192,14 @@ class Answerer:
         timeline: Timeline,
         request: str,
         input_sha256: str | None,
+        model: dict[str, str] | None = None,
     ) -> dict[str, Any]:
         return contracts.build_result(
             job_id=job.job_id,
             input_uri=job.input_uri if isinstance(job, Job) else None,
             outputs=outputs,
             error=error,
-            model={"name": self._model_name, "version": self._model_version()},
+            model=model or {"name": self._model_name, "version": self._model_version()},
             timeline=timeline,
             instance=self._instance,
             pid=self._pid,

@@ -1,4 +1,7 @@
-"""``Batcher``: micro-batches tensors into Triton requests, interactive work first and alone.
+"""``Batcher``: micro-batches one model's inputs into Triton requests, interactive work first and alone.
+
+The worker has one ``Batcher`` per model package (``models.ModelSet``); they share one ``InteractiveGate``,
+so interactive work stays ahead for every model.
 
 Batch work waits for a full batch or ``max_delay_ms`` (``policy.batch_due``), with at most
 ``batch_requests`` requests in flight; interactive work goes at once in a request of its own. While
@@ -19,19 +22,19 @@ from worker.runtime import policy
 from worker.runtime.flusher import Background
 from worker.runtime.pipeline.gate import InteractiveGate
 from worker.runtime.pipeline.outage import Health
-from worker.runtime.pipeline.ports import FloatArray, Model
+from worker.runtime.pipeline.ports import Arrays, Model
 from worker.runtime.pipeline.retries import with_retries
 from worker.shared import errors
 
 #: Triton requests of interactive work in flight at once; more interactive tensors wait and go together.
 INTERACTIVE_REQUESTS = 1
-#: What a submitted tensor's future gives: (class probabilities, embedding, inference milliseconds).
-Inferred = tuple[FloatArray, FloatArray, float]
+#: What a submitted job's future gives: (its row of every output, inference milliseconds).
+Inferred = tuple[Arrays, float]
 
 
 @dataclass(slots=True)
 class _Pending:
-    tensor: FloatArray
+    inputs: Arrays
     interactive: bool
     enqueued: float
     future: asyncio.Future[Inferred]
@@ -42,8 +45,8 @@ class Batcher(Background):
     for interactive work, which travels alone.
 
     Batch work has at most ``batch_requests`` requests in flight; interactive work has a request of its
-    own beyond that. The model has one instance more than batch work uses (model_repository configs,
-    ``model_spec.INSTANCES``) and no server-side batcher, so an interactive request runs as soon as it
+    own beyond that. The model has one instance more than batch work uses (the package's ``instances``,
+    in the generated Triton config) and no server-side batcher, so an interactive request runs as soon as it
     arrives instead of waiting for, or being merged into, a batch request. While interactive work is in
     the worker (``gate``) no new batch request is sent (bounded), so the interactive
     request does not share the CPU or GPU with one that started after it arrived.
@@ -74,14 +77,14 @@ class Batcher(Background):
         self._gate = gate or InteractiveGate()
         self._gate.on_leave(self._wake.set)
 
-    def submit(self, tensor: FloatArray, *, interactive: bool) -> asyncio.Future[Inferred]:
-        """Queue one tensor; the future fails at once during an outage."""
+    def submit(self, inputs: Arrays, *, interactive: bool) -> asyncio.Future[Inferred]:
+        """Queue one job's input tensors (no batch axis); the future fails at once during an outage."""
         future: asyncio.Future[Inferred] = asyncio.get_running_loop().create_future()
         if self._health.outage:
             future.set_exception(errors.InferenceUnavailable("triton outage"))
             return future
         (self._interactive if interactive else self._batch).append(
-            _Pending(tensor, interactive, time.monotonic(), future)
+            _Pending(inputs, interactive, time.monotonic(), future)
         )
         self._wake.set()
         return future
@@ -130,11 +133,14 @@ class Batcher(Background):
             self._wake.set()
 
     async def _infer_into(self, items: list[_Pending]) -> None:
-        batch = np.stack([p.tensor for p in items]) if len(items) > 1 else items[0].tensor[np.newaxis]
+        batch = {
+            name: np.stack([p.inputs[name] for p in items]) if len(items) > 1 else array[np.newaxis]
+            for name, array in items[0].inputs.items()
+        }
         interactive = any(p.interactive for p in items)
         started = time.monotonic()
         try:
-            probs, embeddings = await with_retries(
+            outputs = await with_retries(
                 lambda: self._model.infer(batch, interactive=interactive), attempts=self._retries
             )
         except errors.ModelRejected as exc:
@@ -156,7 +162,7 @@ class Batcher(Background):
         elapsed_ms = (time.monotonic() - started) * 1000.0
         for index, item in enumerate(items):
             if not item.future.done():
-                item.future.set_result((probs[index], embeddings[index], elapsed_ms))
+                item.future.set_result(({name: rows[index] for name, rows in outputs.items()}, elapsed_ms))
 
     def fail_queued(self, error: errors.FleetError) -> None:
         """Fail every tensor not yet sent (an outage: their jobs are given back at once)."""

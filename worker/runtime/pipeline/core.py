@@ -1,10 +1,11 @@
 """``Pipeline``: wires the pipeline's components over the ports and owns its run, drain and exit code.
 
 Components and their one concern each: ``Puller`` (pulling.py) leases jobs into the ``Dispatcher``
-(dispatcher.py), which runs each through the ``JobRunner`` (job.py): fetch, preprocess, the ``Batcher``
-(batching.py), answer through the ``Answerer`` (answering.py), record the outcome (outcomes.py). The
-``Settler`` and ``Leases`` (worker/runtime/intake.py) apply decisions and renew leases; the
-``OutageMonitor`` (outage.py) waits out a Triton outage. Each background component has its own
+(dispatcher.py), which runs each through the ``JobRunner`` (job.py): fetch, then the job's plan across
+the ``ModelSet`` (models.py: a ``Batcher`` per model, batching.py), answer through the ``Answerer``
+(answering.py), record the outcome (outcomes.py). The ``Settler`` and ``Leases``
+(worker/runtime/intake.py) apply decisions and renew leases; the ``OutageMonitor`` (outage.py) waits
+out a Triton outage. Each background component has its own
 ``start()``/``close()``; a component that crashes drains the worker with exit code ``INTERNAL``.
 """
 
@@ -15,10 +16,10 @@ import asyncio
 from worker.runtime.flusher import Background
 from worker.runtime.intake import Leases, Settler
 from worker.runtime.pipeline.answering import Answerer
-from worker.runtime.pipeline.batching import Batcher
 from worker.runtime.pipeline.dispatcher import Dispatcher
 from worker.runtime.pipeline.gate import InteractiveGate
 from worker.runtime.pipeline.job import JobRunner
+from worker.runtime.pipeline.models import ModelSet
 from worker.runtime.pipeline.outage import Health, OutageMonitor
 from worker.runtime.pipeline.outcomes import Outcomes
 from worker.runtime.pipeline.ports import Ports
@@ -54,19 +55,11 @@ class Pipeline:
             self.settler, ack_deadline_s=settings.ack_deadline_s, max_processing_s=settings.max_processing_s
         )
         gate = InteractiveGate()
-        self.batcher = Batcher(
-            ports.model,
-            self.health,
-            max_size=settings.max_batch_size,
-            max_delay_ms=settings.max_batch_delay_ms,
-            retries=settings.transient_retries,
-            batch_requests=settings.triton_batch_requests,
-            gate=gate,
-        )
+        self.models = ModelSet(ports.catalog, ports.models, self.health, settings=settings, gate=gate)
         self.outage = OutageMonitor(
             self.health,
-            ports.model,
-            fail_queued=self.batcher.fail_queued,
+            self.models,
+            fail_queued=self.models.fail_queued,
             outage_exit_s=settings.triton_outage_exit_s,
             on_give_up=self._give_up_on_triton,
         )
@@ -74,13 +67,13 @@ class Pipeline:
             ports.results,
             ports.notifier,
             settings=settings,
-            model_name=ports.model.name,
-            model_version=lambda: ports.model.version,
+            model_name=self.models.name,
+            model_version=lambda: self.models.version,
         )
         runner = JobRunner(
             settings,
             ports,
-            batcher=self.batcher,
+            models=self.models,
             answerer=self.answerer,
             outcomes=Outcomes(self.metrics, project=settings.project),
             gate=gate,
@@ -104,7 +97,12 @@ class Pipeline:
             raise RuntimeError("pipeline already started")
         self._started = True
         # Closed in reverse: the settler last, so it applies every decision the others made.
-        components: tuple[Background, ...] = (self.settler, self.leases, self.batcher, self.outage)
+        components: tuple[Background, ...] = (
+            self.settler,
+            self.leases,
+            *self.models.components,
+            self.outage,
+        )
         for component in components:
             component.start().add_done_callback(self._component_done)
         try:

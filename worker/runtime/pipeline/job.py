@@ -14,11 +14,12 @@ import time
 from typing import Any
 
 from worker.runtime.intake import Ack, Decision, Nack
+from worker.runtime.model_packages.catalog import Step
 from worker.runtime.pipeline.answering import Answerer, parse, timeline_of
-from worker.runtime.pipeline.batching import Batcher
 from worker.runtime.pipeline.gate import InteractiveGate
+from worker.runtime.pipeline.models import ModelSet, Ran
 from worker.runtime.pipeline.outcomes import RETRY, Outcomes
-from worker.runtime.pipeline.ports import FloatArray, Ports
+from worker.runtime.pipeline.ports import Arrays, Ports
 from worker.runtime.pipeline.retries import with_retries
 from worker.runtime.settings import WorkerSettings
 from worker.runtime.telemetry import get_logger
@@ -50,7 +51,7 @@ class JobRunner:
         settings: WorkerSettings,
         ports: Ports,
         *,
-        batcher: Batcher,
+        models: ModelSet,
         answerer: Answerer,
         outcomes: Outcomes,
         gate: InteractiveGate,
@@ -58,7 +59,7 @@ class JobRunner:
     ) -> None:
         self._s = settings
         self._p = ports
-        self._batcher = batcher
+        self._models = models
         self._answerer = answerer
         self._outcomes = outcomes
         self._gate = gate
@@ -93,7 +94,7 @@ class JobRunner:
             self._begun.discard(delivery.ack_id)
 
     async def _fail_fast(self, delivery: Delivery, error: errors.PermanentError) -> Decision:
-        job = parse(delivery, self._s)
+        job = parse(delivery, self._s, self._models.catalog.analyses)
         try:
             return await asyncio.wait_for(
                 self._answer(delivery, job, outputs=None, error=error, started=time.time()),
@@ -104,7 +105,7 @@ class JobRunner:
 
     async def _process(self, delivery: Delivery) -> Decision:
         started = time.time()
-        job = parse(delivery, self._s)
+        job = parse(delivery, self._s, self._models.catalog.analyses)
         if job.priority != contracts.INTERACTIVE:
             return await self._process_job(delivery, job, started)
         # Strict priority, bounded: while interactive work is in the worker, batch work starts no new
@@ -121,14 +122,14 @@ class JobRunner:
                 decision = await self._answer_existing(delivery, job)
                 if decision is not None:
                     return decision
-            outputs, inference_ms = await self._run(job, delivery.ack_id, read)
+            ran = await self._run(job, delivery.ack_id, read)
             return await self._answer(
                 delivery,
                 job,
-                outputs=outputs,
+                outputs=ran.outputs,
                 error=None,
                 started=started,
-                inference_ms=inference_ms,
+                ran=ran,
                 input_sha256=read.sha256,
             )
         except errors.PermanentError as exc:
@@ -144,33 +145,35 @@ class JobRunner:
         if job.deadline is not None and time.time() > job.deadline:
             raise errors.DeadlineExceeded("the job's deadline passed before it ran")
 
-    async def _run(self, job: Job, ack_id: str, read: _InputRead) -> tuple[dict[str, Any], float]:
+    async def _run(self, job: Job, ack_id: str, read: _InputRead) -> Ran:
         self._check_deadline(job)
-        if job.priority == contracts.INTERACTIVE:
+        interactive = job.priority == contracts.INTERACTIVE
+        if interactive:
+            # Interactive reads skip the fetch limit that paces the backlog and use their own threads;
+            # no new batch request goes to Triton while this job is on its way there.
             self._begun.add(ack_id)
-            # No new batch request goes to Triton while this job is on its way there.
-            tensor = await self._prepare_interactive(job, read)
-            probs, embedding, inference_ms = await self._batcher.submit(tensor, interactive=True)
+            data = await self._read_input(job, urgent=True)
         else:
             await self._gate.yield_to()
             async with self._batch_fetches:
                 self._begun.add(ack_id)
                 data = await self._read_input(job, urgent=False)
-            read.digest(data)
-            await self._gate.yield_to()
-            async with self._batch_decodes:
-                tensor = await self._p.preprocess(data)
-            self._check_deadline(job)
-            probs, embedding, inference_ms = await self._batcher.submit(tensor, interactive=False)
-        return self._p.postprocess(probs, embedding, job.analyses), inference_ms
-
-    async def _prepare_interactive(self, job: Job, read: _InputRead) -> FloatArray:
-        # Interactive reads skip the fetch limit that paces the backlog and use their own threads.
-        data = await self._read_input(job, urgent=True)
         read.digest(data)
-        tensor = await self._p.preprocess(data, urgent=True)  # its own process: no batch queue
-        self._check_deadline(job)
-        return tensor
+
+        async def decode(step: Step, data: bytes, params: dict[str, Any]) -> Arrays:
+            folder = str(step.package.folder)
+            if interactive:  # its own process: no batch queue
+                tensors = await self._p.preprocess(folder, data, params, urgent=True)
+            else:
+                await self._gate.yield_to()
+                async with self._batch_decodes:
+                    tensors = await self._p.preprocess(folder, data, params)
+            self._check_deadline(job)
+            return tensors
+
+        return await self._models.run(
+            job.analyses, data, dict(job.params), interactive=interactive, decode=decode
+        )
 
     async def _read_input(self, job: Job, *, urgent: bool) -> bytes:
         return await with_retries(
@@ -199,15 +202,24 @@ class JobRunner:
         outputs: dict[str, Any] | None,
         error: errors.FleetError | None,
         started: float,
-        inference_ms: float = 0.0,
+        ran: Ran | None = None,
         input_sha256: str | None = None,
     ) -> Decision:
         self._begun.add(delivery.ack_id)  # answering: a drain lets it finish
-        timeline = timeline_of(delivery, started=started, inference_ms=inference_ms)
+        inference_ms = ran.inference_ms if ran is not None else 0.0
+        timeline = timeline_of(
+            delivery, started=started, inference_ms=inference_ms, models=ran.timings if ran else None
+        )
         if job.priority != contracts.INTERACTIVE:
             await self._gate.yield_to()
         answered = await self._answerer.answer(
-            delivery, job, outputs=outputs, error=error, timeline=timeline, input_sha256=input_sha256
+            delivery,
+            job,
+            outputs=outputs,
+            error=error,
+            timeline=timeline,
+            input_sha256=input_sha256,
+            model=ran.model() if ran is not None else None,
         )
         self._outcomes.record(
             delivery,

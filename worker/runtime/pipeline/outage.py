@@ -11,14 +11,22 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
+from typing import Protocol
 
 from worker.runtime import policy
 from worker.runtime.flusher import Background
-from worker.runtime.pipeline.ports import Model
 from worker.runtime.telemetry import get_logger
 from worker.shared import errors
 
 log = get_logger(__name__)
+
+
+class Readiness(Protocol):
+    """What the monitor polls: the models' readiness (``models.ModelSet``: all of them)."""
+
+    async def ready(self) -> bool: ...
+
+
 #: How often the monitor looks at ``Health`` while Triton is up.
 HEALTHY_CHECK_S = 0.5
 
@@ -52,7 +60,7 @@ class OutageMonitor(Background):
     def __init__(
         self,
         health: Health,
-        model: Model,
+        model: Readiness,
         *,
         fail_queued: Callable[[errors.FleetError], None],
         outage_exit_s: float,

@@ -7,7 +7,7 @@ intake.py) are wired in by ``worker.runtime.app``; unit tests pass small fakes
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -18,8 +18,11 @@ from worker.shared.contracts import Notification
 
 if TYPE_CHECKING:  # not at run time: the preprocess pool starts before the Pub/Sub client is imported
     from worker.runtime.intake import JobSource
+    from worker.runtime.model_packages.catalog import Catalog
 
 FloatArray = npt.NDArray[np.float32]
+#: Tensors by name: one job's (no batch axis) or a batch's (batch axis first).
+Arrays = dict[str, np.ndarray[Any, Any]]
 
 
 class InputStore(Protocol):
@@ -43,7 +46,7 @@ class ResultStore(Protocol):
 
 
 class Model(Protocol):
-    """The served model (Triton)."""
+    """One served model (Triton), named after its package."""
 
     @property
     def name(self) -> str: ...
@@ -53,7 +56,9 @@ class Model(Protocol):
 
     async def ready(self) -> bool: ...
 
-    async def infer(self, batch: FloatArray, *, interactive: bool) -> tuple[FloatArray, FloatArray]: ...
+    async def infer(self, inputs: Arrays, *, interactive: bool) -> Arrays:
+        """A batch of the package's inputs -> its outputs, one row per item."""
+        ...
 
 
 class Notifier(Protocol):
@@ -63,25 +68,23 @@ class Notifier(Protocol):
 
 
 class Preprocessor(Protocol):
-    """Input bytes -> the model's input tensor."""
+    """Input bytes -> one model package's input tensors (its ``preprocess``, checked)."""
 
-    async def __call__(self, data: bytes, *, urgent: bool = False) -> FloatArray:
+    async def __call__(
+        self, package_folder: str, data: bytes, params: dict[str, Any], *, urgent: bool = False
+    ) -> Arrays:
         """``urgent``: interactive work, never queued behind batch work."""
         ...
 
 
-#: (class probabilities, embedding, requested analyses) -> the result's ``outputs``.
-Postprocess = Callable[[FloatArray, FloatArray, tuple[str, ...]], dict[str, Any]]
-
-
 @dataclass(frozen=True)
 class Ports:
-    """Every adapter the pipeline talks to."""
+    """Every adapter the pipeline talks to: one ``Model`` per package of ``catalog``, by name."""
 
     source: JobSource
     inputs: InputStore
     results: ResultStore
-    model: Model
+    catalog: Catalog
+    models: Mapping[str, Model]
     notifier: Notifier
     preprocess: Preprocessor
-    postprocess: Postprocess

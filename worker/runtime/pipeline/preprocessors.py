@@ -1,6 +1,10 @@
 """``Preprocessor`` implementations: decode on process pools (interactive work on one of its own), or
 inline in the event loop's thread for the one-at-a-time baseline. Both measure the CPU decode costs.
 
+Either runs a package's ``preprocess`` through ``model_packages.handlers.run_preprocess``, given the
+package's folder: a spawned pool process imports the package's handler from there (once) and checks its
+tensors, so any package works in the pool without being importable by name.
+
 Both have ``warm_up()`` (blocking; run it in a thread) and ``close()``, so the composition root starts
 and stops either the same way.
 """
@@ -9,13 +13,24 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import functools
 import multiprocessing
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import Any
 
-from worker.runtime.pipeline.ports import FloatArray
-from worker.runtime.telemetry import Metrics, preload, timed_call
+from worker.runtime.model_packages import handlers
+from worker.runtime.pipeline.ports import Arrays
+from worker.runtime.telemetry import Metrics, timed_call
 from worker.shared import errors
+
+#: ``(package folder, input bytes, params) -> input tensors``: what a pool process runs for one job.
+PreprocessFunc = Callable[[str, bytes, dict[str, Any]], Arrays]
+
+
+def _apply(func: PreprocessFunc, package_folder: str, params: dict[str, Any], data: bytes) -> Arrays:
+    """``func`` with the job's bytes last: ``timed_call`` hands over the data (a picklable partial)."""
+    return func(package_folder, data, params)
 
 
 class PoolPreprocessor:
@@ -30,12 +45,14 @@ class PoolPreprocessor:
 
     def __init__(
         self,
-        func: Callable[[bytes], FloatArray],
+        packages: Sequence[str],
         *,
         processes: int,
         metrics: Metrics,
         batch_nice: int = 0,
+        func: PreprocessFunc = handlers.run_preprocess,
     ) -> None:
+        self._packages = tuple(packages)
         self._func = func
         self._metrics = metrics
         # spawn, not fork: the parent holds gRPC channels and threads that must not be forked.
@@ -47,18 +64,20 @@ class PoolPreprocessor:
         self._processes = processes
 
     def warm_up(self) -> None:
-        """Start every process now, importing the preprocessing module, rather than on the first jobs."""
-        module = getattr(self._func, "__module__", None) or "worker.runtime.telemetry"
-        futures = [self._pool.submit(preload, module) for _ in range(self._processes)]
-        futures.append(self._urgent_pool.submit(preload, module))
+        """Start every process now, importing every package's handler, rather than on the first jobs."""
+        futures = [self._pool.submit(handlers.warm, self._packages) for _ in range(self._processes)]
+        futures.append(self._urgent_pool.submit(handlers.warm, self._packages))
         for future in futures:
             future.result(timeout=120)
 
-    async def __call__(self, data: bytes, *, urgent: bool = False) -> FloatArray:
+    async def __call__(
+        self, package_folder: str, data: bytes, params: dict[str, Any], *, urgent: bool = False
+    ) -> Arrays:
         loop = asyncio.get_running_loop()
         pool = self._urgent_pool if urgent else self._pool
+        call = functools.partial(_apply, self._func, package_folder, params)
         try:
-            tensor, cpu_s = await loop.run_in_executor(pool, timed_call, self._func, data)
+            tensor, cpu_s = await loop.run_in_executor(pool, timed_call, call, data)
         except errors.FleetError:
             raise
         except Exception as exc:  # BrokenProcessPool, pickling errors: the job may succeed elsewhere
@@ -75,7 +94,7 @@ class PoolPreprocessor:
 class InlinePreprocessor:
     """``Preprocessor`` in the event loop's own thread: the naive one-at-a-time baseline."""
 
-    def __init__(self, func: Callable[[bytes], FloatArray], *, metrics: Metrics) -> None:
+    def __init__(self, *, metrics: Metrics, func: PreprocessFunc = handlers.run_preprocess) -> None:
         self._func = func
         self._metrics = metrics
 
@@ -85,8 +104,10 @@ class InlinePreprocessor:
     def close(self) -> None:
         """Nothing to stop."""
 
-    async def __call__(self, data: bytes, *, urgent: bool = False) -> FloatArray:
-        tensor, cpu_s = timed_call(self._func, data)
+    async def __call__(
+        self, package_folder: str, data: bytes, params: dict[str, Any], *, urgent: bool = False
+    ) -> Arrays:
+        tensor, cpu_s = timed_call(functools.partial(_apply, self._func, package_folder, params), data)
         self._metrics.preprocess_cpu_s += cpu_s
         self._metrics.preprocess_inline_cpu_s += cpu_s
         return tensor  # type: ignore[no-any-return]

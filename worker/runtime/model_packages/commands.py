@@ -1,0 +1,110 @@
+"""``fleet models check DIR`` and ``fleet models repository DIR --variant cpu|gpu --out OUT``.
+
+``check`` is what a user runs before building an image: it loads a package (or a folder of packages)
+the way the worker does, checks the declared tensors against the ONNX graph, runs each package's
+preprocess -> graph (onnxruntime) -> postprocess on its reference inputs (or ``--input FILE``) and prints
+the outputs as JSON, one line per input. ``repository`` writes the Triton model repository a VM's boot
+serves (the GPU variant's engines come from the engine step). Exit codes: 0 ok, 1 a package is refused
+or an input fails, 2 usage. Needs the ``models`` extra (onnxruntime); registering imports nothing heavy.
+"""
+
+# ruff: noqa: PLC0415 - imports happen when a command runs
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from worker.shared import exit_codes
+
+if TYPE_CHECKING:
+    from worker.runtime.model_packages.catalog import Catalog
+    from worker.runtime.model_packages.loader import ModelPackage
+
+
+def register(subparsers: Any) -> None:
+    """Add ``fleet models check`` and ``fleet models repository``."""
+    parser = subparsers.add_parser("models", help="model packages: check one, write a Triton repository")
+    commands = parser.add_subparsers(dest="models_command", metavar="check|repository", required=True)
+    check = commands.add_parser(
+        "check", help="validate a package (or a folder of them) and run it on its reference inputs"
+    )
+    check.add_argument("dir", type=Path, help="a package folder (with model.toml) or a folder of packages")
+    check.add_argument("--input", type=Path, action="append", help="run this file instead (repeatable)")
+    check.add_argument("--analyses", help="comma list of analyses to answer (default: all of the package's)")
+    check.set_defaults(func=run_check)
+    repository = commands.add_parser("repository", help="write the Triton model repository of the packages")
+    repository.add_argument("dir", type=Path, help="a package folder or a folder of packages")
+    repository.add_argument("--variant", choices=("cpu", "gpu"), required=True)
+    repository.add_argument("--out", type=Path, required=True, help="the repository folder to write")
+    repository.set_defaults(func=run_repository)
+
+
+def load(directory: Path) -> Catalog:
+    """One package (``directory/model.toml``) or every package below ``directory``; PackageInvalid."""
+    from worker.runtime.model_packages import loader
+    from worker.runtime.model_packages.catalog import Catalog
+    from worker.runtime.model_packages.declaration import DECLARATION_FILE
+
+    if (directory / DECLARATION_FILE).is_file():
+        return Catalog([loader.load_package(directory)])
+    return loader.load_packages(directory)
+
+
+def run_check(args: argparse.Namespace) -> int:
+    """``fleet models check``: the exit code."""
+    from worker.runtime.model_packages import onnx_tools
+    from worker.runtime.model_packages.declaration import PackageInvalid
+
+    try:
+        catalog = load(args.dir)
+        for package in catalog.packages:
+            onnx_tools.check_graph(package)
+    except PackageInvalid as exc:
+        print(f"refused: {exc}", file=sys.stderr)
+        return exit_codes.FAILED
+    failed = False
+    for package in catalog.packages:
+        asked = tuple(args.analyses.split(",")) if args.analyses else None
+        for path in args.input or package.reference_inputs():
+            line = check_input(package, path, asked)
+            failed = failed or "error" in line
+            print(json.dumps(line, sort_keys=True))
+    return exit_codes.FAILED if failed else exit_codes.OK
+
+
+def check_input(package: ModelPackage, path: Path, asked: tuple[str, ...] | None) -> dict[str, Any]:
+    """One input through preprocess -> the ONNX graph -> postprocess, as the worker would answer it."""
+    from worker.runtime.model_packages import handlers, onnx_tools
+    from worker.shared import errors
+
+    analyses = asked or tuple(a.name for a in package.declaration.analyses)
+    line: dict[str, Any] = {"model": package.name, "input": str(path)}
+    params: dict[str, Any] = {"analyses": list(analyses), "needs": {}}
+    try:
+        tensors = handlers.check_inputs(package.declaration, package.preprocess(path.read_bytes(), params))
+        (outputs,) = onnx_tools.run_graph(package.model_path, package.declaration, [tensors])
+        line["outputs"] = handlers.run_postprocess(package, outputs, params, analyses)
+    except errors.FleetError as exc:
+        line["error"] = {"code": exc.code, "message": str(exc)}
+    except Exception as exc:  # the handler's own bug: what the worker would answer
+        line["error"] = {"code": errors.ModelPreprocessFailed.code, "message": f"{type(exc).__name__}: {exc}"}
+    return line
+
+
+def run_repository(args: argparse.Namespace) -> int:
+    """``fleet models repository``: the exit code."""
+    from worker.runtime.model_packages import triton_repository
+    from worker.runtime.model_packages.declaration import PackageInvalid
+
+    try:
+        catalog = load(args.dir)
+    except PackageInvalid as exc:
+        print(f"refused: {exc}", file=sys.stderr)
+        return exit_codes.FAILED
+    for folder in triton_repository.write_repository(catalog.packages, args.out, args.variant):
+        print(folder)
+    return exit_codes.OK
