@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from concurrent import futures
 from pathlib import Path
@@ -103,7 +104,13 @@ def test_concurrent_requests_run_as_sent_never_merged(
         # When batch and single requests are sent at once (more than there are instances)
         with futures.ThreadPoolExecutor(max_workers=len(sizes)) as pool:
             results = list(pool.map(lambda n: _infer(triton, x[:n]), sizes))
+        # Triton records an execution's statistics after it sends the responses: under load the last one
+        # can still be missing when the client reads them, so wait (bounded) for the count to settle.
+        deadline = time.monotonic() + 5.0
         answered_after, executions_after = _executions(triton)
+        while executions_after - executions < len(sizes) and time.monotonic() < deadline:
+            time.sleep(0.05)
+            answered_after, executions_after = _executions(triton)
     # Then every request was executed alone, with its own outputs
     assert [len(probs) for probs, _ in results] == sizes
     assert answered_after - answered == len(sizes)
