@@ -26,22 +26,6 @@ from .model_packages import tiny
 from .test_pipeline import SETTINGS
 from .worker_fakes import FakeNotifier, FakeSource, FakeStore, delivery
 
-#: Needs alpha's answer, which arrives in params["needs"] of both functions.
-BETA_HANDLER = textwrap.dedent(
-    """
-    import json
-    import numpy as np
-
-    def preprocess(data, params):
-        alpha = params["needs"]["alpha_score"]
-        scale = 2.0 if alpha["label"] == "high" else 1.0
-        return {"FEATURES": np.asarray(json.loads(data), dtype=np.float32) * scale}
-
-    def postprocess(outputs, params):
-        return {"beta_score": {"after": params["needs"]["alpha_score"]["label"],
-                               "best": int(np.argmax(outputs["SCORES"]))}}
-    """
-)
 #: Misbehaves as the job's params say.
 BAD_HANDLER = textwrap.dedent(
     """
@@ -73,22 +57,13 @@ BAD_HANDLER = textwrap.dedent(
 )
 
 
-def _analysis(name: str, needs: str = "") -> str:
-    return f'[[analyses]]\nname = "{name}"\noutputs = ["SCORES"]\nneeds = [{needs}]\n'
-
-
 @pytest.fixture
 def models_dir(tmp_path: Path) -> Path:
     root = tmp_path / "models"
-    alpha = tiny.HANDLER.replace('"tiny_score"', '"alpha_score"')
-    tiny.write_package(root, "alpha", handler=alpha, toml=tiny.declaration("alpha", _analysis("alpha_score")))
+    tiny.write_chain(root)
     tiny.write_package(
-        root,
-        "beta",
-        handler=BETA_HANDLER,
-        toml=tiny.declaration("beta", _analysis("beta_score", '"alpha_score"')),
+        root, "bad", handler=BAD_HANDLER, toml=tiny.declaration("bad", tiny.analysis("bad_score"))
     )
-    tiny.write_package(root, "bad", handler=BAD_HANDLER, toml=tiny.declaration("bad", _analysis("bad_score")))
     return root
 
 

@@ -74,13 +74,58 @@ def declaration(
     )
 
 
-def write_package(root: Path, name: str = "tiny", *, handler: str = HANDLER, toml: str | None = None) -> Path:
-    """``root/<name>/`` with model.toml, model.onnx, handler.py and two reference inputs."""
+def write_package(
+    root: Path, name: str = "tiny", *, handler: str = HANDLER, toml: str | None = None, seed: int = 0
+) -> Path:
+    """``root/<name>/`` with model.toml, model.onnx (weights from ``seed``), handler.py and two reference
+    inputs."""
     folder = root / name
     (folder / "reference").mkdir(parents=True)
-    tiny_onnx(folder / "model.onnx")
+    tiny_onnx(folder / "model.onnx", seed=seed)
     (folder / "handler.py").write_text(handler, encoding="utf-8")
     (folder / "model.toml").write_text(toml if toml is not None else declaration(name), encoding="utf-8")
     (folder / "reference" / "a.json").write_text("[1, 2, 3, 4]", encoding="utf-8")
     (folder / "reference" / "b.json").write_text("[-1, 0.5, 2, -3]", encoding="utf-8")
     return folder
+
+
+#: Needs alpha's answer, which arrives in params["needs"] of both functions.
+BETA_HANDLER = textwrap.dedent(
+    """
+    import json
+    import numpy as np
+
+    def preprocess(data, params):
+        alpha = params["needs"]["alpha_score"]
+        scale = 2.0 if alpha["label"] == "high" else 1.0
+        return {"FEATURES": np.asarray(json.loads(data), dtype=np.float32) * scale}
+
+    def postprocess(outputs, params):
+        return {"beta_score": {"after": params["needs"]["alpha_score"]["label"],
+                               "best": int(np.argmax(outputs["SCORES"]))}}
+    """
+)
+
+
+def analysis(name: str, needs: str = "") -> str:
+    """One ``[[analyses]]`` entry on SCORES; ``needs`` is the TOML list's inside (``'"alpha_score"'``)."""
+    return f'[[analyses]]\nname = "{name}"\noutputs = ["SCORES"]\nneeds = [{needs}]\n'
+
+
+def write_chain(root: Path) -> tuple[Path, Path]:
+    """Packages ``alpha`` (analysis alpha_score) and ``beta`` (beta_score, which needs alpha_score) in
+    ``root``; beta has its own weights, so its answer cannot be alpha's by accident."""
+    alpha = write_package(
+        root,
+        "alpha",
+        handler=HANDLER.replace('"tiny_score"', '"alpha_score"'),
+        toml=declaration("alpha", analysis("alpha_score")),
+    )
+    beta = write_package(
+        root,
+        "beta",
+        handler=BETA_HANDLER,
+        toml=declaration("beta", analysis("beta_score", '"alpha_score"')),
+        seed=1,
+    )
+    return alpha, beta
