@@ -163,7 +163,7 @@ def test_identical_content_gets_one_content_addressed_object(tmp_path: Path) -> 
         ({"job_id": "a", "input_uri": "gs://b"}, "INPUT_URI_INVALID"),
         ({"job_id": "a", "input_uri": "gs://B/o"}, "INPUT_URI_INVALID"),
         ({"job_id": "a", "input_uri": "gs://bucket/o", "priority": "urgent"}, "UNKNOWN_PRIORITY"),
-        ({"job_id": "a", "input_uri": "gs://bucket/o", "analyses": ["ocr"]}, "UNKNOWN_ANALYSIS"),
+        ({"job_id": "a", "input_uri": "gs://bucket/o", "analyses": []}, "SCHEMA_INVALID"),
         ({"job_id": "a", "input_uri": "gs://bucket/o", "deadline": "tomorrow"}, "SCHEMA_INVALID"),
         ({"job_id": "a", "input_uri": "gs://bucket/o", "params": [1]}, "SCHEMA_INVALID"),
         (
@@ -186,6 +186,25 @@ def test_invalid_jobs_are_rejected_by_the_workers_parser_before_anything_is_publ
     assert f"{manifest}:2: " in str(caught.value) and message in str(caught.value)
     assert publisher.published == []
     assert subscriber.created == []  # not even the results subscription was created
+
+
+def test_an_analysis_of_a_package_the_client_never_heard_of_is_left_to_the_worker(tmp_path: Path) -> None:
+    # The worker's model packages decide which analyses exist (docs/models.md); it answers UNKNOWN_ANALYSIS
+    manifest = write_manifest(
+        tmp_path / "jobs.jsonl",
+        {"job_id": "a", "input_uri": "gs://bucket/o", "analyses": ["my_score"]},
+        {"job_id": "b", "input_uri": "gs://bucket/o", "analyses": ["symbols", "classify", "symbols"]},
+    )
+    prepared = sdk.prepare_jobs(sdk.read_manifest(manifest), settings=SETTINGS, client_id="c-1")
+    assert [json.loads(job.data)["analyses"] for job in prepared] == [
+        ["my_score"],
+        ["symbols", "classify", "symbols"],
+    ]
+    # the request fingerprint lists them as the worker's parser does: the drawing model's first
+    assert [sdk.check_job_message(job.data, job.attributes).analyses for job in prepared] == [
+        ("my_score",),
+        ("classify", "symbols"),
+    ]
 
 
 def test_a_directory_given_as_a_manifest_input_is_rejected(tmp_path: Path) -> None:

@@ -171,11 +171,20 @@ def check_job_message(data: bytes, attributes: Mapping[str, str]) -> contracts.J
     """The job as the worker parses it; raises ValueError for a job the worker would reject.
 
     The client does not know the worker's allowed input buckets, so the job's own bucket is allowed here;
-    a bucket outside the worker's list is answered ``INPUT_NOT_ALLOWED`` by the worker.
+    a bucket outside the worker's list is answered ``INPUT_NOT_ALLOWED`` by the worker. Nor does it know
+    the worker's model packages: the job's own analyses are taken as offered (after the drawing model's,
+    in the order the worker lists them), and one no package offers is answered ``UNKNOWN_ANALYSIS`` by
+    the worker.
     """
     body = json.loads(data)
     uri = body.get("input_uri")
     bucket = uri[len("gs://") :].split("/", 1)[0] if isinstance(uri, str) else ""
+    asked = body.get("analyses")
+    named = tuple(a for a in asked if isinstance(a, str)) if isinstance(asked, list) else ()
+    offered = (
+        *contracts.DEFAULT_ANALYSES,
+        *(a for a in dict.fromkeys(named) if a not in contracts.DEFAULT_ANALYSES),
+    )
     delivery = contracts.Delivery(
         ack_id="",
         subscription="",
@@ -186,7 +195,7 @@ def check_job_message(data: bytes, attributes: Mapping[str, str]) -> contracts.J
         delivery_attempt=1,
         leased_at=0.0,
     )
-    parsed = contracts.parse_job(delivery, allowed_buckets=frozenset({bucket}))
+    parsed = contracts.parse_job(delivery, allowed_buckets=frozenset({bucket}), offered_analyses=offered)
     if isinstance(parsed, contracts.Rejection):
         raise ValueError(f"{parsed.error.code}: {parsed.error.message}")
     return parsed
