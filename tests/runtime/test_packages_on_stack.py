@@ -14,16 +14,13 @@ test's packages (tests/runtime/model_packages/served.py). Uses test_worker_integ
 from __future__ import annotations
 
 import json
-import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 
-from worker.dev import harness
 from worker.dev.devstack.tritonserver import TritonServer
 
 from .model_packages import served, tiny
@@ -54,19 +51,8 @@ def tiny_triton(tiny_models: Path, tmp_path_factory: pytest.TempPathFactory) -> 
 @pytest.fixture(scope="module")
 def vector_inputs(stack: Any, storage_client: Any) -> list[tuple[str, bytes]]:
     """(gs:// URI, bytes) of each of ``VECTORS``, uploaded once."""
-    folder = f"packages-it/{uuid.uuid4().hex[:8]}"
-    uploaded = []
-    for index, vector in enumerate(VECTORS):
-        data = json.dumps(vector).encode()
-        uri = harness.upload(
-            storage_client,
-            stack.env["FLEET_INPUT_BUCKET"],
-            f"{folder}/v{index}.json",
-            data,
-            "application/json",
-        )
-        uploaded.append((uri, data))
-    return uploaded
+    blobs = [(f"v{i}.json", json.dumps(v).encode(), "application/json") for i, v in enumerate(VECTORS)]
+    return served.upload_inputs(stack, storage_client, "packages-it", blobs)
 
 
 @dataclass
@@ -93,18 +79,6 @@ def tiny_served(
     return Served(run, tiny_models, tiny_triton, vector_inputs)
 
 
-def assert_answer(actual: dict[str, Any], expected: dict[str, Any]) -> None:
-    """Same analyses and labels; scores equal to onnxruntime's within float noise."""
-    assert set(actual) == set(expected)
-    for analysis, value in expected.items():
-        got = actual[analysis]
-        assert {k: v for k, v in got.items() if k != "scores"} == {
-            k: v for k, v in value.items() if k != "scores"
-        }, analysis
-        if "scores" in value:
-            np.testing.assert_allclose(got["scores"], value["scores"], atol=1e-5)
-
-
 @pytest.mark.timeout(300)
 def test_a_package_written_in_the_test_is_served_by_pointing_triton_and_the_worker_at_its_folder(
     tiny_served: Served,
@@ -126,7 +100,7 @@ def test_a_package_written_in_the_test_is_served_by_pointing_triton_and_the_work
         assert [n.status for n in notes[key]] == ["succeeded"], notes[key]
         document, _ = run.result(key)
         expected = served.onnx_answer(models / "tiny", data, {**params, "analyses": ["tiny_score"]})
-        assert_answer(document["outputs"], expected)
+        served.assert_close(document["outputs"], expected, atol=1e-5)
         assert document["model"] == {"name": "tiny", "version": "1"}
         assert set(document["timeline"]["models"]) == {"tiny"}
     # and Triton ran them in batches: fewer executions than inferences
@@ -164,7 +138,7 @@ def test_a_needs_chain_runs_in_order_and_answers_once(tiny_served: Served) -> No
     )
     print("alpha:", alpha, "beta:", beta, "timeline.models of ab:", ab["timeline"]["models"])
     assert b["outputs"] == beta
-    assert_answer(ab["outputs"], {**alpha, **beta})
+    served.assert_close(ab["outputs"], {**alpha, **beta}, atol=1e-5)
     # and each result names both models in the order they ran, with each model's timings
     for document in (b, ab):
         assert document["model"] == {"name": "alpha+beta", "version": "1+1"}

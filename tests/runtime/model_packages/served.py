@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import time
 import urllib.request
+import uuid
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -20,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from worker.dev import harness
 from worker.dev.devstack.tritonserver import MODELS_DIR_ENV, TritonServer
 from worker.runtime.model_packages.loader import load_package
 from worker.shared import environment
@@ -78,3 +80,33 @@ def settled_stats(
         time.sleep(0.05)
         counted = model_stats(server, model)
     return counted
+
+
+def assert_close(actual: Any, expected: Any, *, atol: float = 2e-4, where: str = "outputs") -> None:
+    """``actual`` equals ``expected`` with numbers within ``atol`` (Triton's batch vs onnxruntime's single
+    run, after the handler's rounding); anything else exactly."""
+    if isinstance(expected, dict):
+        assert isinstance(actual, dict) and set(actual) == set(expected), (where, actual, expected)
+        for key, value in expected.items():
+            assert_close(actual[key], value, atol=atol, where=f"{where}.{key}")
+    elif isinstance(expected, list):
+        assert isinstance(actual, list) and len(actual) == len(expected), (where, actual, expected)
+        for index, (got, value) in enumerate(zip(actual, expected, strict=True)):
+            assert_close(got, value, atol=atol, where=f"{where}[{index}]")
+    elif isinstance(expected, float) and not isinstance(expected, bool):
+        assert abs(float(actual) - expected) <= atol, (where, actual, expected)
+    else:
+        assert actual == expected, (where, actual, expected)
+
+
+def upload_inputs(
+    stack: Any, storage_client: Any, prefix: str, blobs: list[tuple[str, bytes, str]]
+) -> list[tuple[str, bytes]]:
+    """Upload ``(name, bytes, content type)`` under a fresh ``prefix/<hex>/`` of the inputs bucket;
+    returns each one's (gs:// URI, bytes)."""
+    folder = f"{prefix}/{uuid.uuid4().hex[:8]}"
+    bucket = stack.env[environment.INPUT_BUCKET]
+    return [
+        (harness.upload(storage_client, bucket, f"{folder}/{name}", data, content_type), data)
+        for name, data, content_type in blobs
+    ]
