@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from typing import Any
 
 import jsonschema
@@ -65,7 +66,9 @@ def test_the_request_fingerprint_covers_what_decides_the_answer() -> None:
     # when it runs does not
     assert fingerprint(job(priority="interactive")) == base
     assert fingerprint(job(deadline="2099-01-01T00:00:00Z")) == base
-    # and the order of params keys does not either
+    # and neither does the order of params keys or of analyses (a set, resolved in different orders)
+    resolved = job(analyses=["classify", "embed"])
+    assert fingerprint(resolved) == fingerprint(replace(resolved, analyses=("embed", "classify")))
     assert fingerprint(job(params={"a": 1, "b": 2})) == fingerprint(job(params={"b": 2, "a": 1}))
 
 

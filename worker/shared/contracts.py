@@ -275,7 +275,7 @@ def request_fingerprint(job: Job | Rejection, data: bytes) -> str:
             "namespace": job.namespace,
             "job_id": job.job_id,
             "input_uri": job.input_uri,
-            "analyses": list(job.analyses),
+            "analyses": sorted(job.analyses),  # a set: the order a client or worker resolves does not matter
             "params": job.params,
         }
     canonical = json.dumps(recipe, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
