@@ -1,10 +1,11 @@
 """make demo: the whole product on this machine, from nothing to a summary, then everything torn down.
 
 Brings up a private local stack with ``worker.dev.devstack`` (Pub/Sub and GCS emulators, tritonserver on CPU
-serving model_repository/cpu, the fleet's resources from terraform/fleet.json), creates a run's own copy
-of the topics and lane subscriptions as Terraform would, starts 2 workers (`fleet worker`),
-renders and uploads 200 engineering drawings, submits one job per drawing (some interactive, most batch),
-shows progress, waits for every notification, prints a summary, and exits 0 only if every job succeeded.
+serving the bundled model packages, the fleet's resources from fleet.json), creates a run's own copy of
+the topics and lane subscriptions as Terraform would, starts 2 workers (`fleet worker`), renders and
+uploads 200 engineering drawings, submits one job per drawing (some interactive, most batch; jobs spread
+over every bundled model's analyses, some asking for two models at once), shows progress, waits for every
+notification, prints a summary with a line per model, and exits 0 only if every job succeeded.
 """
 
 from __future__ import annotations
@@ -16,15 +17,18 @@ import shutil
 import signal
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from google.cloud import storage  # type: ignore[attr-defined]  # storage has no py.typed
 
 from worker.dev import drawings, harness
 from worker.dev.devstack import stack as devstack
+from worker.runtime.model_packages.loader import BUNDLED_MODELS_DIR, load_packages
 from worker.shared import exit_codes, stats
 
 WORKERS = 2
@@ -119,8 +123,23 @@ def upload_all(client: storage.Client, bucket: str, run_id: str, images: list[by
     ]
 
 
+def analysis_mix() -> list[list[str] | None]:
+    """The analyses the demo's jobs cycle through: the default (None), each other model's analyses alone,
+    and all of them in one job (one result from several models)."""
+    catalog = load_packages(BUNDLED_MODELS_DIR)
+    others = [
+        [a.name for a in package.declaration.analyses]
+        for package in catalog.packages
+        if not {"classify", "embed"} & {a.name for a in package.declaration.analyses}
+    ]
+    if not others:
+        return [None]
+    return [None, *others, ["classify", "embed", *[a for names in others for a in names]]]
+
+
 def job_messages(run_id: str, uris: list[str], *, interactive_every: int) -> list[harness.Message]:
     """One job per input; every ``interactive_every``-th on the interactive lane."""
+    mix = analysis_mix()
     return [
         harness.job_message(
             f"job-{index:04d}",
@@ -128,6 +147,7 @@ def job_messages(run_id: str, uris: list[str], *, interactive_every: int) -> lis
             input_uri=uri,
             run_id=run_id,
             priority="interactive" if index % interactive_every == 0 else "batch",
+            analyses=mix[index % len(mix)],
         )
         for index, uri in enumerate(uris)
     ]
@@ -225,8 +245,11 @@ def summarise(outcome: Outcome, demo: Demo, client: storage.Client, results_buck
             f"   p95 {stats.percentile(latencies, 95):.0f}   (publish -> notification)"
         )
     first = outcome.first_notes()
+    results = read_results(client, results_bucket, first)
+    for line in per_model_lines(results):
+        print(line)
     for key in sorted(first)[:3]:
-        print_result(client, results_bucket, key, first[key])
+        print_result(results.get(key), key, first[key])
     for slot in demo.workers:
         print(f"  {slot.name} stats: {json.dumps(slot.stats[-1] if slot.stats else None)[:300]}")
     print(f"[demo] total {time.monotonic() - demo.started:.1f} s")
@@ -235,19 +258,66 @@ def summarise(outcome: Outcome, demo: Demo, client: storage.Client, results_buck
     return exit_codes.OK if ok else exit_codes.FAILED
 
 
-def print_result(client: storage.Client, results_bucket: str, key: str, note: harness.Notification) -> None:
-    """One line about a job's result object: label, score, worker, inference time."""
-    uri = note.data.get("result_uri", "")
-    name = uri.split("/", 3)[-1]
-    try:
-        result = json.loads(client.bucket(results_bucket).blob(name).download_as_bytes())
-    except Exception as exc:  # the summary must not hide the outcome
-        print(f"  {key}: cannot read {uri}: {exc}")
+def read_results(
+    client: storage.Client, results_bucket: str, notes: dict[str, harness.Notification]
+) -> dict[str, dict[str, Any]]:
+    """The result object of every answered job (8 GETs at a time); a job whose read failed is left out."""
+    bucket = client.bucket(results_bucket)
+
+    def read(key: str) -> tuple[str, dict[str, Any] | None]:
+        name = str(notes[key].data.get("result_uri", "")).split("/", 3)[-1]
+        try:
+            return key, json.loads(bucket.blob(name).download_as_bytes())
+        except Exception:  # the summary must not hide the outcome
+            return key, None
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        return {key: doc for key, doc in pool.map(read, sorted(notes)) if doc is not None}
+
+
+def per_model_lines(results: dict[str, dict[str, Any]]) -> list[str]:
+    """A line per model: jobs it answered, what it said most often, median inference ms."""
+    catalog = load_packages(BUNDLED_MODELS_DIR)
+    owner = {a.name: p.name for p in catalog.packages for a in p.declaration.analyses}
+    jobs: Counter[str] = Counter()
+    inference_ms: dict[str, list[float]] = {}
+    said: dict[str, Counter[str]] = {name: Counter() for name in catalog.by_name}
+    for document in results.values():
+        for model, timing in (document.get("timeline", {}).get("models") or {}).items():
+            jobs[model] += 1
+            inference_ms.setdefault(model, []).append(float(timing.get("inference_ms", 0.0)))
+        for analysis, value in (document.get("outputs") or {}).items():
+            if not isinstance(value, dict) or analysis not in owner:
+                continue
+            if "label" in value:
+                said[owner[analysis]][str(value["label"])] += 1
+            said[owner[analysis]].update(str(name) for name in value.get("present", []))
+    lines = []
+    for model in sorted(jobs):
+        p50 = stats.percentile(inference_ms[model], 50)
+        often = ", ".join(f"{k} {n}" for k, n in said.get(model, Counter()).most_common(3)) or "-"
+        lines.append(
+            f"  model {model:<18} jobs {jobs[model]:>4}   inference p50 {p50:.1f} ms   most often: {often}"
+        )
+    return lines
+
+
+def print_result(result: dict[str, Any] | None, key: str, note: harness.Notification) -> None:
+    """One line about a job's result object: label, confidence, models, worker, inference time."""
+    if result is None:
+        print(f"  {key}: cannot read {note.data.get('result_uri', '')}")
         return
-    classify = (result.get("outputs") or {}).get("classify") or {}
-    top = classify.get("scores", {}).get(classify.get("label"), 0.0)
+    outputs = result.get("outputs") or {}
+    classify = outputs.get("classify") or {}
+    confidence = classify.get("confidence", classify.get("scores", {}).get(classify.get("label"), 0.0))
+    extra = "".join(
+        f" {name}={value.get('present')}"
+        for name, value in outputs.items()
+        if isinstance(value, dict) and "present" in value
+    )
+    label = f" label={classify.get('label')} ({confidence:.2f})" if classify else ""
     print(
-        f"  {result['job_id']}: {result['status']} label={classify.get('label')} ({top:.2f}) "
+        f"  {result['job_id']}: {result['status']}{label}{extra} model={result['model']['name']} "
         f"worker={result['worker']['instance']} inference_ms={result['timeline']['inference_ms']}"
     )
 
