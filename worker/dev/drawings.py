@@ -1031,8 +1031,8 @@ SYMBOL_CALIBRATION_SEED: Final = 12
 SYMBOL_HELDOUT_SEED: Final = 13
 #: Probability that a drawing carries each symbol (independently), so every subset occurs.
 SYMBOL_PRESENT_P: Final = 0.5
-#: A symbol's unit (about its height) in sheet units: 9-15 mm, as drawn at 3.5-5 mm text height.
-SYMBOL_SCALE_UNITS: Final = (9.0, 15.0)
+#: A symbol's unit (about its height) in sheet units: 12-20 mm, as drawn at 5-7 mm text height on A3.
+SYMBOL_SCALE_UNITS: Final = (12.0, 20.0)
 
 _SymbolShape = tuple[tuple[float, float, float, float], Callable[["_Canvas", random.Random, float], None]]
 
@@ -1198,7 +1198,7 @@ def render_symbol_image(
 
     Without ``symbols`` each of ``SYMBOL_NAMES`` is present with ``SYMBOL_PRESENT_P``, independently.
     The symbols come from their own generator (the base drawing and its scan are those of
-    ``render_image(seed)``), at 9-15 mm, 0 or 90 degrees, one to three instances each.
+    ``render_image(seed)``), at 12-20 mm, 0 or 90 degrees, one to three instances each.
     """
     sym_rng = random.Random(seed ^ 0x5B_01_5EED)
     if symbols is None:
