@@ -345,3 +345,67 @@ def test_cli_bad_namespace_exits_2_before_any_network(
     assert "namespace 'Team_A' must match" in capsys.readouterr().err
     monkeypatch.setenv("FLEET_NAMESPACE", "Team_A")
     assert main(["submit", "gs://bucket/a.png"]) == EXIT_USAGE
+
+
+# --- notifications: a stale one of an earlier job under the same id is not this job's answer ----------
+
+
+class NotifyingSubscriber(FakeSubscriber):
+    """Delivers the given notifications (data, attributes) on the first pull."""
+
+    def __init__(self, notes: list[tuple[dict[str, Any], dict[str, str]]]) -> None:
+        super().__init__()
+        self.pending = [
+            SimpleNamespace(
+                ack_id=f"n-{i}",
+                message=SimpleNamespace(data=json.dumps(body).encode(), attributes=attributes),
+            )
+            for i, (body, attributes) in enumerate(notes)
+        ]
+
+    def pull(self, request: dict[str, Any], timeout: float) -> Any:
+        batch, self.pending = self.pending, []
+        return SimpleNamespace(received_messages=batch)
+
+
+def notification(
+    job: sdk.PreparedJob, status: str, code: str | None = None
+) -> tuple[dict[str, Any], dict[str, str]]:
+    error = {"code": code, "message": "m"} if code else None
+    body = {
+        "schema_version": 1,
+        "job_id": job.job_id,
+        "status": status,
+        "result_uri": f"gs://{RESULTS}/results/{job.job_id}.json",
+        "error": error,
+        "fingerprint": job.identity.request,
+    }
+    return body, {"job_id": job.job_id, "status": status}
+
+
+def test_a_stale_notification_of_an_earlier_job_with_the_same_id_is_ignored(
+    drawings: tuple[Path, Path],
+) -> None:
+    # Given this client id published shared-1 for drawing a earlier (its notification is still queued),
+    # and now submits shared-1 for another job (other options), which the worker answers JOB_ID_CONFLICT
+    a = prepare("shared-1", "gs://bucket/a.png")
+    (b,) = sdk.prepare_jobs(
+        [sdk.JobRequest("shared-1", "gs://bucket/a.png", analyses=("classify",))],
+        settings=SETTINGS,
+        client_id="c-1",
+    )
+    assert a.identity.request != b.identity.request
+    subscriber = NotifyingSubscriber([notification(a, "succeeded")])
+    client = fake_client(subscriber=subscriber, storage=FakeStorage())
+    receipt = client.submit([sdk.JobRequest("shared-1", "gs://bucket/a.png", analyses=("classify",))])
+
+    # When only the stale notification (a's success) has arrived
+    before = client.wait(receipt.job_ids, timeout_s=0.5)["shared-1"]
+    # and then this job's own answer
+    subscriber.pending = NotifyingSubscriber([notification(b, "failed", "JOB_ID_CONFLICT")]).pending
+    outcome = client.wait(receipt.job_ids, timeout_s=2.0)["shared-1"]
+
+    # Then the stale success was acked and ignored (the job stayed pending); its own answer is the conflict
+    assert before.status == "pending" and "n-0" in subscriber.acked
+    assert (outcome.status, outcome.error_code) == ("failed", "JOB_ID_CONFLICT")
+    assert outcome.fingerprint == b.identity.request

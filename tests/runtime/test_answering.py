@@ -6,6 +6,8 @@ import asyncio
 import json
 from typing import Any
 
+import jsonschema
+
 from worker.runtime.pipeline.answering import Answerer, parse, timeline_of
 from worker.runtime.settings import WorkerSettings
 from worker.shared import contracts, errors
@@ -51,6 +53,10 @@ def test_the_same_job_again_is_answered_from_the_stored_result() -> None:
     _, again = answer(answerer, body, b"gear")
     assert again == ("succeeded", None, True) and store.results["results/order-1.json"] == stored
     assert [n["result_uri"] for n in notifier.bodies()] == ["gs://results/results/order-1.json"] * 2
+    # and each notification names the request it answers (so a client can drop a stale one)
+    request = json.loads(stored)["fingerprint"]["request"]
+    assert [n["fingerprint"] for n in notifier.bodies()] == [request, request]
+    jsonschema.validate(notifier.bodies()[0], contracts.load_schema("notification"))
 
 
 def test_a_reused_job_id_with_other_bytes_gets_its_own_conflict_result() -> None:

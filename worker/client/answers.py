@@ -113,12 +113,18 @@ class Answers:
         batch = self._subscription.pull(timeout_s)
         fresh: list[JobOutcome] = []
         for _, outcome in batch:
-            if outcome is not None:
+            if outcome is not None and self._answers_ours(outcome):
                 if outcome.job_id not in self._outcomes:
                     fresh.append(outcome)
                 self._outcomes[outcome.job_id] = outcome
         self._subscription.settle([ack_id for ack_id, _ in batch], [])
         return fresh
+
+    def _answers_ours(self, outcome: JobOutcome) -> bool:
+        """False for a notification that names another request than the job this client submitted under
+        that id (a stale one, of an earlier job that used the same job_id): it is acked and ignored."""
+        identity = self._identities.get(outcome.job_id)
+        return identity is None or outcome.fingerprint is None or outcome.fingerprint == identity.request
 
     def stream(
         self, *, idle_timeout_s: float | None = None, timeout_s: float | None = None
@@ -141,7 +147,11 @@ class Answers:
             try:
                 for ack_id, outcome in batch:
                     taken.append(ack_id)  # before the yield: a consumer that stops here has taken it
-                    if outcome is not None and outcome.job_id not in self._outcomes:
+                    if (
+                        outcome is not None
+                        and outcome.job_id not in self._outcomes
+                        and self._answers_ours(outcome)
+                    ):
                         self._outcomes[outcome.job_id] = outcome
                         yield outcome
             finally:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 from worker.client.records import ANSWERED_STATUSES, JobOutcome
@@ -22,7 +23,9 @@ def outcome_from_notification(data: bytes, attributes: Mapping[str, str]) -> Job
     status = body.get("status") or attributes.get("status")
     if not isinstance(job_id, str) or status not in ANSWERED_STATUSES:
         return None
-    return _outcome(job_id, status, body.get("result_uri"), body.get("error"))
+    outcome = _outcome(job_id, status, body.get("result_uri"), body.get("error"))
+    fingerprint = body.get("fingerprint")
+    return replace(outcome, fingerprint=fingerprint) if isinstance(fingerprint, str) else outcome
 
 
 def outcome_from_result(document: Mapping[str, Any], result_uri: str) -> JobOutcome:

@@ -64,6 +64,9 @@ class JobOutcome:
     result_uri: str | None = None
     error_code: str | None = None
     error_message: str | None = None
+    #: The request fingerprint a notification says it answers (None from result objects and older
+    #: workers); not part of equality, it only tells a stale notification from this job's answer.
+    fingerprint: str | None = field(default=None, compare=False)
 
     @property
     def answered(self) -> bool:

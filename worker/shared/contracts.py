@@ -398,15 +398,22 @@ def build_notification(
     error: dict[str, str] | None,
     priority: str,
     client_attributes: dict[str, str],
+    fingerprint: str | None = None,
 ) -> Notification:
-    """The notification for one job; client attributes are echoed, the worker's own names win."""
-    body = {
+    """The notification for one job; client attributes are echoed, the worker's own names win.
+
+    ``fingerprint`` is the request fingerprint of the job this notification answers, so a client that
+    reused a job_id can tell a stale notification (of the earlier job) from its own job's answer.
+    """
+    body: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,
         "job_id": job_id,
         "status": status,
         "result_uri": result_uri,
         "error": error,
     }
+    if fingerprint is not None:
+        body["fingerprint"] = fingerprint
     attributes = {k: v for k, v in client_attributes.items() if k not in RESERVED_ATTRIBUTES}
     if job_id is not None:
         attributes["job_id"] = job_id

@@ -127,7 +127,7 @@ class Answerer:
         if stored is not None and not contracts.answers_same_job(stored, request, input_sha256):
             return await self._conflict(delivery, job, timeline, request, input_sha256)
         status, error_body = _status_of(stored if stored is not None else document, document)
-        await self._notify(delivery, job, status=status, error_body=error_body, name=name)
+        await self._notify(delivery, job, status=status, error_body=error_body, name=name, request=request)
         return Answered(status, (error_body or {}).get("code"), duplicate=not created)
 
     async def answer_existing(self, delivery: Delivery, job: Job) -> Answered | None:
@@ -146,7 +146,7 @@ class Answerer:
             timeline = Timeline(delivery.publish_time, delivery.leased_at, started, started)
             return await self._conflict(delivery, job, timeline, request, None)
         status, error_body = _status_of(stored, {"status": contracts.STATUS_FAILED, "error": None})
-        await self._notify(delivery, job, status=status, error_body=error_body, name=name)
+        await self._notify(delivery, job, status=status, error_body=error_body, name=name, request=request)
         return Answered(status, (error_body or {}).get("code"), duplicate=True)
 
     async def _conflict(
@@ -179,7 +179,7 @@ class Answerer:
         )
         created, stored = await self._create_or_read(name, document, job)
         status, error_body = _status_of(stored or document, document)
-        await self._notify(delivery, job, status=status, error_body=error_body, name=name)
+        await self._notify(delivery, job, status=status, error_body=error_body, name=name, request=request)
         return Answered(status, (error_body or {}).get("code"), duplicate=not created)
 
     def _document(
@@ -232,6 +232,7 @@ class Answerer:
         status: str,
         error_body: dict[str, str] | None,
         name: str,
+        request: str,
     ) -> None:
         notification = contracts.build_notification(
             job_id=job.job_id,
@@ -240,6 +241,7 @@ class Answerer:
             error=error_body,
             priority=job.priority,
             client_attributes=delivery.attributes,
+            fingerprint=request,
         )
         await with_retries(lambda: self._notifier.publish(notification), attempts=self._retries)
 
