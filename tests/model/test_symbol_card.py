@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ import numpy as np
 import pytest
 
 from worker.dev import drawings, symbol_training
+from worker.runtime.model_packages.loader import load_package
 
 FOLDER = symbol_training.PACKAGE_DIR
 CARD = Path(__file__).resolve().parents[2] / "docs" / "model-card-symbols.md"
@@ -77,6 +79,9 @@ def test_the_symbols_the_card_says_meet_the_targets_meet_them(figures: dict[str,
     assert _names(met_line.group(1)) == meets
     assert (_names(missed_line.group(1)) if missed_line else set()) == set(drawings.SYMBOL_NAMES) - meets
     assert {"section_arrow", "datum"} <= meets  # the floor this package ships with
+    # and the package decides present/absent for exactly those symbols
+    handler = sys.modules[load_package(FOLDER).postprocess.__module__]
+    assert set(handler.DECIDED) == meets
 
 
 def test_the_card_shows_the_committed_figures_and_targets(metrics: dict[str, Any]) -> None:

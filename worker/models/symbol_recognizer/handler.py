@@ -25,6 +25,10 @@ SYMBOLS: Final = ("surface_finish", "welding", "tolerance_frame", "section_arrow
 INPUT_SIZE_PX: Final = 384
 #: A symbol is present at a calibrated probability >= THRESHOLD (chosen in the model card).
 THRESHOLD: Final = 0.5
+#: The symbols this package decides present/absent: those whose held-out figures meet the model card's
+#: targets (tests/model/test_symbol_card.py keeps this equal to the card). The others get a score but no
+#: decision (``undecided``): near-chance detections must not read like answers.
+DECIDED: Final = ("tolerance_frame", "section_arrow", "datum")
 
 
 def preprocess(data: bytes, params: dict[str, Any]) -> dict[str, np.ndarray[Any, Any]]:
@@ -48,10 +52,15 @@ def sheet_tensor(image: Image.Image) -> np.ndarray[Any, Any]:
 
 
 def postprocess(outputs: dict[str, np.ndarray[Any, Any]], params: dict[str, Any]) -> dict[str, Any]:
-    """``{"symbols": {"present": [...], "scores": {symbol: p}, "threshold": 0.5}}`` (SYMBOLS order)."""
+    """``{"symbols": {"present": [...], "scores": {symbol: p}, "threshold": 0.5, "undecided": [...]}}``.
+
+    ``present`` names the DECIDED symbols at or above the threshold (SYMBOLS order); ``undecided`` the
+    symbols the model cannot yet tell reliably (their scores are calibrated but no decision is made).
+    """
     probs = np.asarray(outputs["SYMBOL_PROBS"], dtype=np.float64).reshape(-1)
     if probs.shape != (len(SYMBOLS),) or not np.all(np.isfinite(probs)):
         raise ValueError(f"SYMBOL_PROBS must be {len(SYMBOLS)} finite values, got shape {probs.shape}")
     scores = {name: round(float(p), 4) for name, p in zip(SYMBOLS, probs, strict=True)}
-    present = [name for name, p in zip(SYMBOLS, probs, strict=True) if p >= THRESHOLD]
-    return {"symbols": {"present": present, "scores": scores, "threshold": THRESHOLD}}
+    present = [name for name, p in zip(SYMBOLS, probs, strict=True) if name in DECIDED and p >= THRESHOLD]
+    undecided = [name for name in SYMBOLS if name not in DECIDED]
+    return {"symbols": {"present": present, "scores": scores, "threshold": THRESHOLD, "undecided": undecided}}
