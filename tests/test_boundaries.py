@@ -4,6 +4,8 @@
 - ``worker.runtime`` (a GPU VM) and ``worker.client`` (a publisher) import ``worker.shared`` and
   themselves, never each other and never ``worker.dev``;
 - ``worker.dev`` (a laptop or CI) may import everything;
+- ``worker/models/`` (bundled model packages) may use ``worker.shared`` and ``worker.runtime``, like a
+  team's own package would, never the client or dev tooling;
 - the ``fleet`` entry point (``worker.cli``) imports only ``worker.shared``: the parts it dispatches to
   are named as strings and imported when their command runs.
 
@@ -28,6 +30,8 @@ ALLOWED: dict[str, frozenset[str]] = {
     "runtime": frozenset({"shared", "runtime"}),
     "client": frozenset({"shared", "client"}),
     "dev": frozenset({"shared", "runtime", "client", "dev", "cli"}),
+    # bundled model packages: their handlers run in the worker (and its preprocess pool)
+    "models": frozenset({"shared", "runtime", "models"}),
     "cli": frozenset({"shared"}),
 }
 #: Third-party packages a client install does not have (they come with the ``worker`` extra or later).
@@ -96,6 +100,11 @@ def test_every_import_points_the_allowed_way() -> None:
         ("shared/x.py", "from worker import runtime\n", "shared imports worker.runtime"),
         ("shared/y.py", "import yaml\n", "standard library only"),
         ("cli.py", "from worker.client import sdk\n", "cli imports worker.client"),
+        (
+            "models/drawing_analyzer/handler.py",
+            "from worker.dev import drawings\n",
+            "models imports worker.dev",
+        ),
     ],
 )
 def test_a_planted_crossing_is_found(tmp_path: Path, planted_in: str, line: str, expected: str) -> None:
