@@ -8,6 +8,7 @@ publishers' job ids apart. Uses the runs, workers and inputs of test_worker_inte
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from collections.abc import Callable
@@ -63,7 +64,11 @@ def test_a_reused_job_id_with_another_input_gets_job_id_conflict_and_the_first_r
     assert own_doc["error"]["code"] == "JOB_ID_CONFLICT"
     # and A's result is untouched
     assert stored(run, first_name) == (first_doc, first_generation)
-    assert first_doc["input_uri"] == inputs[0] and first_doc["fingerprint"]["input_sha256"]
+    assert first_doc["input_uri"] == inputs[0]
+    # and its fingerprint holds the sha256 of the bytes in GCS (read here with the official client)
+    bucket_name, object_name = inputs[0][len("gs://") :].split("/", 1)
+    uploaded = run.storage.bucket(bucket_name).blob(object_name).download_as_bytes()
+    assert first_doc["fingerprint"]["input_sha256"] == hashlib.sha256(uploaded).hexdigest()
 
 
 @pytest.mark.timeout(180)

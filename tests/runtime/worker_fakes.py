@@ -15,7 +15,8 @@ import numpy as np
 from worker.runtime import abstention, model_spec
 from worker.runtime.model_packages.catalog import Catalog
 from worker.runtime.model_packages.loader import load_package
-from worker.shared import errors
+from worker.runtime.pipeline.ports import InputObject
+from worker.shared import contracts, errors
 from worker.shared.contracts import Delivery, Notification
 
 _ids = itertools.count(1)
@@ -80,12 +81,15 @@ class FakeStore:
     def result_uri(self, name: str) -> str:
         return f"gs://results/{name}"
 
-    async def read_input(self, bucket: str, name: str, *, max_bytes: int, urgent: bool = False) -> bytes:
+    async def read_input(
+        self, bucket: str, name: str, *, max_bytes: int, urgent: bool = False
+    ) -> InputObject:
         if self.fail_reads:
             raise errors.StorageUnavailable("fake 503")
         if name not in self.objects:
             raise errors.InputNotFound("missing")
-        return self.objects[name]
+        data = self.objects[name]
+        return InputObject(data, contracts.input_digest(data))
 
     async def create_result(self, name: str, data: bytes, *, urgent: bool = False) -> bool:
         self.writes += 1

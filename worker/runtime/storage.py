@@ -28,7 +28,8 @@ from typing import Any, Protocol
 import urllib3
 
 from worker.runtime import policy
-from worker.shared import errors
+from worker.runtime.pipeline.ports import InputObject
+from worker.shared import contracts, errors
 
 JSON_CONTENT_TYPE = "application/json"
 DEFAULT_API_ENDPOINT = "https://storage.googleapis.com"
@@ -109,12 +110,14 @@ class GcsStorage:
         except Exception as exc:  # auth refresh failures and the like: retried, then nacked
             raise errors.StorageUnavailable(f"{what}: {type(exc).__name__}: {str(exc)[:200]}") from exc
 
-    async def read_input(self, bucket: str, name: str, *, max_bytes: int, urgent: bool = False) -> bytes:
-        """The object's bytes; InputTooLarge without downloading more than ``max_bytes + 1``."""
-        data: bytes = await self._call(self._read_input, bucket, name, max_bytes, urgent=urgent)
-        return data
+    async def read_input(
+        self, bucket: str, name: str, *, max_bytes: int, urgent: bool = False
+    ) -> InputObject:
+        """The object's bytes and sha256; InputTooLarge without downloading more than ``max_bytes + 1``."""
+        read: InputObject = await self._call(self._read_input, bucket, name, max_bytes, urgent=urgent)
+        return read
 
-    def _read_input(self, bucket: str, name: str, max_bytes: int) -> bytes:
+    def _read_input(self, bucket: str, name: str, max_bytes: int) -> InputObject:
         # A ranged read, and a bounded read of the body even if the server ignores the range: a hostile
         # object cannot make us download and hold more than max_bytes + 1.
         response = self._request(
@@ -127,7 +130,7 @@ class GcsStorage:
         try:
             if response.status not in (200, 206):
                 if response.status == 416:  # range not satisfiable: the object is empty
-                    return b""
+                    return InputObject(b"", contracts.input_digest(b""))
                 raise _classify_status(response.status, "input")
             data = self._read_bounded(response, max_bytes + 1)
         except (urllib3.exceptions.HTTPError, OSError) as exc:
@@ -136,7 +139,7 @@ class GcsStorage:
             response.release_conn()
         if len(data) > max_bytes:
             raise errors.InputTooLarge(f"input is larger than {max_bytes} bytes")
-        return data
+        return InputObject(data, contracts.input_digest(data))  # hashed here, in the I/O thread
 
     @staticmethod
     def _read_bounded(response: Any, limit: int) -> bytes:

@@ -19,7 +19,7 @@ from worker.runtime.pipeline.answering import Answerer, parse, timeline_of
 from worker.runtime.pipeline.gate import InteractiveGate
 from worker.runtime.pipeline.models import ModelSet, Ran
 from worker.runtime.pipeline.outcomes import RETRY, Outcomes
-from worker.runtime.pipeline.ports import Arrays, Ports
+from worker.runtime.pipeline.ports import Arrays, InputObject, Ports
 from worker.runtime.pipeline.retries import with_retries
 from worker.runtime.settings import WorkerSettings
 from worker.runtime.telemetry import get_logger
@@ -38,9 +38,6 @@ class _InputRead:
 
     def __init__(self) -> None:
         self.sha256: str | None = None
-
-    def digest(self, data: bytes) -> None:
-        self.sha256 = contracts.input_digest(data)
 
 
 class JobRunner:
@@ -152,13 +149,12 @@ class JobRunner:
             # Interactive reads skip the fetch limit that paces the backlog and use their own threads;
             # no new batch request goes to Triton while this job is on its way there.
             self._begun.add(ack_id)
-            data = await self._read_input(job, urgent=True)
+            data, read.sha256 = await self._read_input(job, urgent=True)
         else:
             await self._gate.yield_to()
             async with self._batch_fetches:
                 self._begun.add(ack_id)
-                data = await self._read_input(job, urgent=False)
-        read.digest(data)
+                data, read.sha256 = await self._read_input(job, urgent=False)
 
         async def decode(step: Step, data: bytes, params: dict[str, Any]) -> Arrays:
             folder = str(step.package.folder)
@@ -175,7 +171,7 @@ class JobRunner:
             job.analyses, data, dict(job.params), interactive=interactive, decode=decode
         )
 
-    async def _read_input(self, job: Job, *, urgent: bool) -> bytes:
+    async def _read_input(self, job: Job, *, urgent: bool) -> InputObject:
         return await with_retries(
             lambda: self._p.inputs.read_input(
                 job.input_bucket, job.input_object, max_bytes=self._s.max_input_bytes, urgent=urgent
