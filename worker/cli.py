@@ -21,11 +21,6 @@ from dataclasses import dataclass
 
 from worker.shared import exit_codes
 
-#: Kept for callers of the old names; the one home is ``worker.shared.exit_codes``.
-EXIT_OK = exit_codes.OK
-EXIT_FAILED = exit_codes.FAILED
-EXIT_USAGE = exit_codes.USAGE
-
 
 @dataclass(frozen=True)
 class CommandPart:

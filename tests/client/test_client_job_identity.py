@@ -15,12 +15,13 @@ from typing import Any
 
 import pytest
 
-from worker.cli import EXIT_USAGE, main
+from worker.cli import main
 from worker.client import answers, sdk
 from worker.client.cli_output import outcome_line, report_submit
 from worker.shared import contracts
 from worker.shared.errors import ClientInputInvalid
 from worker.shared.exit_codes import FAILED as EXIT_FAILED
+from worker.shared.exit_codes import USAGE as EXIT_USAGE
 
 from .client_fakes import PNG, SETTINGS, FakePublisher, FakeStorage, FakeSubscriber, fake_client
 

@@ -14,10 +14,11 @@ from typing import Any
 import pytest
 from google.cloud import pubsub_v1
 
-from worker.cli import EXIT_USAGE, main
+from worker.cli import main
 from worker.client import cli as client_cli
 from worker.client import sdk
 from worker.shared.errors import ClientInputInvalid, PublishIncomplete
+from worker.shared.exit_codes import USAGE as EXIT_USAGE
 
 from .client_fakes import PNG, SETTINGS, FakePublisher, FakeSubscriber, NoStorage, fake_client
 

@@ -28,6 +28,7 @@ from google.cloud import storage  # type: ignore[attr-defined]  # storage has no
 
 from worker.dev import drawings, harness
 from worker.dev.devstack import stack as devstack
+from worker.runtime.model_packages.catalog import Catalog
 from worker.runtime.model_packages.loader import BUNDLED_MODELS_DIR, load_packages
 from worker.shared import exit_codes, stats
 
@@ -123,10 +124,9 @@ def upload_all(client: storage.Client, bucket: str, run_id: str, images: list[by
     ]
 
 
-def analysis_mix() -> list[list[str] | None]:
+def analysis_mix(catalog: Catalog) -> list[list[str] | None]:
     """The analyses the demo's jobs cycle through: the default (None), each other model's analyses alone,
     and all of them in one job (one result from several models)."""
-    catalog = load_packages(BUNDLED_MODELS_DIR)
     others = [
         [a.name for a in package.declaration.analyses]
         for package in catalog.packages
@@ -137,9 +137,11 @@ def analysis_mix() -> list[list[str] | None]:
     return [None, *others, ["classify", "embed", *[a for names in others for a in names]]]
 
 
-def job_messages(run_id: str, uris: list[str], *, interactive_every: int) -> list[harness.Message]:
+def job_messages(
+    run_id: str, uris: list[str], *, interactive_every: int, catalog: Catalog
+) -> list[harness.Message]:
     """One job per input; every ``interactive_every``-th on the interactive lane."""
-    mix = analysis_mix()
+    mix = analysis_mix(catalog)
     return [
         harness.job_message(
             f"job-{index:04d}",
@@ -182,7 +184,8 @@ def run(args: argparse.Namespace, demo: Demo) -> int:
     uris = upload_all(client, run_env.input_bucket, demo.run_id, images)
     demo.start_workers(run_env)
     demo.collector = harness.NotificationCollector(run_env, run_id=demo.run_id).start()
-    messages = job_messages(demo.run_id, uris, interactive_every=args.interactive_every)
+    catalog = load_packages(BUNDLED_MODELS_DIR)  # what the stack serves: the bundled packages
+    messages = job_messages(demo.run_id, uris, interactive_every=args.interactive_every, catalog=catalog)
     print(
         f"[demo] {WORKERS} workers started; submitting {len(messages)} jobs "
         f"({sum(m.attributes['priority'] == 'interactive' for m in messages)} interactive) ...",
@@ -196,7 +199,7 @@ def run(args: argparse.Namespace, demo: Demo) -> int:
     seen = demo.collector.snapshot()
     demo.stop_workers()  # SIGTERM: drain, then each writes its CPU/RSS stats file
     outcome = Outcome(sent_at, seen, elapsed)
-    return summarise(outcome, demo, client, run_env.results_bucket)
+    return summarise(outcome, demo, client, run_env.results_bucket, catalog)
 
 
 @dataclass
@@ -227,7 +230,9 @@ class Outcome:
         ]
 
 
-def summarise(outcome: Outcome, demo: Demo, client: storage.Client, results_bucket: str) -> int:
+def summarise(
+    outcome: Outcome, demo: Demo, client: storage.Client, results_bucket: str, catalog: Catalog
+) -> int:
     """Print the summary: outcomes, throughput, latency, three results, the workers' stats."""
     statuses = outcome.statuses()
     succeeded = statuses.get("succeeded", 0)
@@ -246,7 +251,7 @@ def summarise(outcome: Outcome, demo: Demo, client: storage.Client, results_buck
         )
     first = outcome.first_notes()
     results = read_results(client, results_bucket, first)
-    for line in per_model_lines(results):
+    for line in per_model_lines(results, catalog):
         print(line)
     for key in sorted(first)[:3]:
         print_result(results.get(key), key, first[key])
@@ -275,9 +280,8 @@ def read_results(
         return {key: doc for key, doc in pool.map(read, sorted(notes)) if doc is not None}
 
 
-def per_model_lines(results: dict[str, dict[str, Any]]) -> list[str]:
+def per_model_lines(results: dict[str, dict[str, Any]], catalog: Catalog) -> list[str]:
     """A line per model: jobs it answered, what it said most often, median inference ms."""
-    catalog = load_packages(BUNDLED_MODELS_DIR)
     owner = {a.name: p.name for p in catalog.packages for a in p.declaration.analyses}
     jobs: Counter[str] = Counter()
     inference_ms: dict[str, list[float]] = {}

@@ -12,7 +12,7 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from worker.shared import errors
+from worker.shared import errors, stats
 
 PUBSUB_MIN_ACK_DEADLINE_S = 10
 PUBSUB_MAX_ACK_DEADLINE_S = 600
@@ -61,9 +61,7 @@ def ack_deadline_from_latencies(
     """
     if not latencies_s:
         return max(PUBSUB_MIN_ACK_DEADLINE_S, floor_s)
-    ordered = sorted(latencies_s)
-    index = min(len(ordered) - 1, max(0, math.ceil(quantile * len(ordered)) - 1))
-    wanted = math.ceil(ordered[index])
+    wanted = math.ceil(stats.percentile(latencies_s, quantile * 100))
     return int(min(ceiling_s, PUBSUB_MAX_ACK_DEADLINE_S, max(floor_s, PUBSUB_MIN_ACK_DEADLINE_S, wanted)))
 
 
