@@ -170,3 +170,16 @@ def test_the_wheel_serves_a_client_alone_and_then_a_worker(
     assert extra.returncode == 0, extra.stderr[-3000:]
     worker_help = run([fleet, "worker", "--help"], cwd=elsewhere, env=env)
     assert worker_help.returncode == 0 and "usage: fleet worker" in worker_help.stdout, worker_help.stderr
+    # and the bundled model packages (declarations, handlers, ONNX, reference inputs) ship in the wheel:
+    # the worker's default FLEET_MODELS_DIR loads from the installed package, as the checkout's does
+    probe = (
+        "from worker.runtime.model_packages.loader import BUNDLED_MODELS_DIR, load_packages;"
+        "c = load_packages(BUNDLED_MODELS_DIR); print(BUNDLED_MODELS_DIR);"
+        "print(' '.join(sorted(p.folder.name for p in c.packages)))"
+    )
+    bundled = run([python, "-c", probe], cwd=elsewhere, env=env)
+    assert bundled.returncode == 0, bundled.stderr[-3000:]
+    where, names = bundled.stdout.strip().splitlines()
+    assert where.startswith(str(venv))
+    expected = sorted(p.name for p in (REPO / "worker" / "models").iterdir() if (p / "model.toml").is_file())
+    assert names.split() == expected
