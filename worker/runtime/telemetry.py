@@ -12,7 +12,6 @@ on a ``generic_node`` resource whose namespace is the instance group, so an auto
 
 from __future__ import annotations
 
-import importlib
 import json
 import logging
 import resource
@@ -343,15 +342,6 @@ def process_stats(metrics: Metrics, *, started_monotonic: float) -> dict[str, An
         "peak_rss_mb": round(usage.ru_maxrss / 1024.0, 1),
         "children_peak_rss_mb": round(children.ru_maxrss / 1024.0, 1),
     }
-
-
-def preload(module_name: str) -> None:
-    """Import ``module_name`` in this process; the preprocess pool's warm-up task.
-
-    It lives here, not in ``worker.runtime.pipeline``, so a pool process imports only this module and the
-    preprocessing module, not the pipeline's Pub/Sub and gRPC dependencies (a second of start-up CPU).
-    """
-    importlib.import_module(module_name)
 
 
 def timed_call(func: Any, data: Any) -> tuple[Any, float]:
