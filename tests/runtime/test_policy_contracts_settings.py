@@ -97,7 +97,7 @@ def test_valid_job_parses_with_defaults() -> None:
         ({"job_id": "a\u0430", "input_uri": "gs://inputs/a"}, "INVALID_JOB_ID"),
         ({"job_id": "a", "input_uri": "http://x/a"}, "INPUT_URI_INVALID"),
         ({"job_id": "a", "input_uri": "gs://other/a"}, "INPUT_NOT_ALLOWED"),
-        ({"job_id": "a", "input_uri": "gs://inputs/a", "schema_version": 2}, "UNSUPPORTED_SCHEMA_VERSION"),
+        ({"job_id": "a", "input_uri": "gs://inputs/a", "schema_version": 3}, "UNSUPPORTED_SCHEMA_VERSION"),
         ({"job_id": "a", "input_uri": "gs://inputs/a", "analyses": ["x"]}, "UNKNOWN_ANALYSIS"),
         ({"job_id": "a", "input_uri": "gs://inputs/a", "priority": "now"}, "UNKNOWN_PRIORITY"),
         ({"job_id": "a", "input_uri": "gs://inputs/a", "deadline": "tomorrow"}, "SCHEMA_INVALID"),

@@ -1,4 +1,8 @@
-"""The public records: job message in, result object and notification out (schema_version 1).
+"""The public records: job message in, result object and notification out (schema_version 1 and 2).
+
+A job of schema_version 2 may name the ``pages`` of its document to analyse, and its result carries one
+entry per analysed page (docs/contracts.md "Pages"); a version 1 job and its result keep the version 1
+shape (plus the additive ``page_count``). Notifications stay version 1.
 
 Parsing is hand-written (not jsonschema) because it runs once per job on the hot path; the JSON Schemas in
 ``worker/schemas/`` describe the same contract for clients and are checked against these functions in
@@ -17,9 +21,14 @@ from typing import Any
 
 from worker.shared import errors
 
+#: The version of a job that names none, and of every notification.
 SCHEMA_VERSION = 1
+#: The newest job and result version (what ``fleet submit`` sends).
+LATEST_SCHEMA_VERSION = 2
 SCHEMA_DIR = Path(__file__).resolve().parent / "schemas"
-SUPPORTED_SCHEMA_VERSIONS = frozenset({1})
+SUPPORTED_SCHEMA_VERSIONS = frozenset({1, 2})
+#: Most pages one job may analyse (``pages`` entries, or the pages of a document that names none).
+MAX_PAGES_PER_JOB = 64
 PRIORITIES = ("interactive", "batch")
 INTERACTIVE = "interactive"
 BATCH = "batch"
@@ -32,6 +41,8 @@ MAX_ERROR_MESSAGE_CHARS = 500
 # Attributes the worker sets itself on a notification; a client attribute of the same name is not echoed.
 RESERVED_ATTRIBUTES = frozenset({"job_id", "status", "error_code", "priority"})
 JOB_KEYS = frozenset({"schema_version", "job_id", "input_uri", "priority", "analyses", "deadline", "params"})
+#: The fields each job version may carry (a new field is a new version: docs/contracts.md "Versioning").
+JOB_KEYS_BY_VERSION: dict[int, frozenset[str]] = {1: JOB_KEYS, 2: JOB_KEYS | {"pages"}}
 #: The job attribute that scopes a job's result path (``results/<namespace>/<job_id>.json``). It is the
 #: publisher's own word, not an identity: Pub/Sub does not tell a subscriber who published (docs/security.md).
 NAMESPACE_ATTRIBUTE = "namespace"
@@ -73,16 +84,21 @@ class Job:
     deadline: float | None
     params: dict[str, Any] = field(default_factory=dict)
     namespace: str | None = None
+    schema_version: int = SCHEMA_VERSION
+    #: The 1-based page numbers to analyse (v2 only); None: every page of the document.
+    pages: tuple[int, ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class Rejection:
-    """A job message that cannot run; ``job_id``/``priority`` are what could be salvaged from it."""
+    """A job message that cannot run; ``job_id``/``priority``/``schema_version`` are what was salvaged."""
 
     error: errors.PermanentError
     job_id: str | None
     priority: str
     namespace: str | None = None
+    #: The message's schema_version when it is a supported one (its result is of that version), else 1.
+    schema_version: int = SCHEMA_VERSION
 
 
 def valid_job_id(value: object) -> bool:
@@ -115,10 +131,12 @@ def parse_job(
     salvaged = job_id if valid_job_id(job_id) else None
     if isinstance(body.get("priority"), str) and body["priority"] in PRIORITIES:
         priority = body["priority"]
+    version = body.get("schema_version", SCHEMA_VERSION)
+    salvaged_version = version if type(version) is int and version in SUPPORTED_SCHEMA_VERSIONS else 1
     try:
         job = _parse_body(body, allowed_buckets, offered_analyses, default_analyses)
     except errors.PermanentError as exc:
-        return Rejection(exc, salvaged, priority, namespace)
+        return Rejection(exc, salvaged, priority, namespace, schema_version=salvaged_version)
     return job if namespace is None else replace(job, namespace=namespace)
 
 
@@ -148,9 +166,10 @@ def _parse_body(
     version = body.get("schema_version", SCHEMA_VERSION)
     if type(version) is not int or version not in SUPPORTED_SCHEMA_VERSIONS:
         raise errors.UnsupportedSchemaVersion(
-            f"schema_version {str(version)[:20]!r} is not supported; this worker speaks {SCHEMA_VERSION}"
+            f"schema_version {str(version)[:20]!r} is not supported; this worker speaks "
+            + ", ".join(map(str, sorted(SUPPORTED_SCHEMA_VERSIONS)))
         )
-    unknown = set(body) - JOB_KEYS
+    unknown = set(body) - JOB_KEYS_BY_VERSION[version]
     if unknown:
         raise errors.SchemaInvalid(f"unknown field(s): {', '.join(sorted(map(_clip, unknown))[:5])}")
     job_id = body.get("job_id")
@@ -171,6 +190,8 @@ def _parse_body(
         analyses=_parse_analyses(body.get("analyses"), offered, default),
         deadline=_parse_deadline(body.get("deadline")),
         params=_parse_params(body.get("params")),
+        schema_version=version,
+        pages=_parse_pages(body.get("pages")),
     )
 
 
@@ -223,6 +244,19 @@ def _parse_params(value: object) -> dict[str, Any]:
     return value
 
 
+def _parse_pages(value: object) -> tuple[int, ...] | None:
+    """``pages``: a non-empty list of unique 1-based page numbers, at most MAX_PAGES_PER_JOB."""
+    if value is None:
+        return None
+    if not isinstance(value, list) or not value or not all(type(n) is int and n >= 1 for n in value):
+        raise errors.InvalidPages("pages must be a non-empty list of page numbers (integers from 1)")
+    if len(set(value)) != len(value):
+        raise errors.InvalidPages("pages names a page more than once")
+    if len(value) > MAX_PAGES_PER_JOB:
+        raise errors.InvalidPages(f"pages names {len(value)} pages; a job may analyse {MAX_PAGES_PER_JOB}")
+    return tuple(sorted(value))
+
+
 def _lane_priority(attributes: dict[str, str]) -> str:
     return INTERACTIVE if attributes.get("priority") == INTERACTIVE else BATCH
 
@@ -263,21 +297,23 @@ def request_fingerprint(job: Job | Rejection, data: bytes) -> str:
     """Digest of what decides a job's answer, apart from the input's bytes.
 
     For a valid job: schema version, namespace, job_id, input_uri, analyses and params (not priority or
-    deadline: they decide when, not what). For a rejected message: its raw data, since that is what was
-    answered. The input's bytes enter separately (``input_sha256``) because they are known only after
-    the read.
+    deadline: they decide when, not what), and for a version 2 job its ``pages`` (sorted; null for every
+    page). For a rejected message: its raw data, since that is what was answered. The input's bytes
+    enter separately (``input_sha256``) because they are known only after the read.
     """
     if isinstance(job, Rejection):
         recipe: dict[str, Any] = {"rejected": hashlib.sha256(data).hexdigest(), "namespace": job.namespace}
     else:
         recipe = {
-            "schema_version": SCHEMA_VERSION,
+            "schema_version": job.schema_version,
             "namespace": job.namespace,
             "job_id": job.job_id,
             "input_uri": job.input_uri,
             "analyses": sorted(job.analyses),  # a set: the order a client or worker resolves does not matter
             "params": job.params,
         }
+        if job.schema_version >= 2:  # a version 1 job's recipe is as it always was
+            recipe["pages"] = None if job.pages is None else sorted(job.pages)
     canonical = json.dumps(recipe, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
     return hashlib.sha256(canonical.encode()).hexdigest()
 
@@ -343,6 +379,30 @@ class Timeline:
         return document
 
 
+@dataclass(frozen=True, slots=True)
+class PageResult:
+    """One analysed page of a version 2 result: its outputs (None when blank) and its model timings."""
+
+    number: int
+    blank: bool
+    ink: float | None
+    outputs: dict[str, Any] | None
+    preprocess_ms: float = 0.0
+    inference_ms: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "page": self.number,
+            "blank": self.blank,
+            "ink": None if self.ink is None else round(self.ink, 4),
+            "outputs": None if self.blank else self.outputs,
+            "timeline": {
+                "preprocess_ms": round(self.preprocess_ms, 1),
+                "inference_ms": round(self.inference_ms, 1),
+            },
+        }
+
+
 def build_result(
     *,
     job_id: str | None,
@@ -356,25 +416,45 @@ def build_result(
     delivery_attempt: int,
     fingerprint: dict[str, Any] | None = None,
     namespace: str | None = None,
+    schema_version: int = SCHEMA_VERSION,
+    page_count: int | None = None,
+    pages: tuple[PageResult, ...] = (),
 ) -> dict[str, Any]:
-    """The result object's JSON document (docs/contracts.md, worker/shared/schemas/result.v1.json)."""
+    """The result object's JSON document (docs/contracts.md; worker/shared/schemas/result.v<N>.json).
+
+    Version 1: ``outputs`` as given, plus ``page_count`` when known. Version 2: ``page_count`` (null
+    when the document was not read), ``pages`` (the analysed pages, [] for a failed job) and
+    ``outputs`` = the one page's outputs for a one-page document, null for a document of several pages.
+    """
+    succeeded = error is None
+    if schema_version >= 2:
+        outputs = pages[0].to_json()["outputs"] if succeeded and page_count == 1 and pages else None
     document: dict[str, Any] = {
-        "schema_version": SCHEMA_VERSION,
+        "schema_version": schema_version,
         "job_id": job_id,
         "status": status_for(error),
         "input_uri": input_uri,
-        "outputs": outputs if error is None else None,
+        "outputs": outputs if succeeded else None,
         "error": None if error is None else error_body(error),
         "model": model,
         "timeline": timeline.to_json(),
         "worker": {"instance": instance, "pid": pid},
         "delivery_attempt": delivery_attempt,
     }
+    if schema_version >= 2:
+        document["page_count"] = page_count
+        document["pages"] = [page.to_json() for page in sorted(pages, key=_page_number)] if succeeded else []
+    elif page_count is not None:
+        document["page_count"] = page_count
     if namespace is not None:
         document["namespace"] = namespace
     if fingerprint is not None:
         document["fingerprint"] = fingerprint
     return document
+
+
+def _page_number(page: PageResult) -> int:
+    return page.number
 
 
 def encode(document: dict[str, Any]) -> bytes:
@@ -424,8 +504,8 @@ def build_notification(
     return Notification(encode(body), attributes)
 
 
-def load_schema(name: str) -> dict[str, Any]:
-    """``job``, ``result`` or ``notification`` -> the JSON Schema (v1) shipped in worker/schemas."""
-    text = (SCHEMA_DIR / f"{name}.v1.json").read_text(encoding="utf-8")
+def load_schema(name: str, version: int = SCHEMA_VERSION) -> dict[str, Any]:
+    """``job``, ``result`` or ``notification`` -> the JSON Schema of ``version`` in worker/shared/schemas."""
+    text = (SCHEMA_DIR / f"{name}.v{version}.json").read_text(encoding="utf-8")
     schema: dict[str, Any] = json.loads(text)
     return schema
