@@ -162,6 +162,67 @@ class InvalidNamespace(PermanentError):
     code = "INVALID_NAMESPACE"
 
 
+# --- permanent: documents and pages (issue 22; worker/runtime/documents) -------------------------------
+class InvalidPages(PermanentError):
+    """``pages`` is not a non-empty list of unique page numbers >= 1 (at most MAX_PAGES_PER_JOB)."""
+
+    code = "INVALID_PAGES"
+
+
+class PageNotFound(PermanentError):
+    """``pages`` names a page past the document's page count."""
+
+    code = "PAGE_NOT_FOUND"
+
+
+class TooManyPages(PermanentError):
+    """More pages to analyse than one job may analyse: select pages with ``pages``."""
+
+    code = "TOO_MANY_PAGES"
+
+
+class MultiPageInput(PermanentError):
+    """A schema_version 1 job's input has more than one page (v1 answers from one page only)."""
+
+    code = "MULTI_PAGE_INPUT"
+
+
+class DocumentTooLarge(PermanentError):
+    """The document has too many pages, or its analysed pages would decode to more pixels than allowed."""
+
+    code = "DOCUMENT_TOO_LARGE"
+
+
+class DocumentEncrypted(PermanentError):
+    """The PDF needs a password to open."""
+
+    code = "DOCUMENT_ENCRYPTED"
+
+
+class DocumentEmpty(PermanentError):
+    """The document has no pages."""
+
+    code = "DOCUMENT_EMPTY"
+
+
+class DocumentUnreadable(PermanentError):
+    """The PDF cannot be opened, not even by PDFium's repair of a broken cross-reference table."""
+
+    code = "DOCUMENT_UNREADABLE"
+
+
+class PageTooLarge(PermanentError):
+    """A PDF page is over 14,400 x 14,400 points, or a raster page over the pixel limit."""
+
+    code = "PAGE_TOO_LARGE"
+
+
+class DocumentTooComplex(PermanentError):
+    """A PDF bomb: its streams decompress past the budget, or a page renders past its time budget."""
+
+    code = "DOCUMENT_TOO_COMPLEX"
+
+
 # --- transient -----------------------------------------------------------------------------------------
 class StorageUnavailable(TransientError):
     """GCS failed with a retryable status (429, 5xx) or a connection error."""
@@ -221,4 +282,14 @@ PERMANENT_ERRORS: tuple[type[PermanentError], ...] = (
     ModelRejected,
     ProcessingTimeout,
     DeadLettered,
+    InvalidPages,
+    PageNotFound,
+    TooManyPages,
+    MultiPageInput,
+    DocumentTooLarge,
+    DocumentEncrypted,
+    DocumentEmpty,
+    DocumentUnreadable,
+    PageTooLarge,
+    DocumentTooComplex,
 )
