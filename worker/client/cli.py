@@ -65,6 +65,18 @@ def _register_submit(subparsers: Any) -> None:
     submit.add_argument("targets", nargs="+", metavar="PATH|gs://…|manifest.jsonl")
     submit.add_argument("--priority", choices=("interactive", "batch"), default="batch")
     submit.add_argument("--analyses", help="comma list, e.g. classify,embed (default: all the model offers)")
+    submit.add_argument(
+        "--pages",
+        help="comma list of the 1-based pages of each document to analyse, e.g. 1,3 (default: every page; "
+        "a manifest line's own pages win)",
+    )
+    submit.add_argument(
+        "--schema-version",
+        type=int,
+        choices=sorted(contracts.SUPPORTED_SCHEMA_VERSIONS),
+        help=f"job schema_version to publish (default {contracts.LATEST_SCHEMA_VERSION}); 1 for workers that "
+        "predate pages (no --pages then)",
+    )
     submit.add_argument("--wait", action="store_true", help="wait for every job's result, with progress")
     submit.add_argument(
         "--timeout", type=float, default=DEFAULT_WAIT_TIMEOUT_S, help="seconds to --wait (default 3600)"
@@ -164,7 +176,9 @@ def cmd_submit(args: argparse.Namespace) -> int:
                     upload_task = progress.add_task("uploading inputs", total=total)
                 progress.update(upload_task, completed=done)
 
-        receipt = client.submit(requests, on_upload=on_upload)
+        receipt = client.submit(
+            requests, pages=_pages(args.pages), schema_version=args.schema_version, on_upload=on_upload
+        )
         outcomes = output.wait_with_progress(client, receipt, args.timeout, progress) if args.wait else None
     return output.report_submit(args, receipt, outcomes, time.monotonic() - started)
 
@@ -190,33 +204,24 @@ def cmd_results(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from worker.client import sdk
-
     if not contracts.valid_job_id(args.job_id):
         raise ClientInputInvalid(f"job id {args.job_id!r} must match [A-Za-z0-9._-]{{1,128}}")
     with _client(args, ephemeral_when_waiting=False, results=False) as client:
-        document = client.fetch_result(args.job_id)
-        outcome = (
-            None
-            if document is None
-            else sdk.outcome_from_result(document, client.settings.result_uri(args.job_id))
-        )
-    if document is None or outcome is None:
+        result = client.result(args.job_id)
+    if result is None:
         if args.json:
             output.print_json({"job_id": args.job_id, "status": "pending", "result_uri": None, "error": None})
         else:
             print(f"{args.job_id}: pending (no result object yet)")
         return EXIT_FAILED
     if args.json:
-        output.print_json(
-            document if args.full else {**outcome.to_json(), "outputs": document.get("outputs")}
-        )
+        output.print_json(result.document if args.full else result.to_json())
     elif args.full:
-        print(json.dumps(document, indent=2))
+        print(json.dumps(result.document, indent=2))
     else:
-        print(output.outcome_line(outcome))
-        print(output.outputs_summary(document))
-    return EXIT_OK if outcome.succeeded else EXIT_FAILED
+        print(output.outcome_line(result.outcome))
+        print("\n".join(output.result_lines(result)))
+    return EXIT_OK if result.outcome.succeeded else EXIT_FAILED
 
 
 def cmd_dlq_list(args: argparse.Namespace) -> int:
@@ -303,6 +308,17 @@ def _analyses(raw: str | None) -> tuple[str, ...] | None:
     if not names:
         raise ClientInputInvalid("--analyses needs at least one name")
     return names
+
+
+def _pages(raw: str | None) -> tuple[int, ...] | None:
+    """``--pages 1,3`` -> (1, 3); the numbers' rule (INVALID_PAGES) is the worker's parser's, in submit."""
+    if raw is None:
+        return None
+    try:
+        return tuple(int(part) for part in raw.split(","))
+    except ValueError:
+        message = f"--pages {raw[:40]!r} must be a comma list of page numbers, e.g. 1,3"
+        raise ClientInputInvalid(message) from None
 
 
 def _guarded(command: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:

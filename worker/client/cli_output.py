@@ -23,6 +23,7 @@ from worker.shared.exit_codes import OK as EXIT_OK
 if TYPE_CHECKING:
     from rich.progress import Progress
 
+    from worker.client.result_records import JobResult, ResultPage
     from worker.client.sdk import FleetClient, JobOutcome, SubmitReceipt
 
 MAX_LISTED_FAILURES = 20
@@ -140,24 +141,55 @@ def outcome_line(outcome: JobOutcome) -> str:
     return line
 
 
-def outputs_summary(document: dict[str, Any]) -> str:
-    """One indented line of a result object: label and score, embedding size, model, timings."""
-    outputs = document.get("outputs") or {}
+def result_lines(result: JobResult) -> list[str]:
+    """What ``fleet status`` prints under the outcome line: indented, one line per page when paged.
+
+    A one-page result is one line, as before pages: label and confidence, symbols, embedding size,
+    model, timings. A document of more than one page gets a line with its page count (and the model and
+    timings), then one line per analysed page: ``page N: blank`` or what its analyses said.
+    """
+    job = _job_parts(result)
+    if not result.multi_page:
+        only = result.pages[0] if result.pages else None
+        page = [] if only is None else _page_parts(only)
+        return ["  " + "  ".join(page + job) if page + job else "  (no outputs)"]
+    analysed = len(result.pages)
+    head = f"{result.page_count} pages" + ("" if analysed == result.page_count else f", {analysed} analysed")
+    lines = ["  " + "  ".join([head, *job])]
+    for entry in result.pages:
+        lines.append(f"  page {entry.page}: " + ("  ".join(_page_parts(entry)) or "(no outputs)"))
+    return lines
+
+
+def _page_parts(page: ResultPage) -> list[str]:
+    """``blank (ink 0.0004)``, or label and confidence, symbols present, embedding size."""
+    if page.blank:
+        return ["blank" + ("" if page.ink is None else f" (ink {page.ink:.4f})")]
+    outputs = page.outputs or {}
     parts = []
     classify = outputs.get("classify")
     if isinstance(classify, dict) and "label" in classify:
-        score = (classify.get("scores") or {}).get(classify["label"])
-        parts.append(f"label={classify['label']}" + (f" ({score:.3f})" if isinstance(score, float) else ""))
+        confidence = classify.get("confidence", (classify.get("scores") or {}).get(classify["label"]))
+        shown = f" ({confidence:.3f})" if isinstance(confidence, float) else ""
+        parts.append(f"label={classify['label']}{shown}")
+    symbols = outputs.get("symbols")
+    if isinstance(symbols, dict) and isinstance(symbols.get("present"), list):
+        parts.append("symbols=" + (",".join(map(str, symbols["present"])) or "none"))
     embed = outputs.get("embed")
     if isinstance(embed, dict) and isinstance(embed.get("embedding"), list):
         parts.append(f"embedding[{len(embed['embedding'])}]")
-    model = document.get("model") or {}
-    if model:
-        parts.append(f"model={model.get('name')}:{model.get('version')}")
-    timeline = document.get("timeline") or {}
+    return parts
+
+
+def _job_parts(result: JobResult) -> list[str]:
+    """The model that answered and the job's timings."""
+    parts = []
+    if result.model:
+        parts.append(f"model={result.model.get('name')}:{result.model.get('version')}")
+    timeline = result.timeline
     if "queue_wait_ms" in timeline:
         parts.append(f"queue_wait={timeline['queue_wait_ms']}ms inference={timeline.get('inference_ms')}ms")
-    return "  " + "  ".join(parts) if parts else "  (no outputs)"
+    return parts
 
 
 def error_json(exc: FleetError) -> dict[str, Any]:

@@ -13,7 +13,7 @@ from worker.shared.errors import ClientInputInvalid
 
 MANIFEST_SUFFIXES = (".jsonl", ".ndjson")
 MANIFEST_KEYS = frozenset(
-    {"job_id", "input", "input_uri", "priority", "analyses", "deadline", "params", "attributes"}
+    {"job_id", "input", "input_uri", "priority", "analyses", "deadline", "params", "attributes", "pages"}
 )
 
 
@@ -22,8 +22,9 @@ def read_manifest(path: Path, *, default_priority: str = contracts.BATCH) -> lis
 
     Keys: ``job_id`` (required), exactly one of ``input`` (a local file, relative to the manifest) or
     ``input_uri`` (``gs://``), and optionally ``priority``, ``analyses``, ``deadline``, ``params``,
-    ``attributes``. Every problem is reported with ``file:line``; field values are checked later by
-    ``prepare_jobs`` with the worker's own parser.
+    ``attributes``, ``pages`` (the 1-based pages of the document to analyse, e.g. ``[1, 3]``). Every
+    problem is reported with ``file:line``; field values are checked later by ``prepare_jobs`` with the
+    worker's own parser.
     """
     try:
         raw = path.read_bytes()
@@ -72,6 +73,7 @@ def _line_request(line_bytes: bytes, where: str, base: Path, default_priority: s
         deadline=entry.get("deadline"),
         params=entry.get("params"),
         attributes=_attributes(entry),
+        pages=_pages(entry),
         origin=where,
     )
 
@@ -129,3 +131,13 @@ def _attributes(entry: dict[str, Any]) -> dict[str, str]:
     ):
         raise ValueError("attributes must be an object of strings")
     return attributes
+
+
+def _pages(entry: dict[str, Any]) -> tuple[int, ...] | None:
+    """The list as given: its numbers are checked by the worker's parser (INVALID_PAGES) in prepare_jobs."""
+    pages = entry.get("pages")
+    if pages is None:
+        return None
+    if not isinstance(pages, list):
+        raise ValueError("pages must be a list of page numbers, e.g. [1, 3]")
+    return tuple(pages)

@@ -10,7 +10,7 @@ import hashlib
 import json
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,8 @@ from worker.shared.contracts import NAMESPACE_ATTRIBUTE
 MAX_ATTRIBUTE_KEY_BYTES = 256  # Pub/Sub limits
 MAX_ATTRIBUTE_VALUE_BYTES = 1024
 HASH_CHUNK_BYTES = 1 << 20
+#: The first job version that may name ``pages`` (docs/contracts.md "Pages").
+PAGES_SCHEMA_VERSION = 2
 
 _SAFE_SUFFIX_RE = re.compile(r"\.[a-z0-9]{1,10}")
 
@@ -83,6 +85,20 @@ class FileHasher:
         return upload
 
 
+def with_job_options(
+    requests: Sequence[JobRequest], *, pages: Sequence[int] | None, schema_version: int | None
+) -> list[JobRequest]:
+    """The requests with ``pages`` / ``schema_version`` filled in where a request does not set its own."""
+    return [
+        replace(
+            request,
+            pages=request.pages if request.pages is not None or pages is None else tuple(pages),
+            schema_version=request.schema_version if request.schema_version is not None else schema_version,
+        )
+        for request in requests
+    ]
+
+
 def prepare_jobs(
     requests: Sequence[JobRequest], *, settings: ClientSettings, client_id: str
 ) -> list[PreparedJob]:
@@ -110,7 +126,7 @@ def _prepare_one(
     upload = None if request.is_remote else _local_upload(request, hasher)
     input_uri = request.input if upload is None else f"gs://{settings.input_bucket}/{upload.object_name}"
     body: dict[str, Any] = {
-        "schema_version": contracts.SCHEMA_VERSION,
+        "schema_version": _schema_version(request),
         "job_id": request.job_id,
         "input_uri": input_uri,
         "priority": request.priority,
@@ -121,6 +137,8 @@ def _prepare_one(
         body["deadline"] = request.deadline
     if request.params is not None:
         body["params"] = request.params  # the parser says what is wrong with a non-object
+    if request.pages is not None:
+        body["pages"] = list(request.pages)  # INVALID_PAGES from the parser: the worker's own rule
     attributes = _attributes(request, client_id, settings.namespace)
     data = contracts.encode(body)
     job = check_job_message(data, attributes)
@@ -128,6 +146,20 @@ def _prepare_one(
         contracts.request_fingerprint(job, data), None if upload is None else upload.sha256
     )
     return PreparedJob(request.job_id, data, attributes, upload, identity)
+
+
+def _schema_version(request: JobRequest) -> int:
+    """The request's version (default: the newest); ``pages`` needs version 2."""
+    version = contracts.LATEST_SCHEMA_VERSION if request.schema_version is None else request.schema_version
+    if version not in contracts.SUPPORTED_SCHEMA_VERSIONS:
+        speaks = " or ".join(map(str, sorted(contracts.SUPPORTED_SCHEMA_VERSIONS)))
+        raise ValueError(f"schema_version {version!r} is not one this client speaks ({speaks})")
+    if request.pages is not None and version < PAGES_SCHEMA_VERSION:
+        raise ValueError(
+            f"pages needs schema_version {PAGES_SCHEMA_VERSION}; a schema_version {version} job is answered "
+            "from one page (leave out pages, or publish schema_version 2 once the workers speak it)"
+        )
+    return version
 
 
 def _local_upload(request: JobRequest, hasher: FileHasher) -> Upload:

@@ -14,7 +14,12 @@ ANSWERED_STATUSES = (contracts.STATUS_SUCCEEDED, contracts.STATUS_FAILED, contra
 
 @dataclass(frozen=True)
 class JobRequest:
-    """One job to submit. ``input`` is a ``gs://`` URI or a local file, uploaded to the inputs bucket."""
+    """One job to submit. ``input`` is a ``gs://`` URI or a local file, uploaded to the inputs bucket.
+
+    ``pages`` names the 1-based pages of the input's document to analyse (None: every page; a job of
+    ``schema_version`` 2 only). ``schema_version`` None publishes the newest version the client speaks
+    (``contracts.LATEST_SCHEMA_VERSION``); 1 is for fleets whose workers predate pages.
+    """
 
     job_id: str
     input: str
@@ -23,6 +28,8 @@ class JobRequest:
     deadline: str | None = None
     params: Mapping[str, Any] | None = None
     attributes: Mapping[str, str] = field(default_factory=dict)
+    pages: tuple[int, ...] | None = None
+    schema_version: int | None = None
     origin: str = ""  # where the request came from ("jobs.jsonl:12"), for error messages
     # False for ids generated on submit: such a job cannot have a result yet, so submit skips the lookup.
     may_be_answered: bool = True

@@ -18,6 +18,7 @@ from google.api_core import exceptions as gexc
 from worker.client.connections import Connections
 from worker.client.outcomes import outcome_from_result
 from worker.client.records import STATUS_PENDING, JobIdentity, JobOutcome
+from worker.client.result_records import JobResult, read_result
 from worker.client.settings import ClientSettings
 
 
@@ -44,6 +45,11 @@ class ResultObjects:
             return None
         document: dict[str, Any] = json.loads(raw)
         return document
+
+    def result(self, job_id: str) -> JobResult | None:
+        """The object at the job's result path, read (outcome, page count, pages), or None when none yet."""
+        document = self.fetch(job_id)
+        return None if document is None else read_result(document, self._settings.result_uri(job_id))
 
     def outcome(
         self, job_id: str, identity: JobIdentity | None = None, message_id: str | None = None

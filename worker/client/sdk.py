@@ -56,7 +56,13 @@ from worker.client.ids import (
 from worker.client.manifest import MANIFEST_KEYS, MANIFEST_SUFFIXES, read_manifest
 from worker.client.outcomes import outcome_from_notification, outcome_from_result
 from worker.client.ports import Publisher, Storage, Subscriber
-from worker.client.prepare import PreparedJob, Upload, check_job_message, prepare_jobs
+from worker.client.prepare import (
+    PreparedJob,
+    Upload,
+    check_job_message,
+    prepare_jobs,
+    with_job_options,
+)
 from worker.client.publishing import JobPublisher
 from worker.client.records import (
     ANSWERED_STATUSES,
@@ -69,6 +75,7 @@ from worker.client.records import (
     SubmitReceipt,
 )
 from worker.client.result_objects import ResultObjects
+from worker.client.result_records import JobResult, MultiPageResult, ResultPage, read_result
 from worker.client.settings import ClientSettings, apply_devstack_env, find_devstack_env
 from worker.client.subscription import ResultsSubscription
 from worker.client.targets import requests_from_targets
@@ -173,9 +180,21 @@ class FleetClient:
     # -- submit --
 
     def submit(
-        self, requests: Sequence[JobRequest], *, on_upload: UploadCallback | None = None
+        self,
+        requests: Sequence[JobRequest],
+        *,
+        pages: Sequence[int] | None = None,
+        schema_version: int | None = None,
+        on_upload: UploadCallback | None = None,
     ) -> SubmitReceipt:
         """Validate every request, upload local inputs, skip jobs already answered, publish the rest.
+
+        ``pages`` (the 1-based pages of each input's document to analyse, e.g. ``[1, 3]``) and
+        ``schema_version`` apply to the requests that do not set their own. Jobs are published as
+        ``schema_version`` 2 (``contracts.LATEST_SCHEMA_VERSION``) unless 1 is asked for, for workers that
+        predate pages; ``pages`` with 1, or pages that are not unique numbers from 1 (at most
+        ``contracts.MAX_PAGES_PER_JOB``, INVALID_PAGES), raise ``ClientInputInvalid`` before anything is
+        published.
 
         A job whose id the caller chose (``may_be_answered``) has its result object looked up first (one GET
         per job): a job id whose result answers this very job (same input, analyses, params and namespace:
@@ -183,6 +202,7 @@ class FleetClient:
         another job under the same id is not this job's answer: the job is published, and the worker
         answers it ``failed`` / ``JOB_ID_CONFLICT`` (choose a new job id, or a namespace of your own).
         """
+        requests = with_job_options(requests, pages=pages, schema_version=schema_version)
         prepared = prepare_jobs(requests, settings=self.settings, client_id=self.client_id)
         self.open()  # before any publish, so no notification for these jobs can be missed
         self.answers.expect(prepared)
@@ -208,6 +228,15 @@ class FleetClient:
         this client submitted.
         """
         return self.result_objects.fetch(job_id)
+
+    def result(self, job_id: str) -> JobResult | None:
+        """The job's result object, read: outcome, ``page_count`` and one ``ResultPage`` per analysed page.
+
+        None when there is none yet. Like ``fetch_result`` it is what is stored under the job id. A
+        result of a document of more than one page has no single ``outputs`` (reading it raises
+        ``MultiPageResult``): its answer is ``pages``.
+        """
+        return self.result_objects.result(job_id)
 
     def result_outcome(self, job_id: str) -> JobOutcome:
         """The outcome recorded in the job's result object; status ``pending`` when there is none."""
@@ -271,9 +300,12 @@ __all__ = [
     "JobIdentity",
     "JobOutcome",
     "JobRequest",
+    "JobResult",
+    "MultiPageResult",
     "OutcomeCallback",
     "PreparedJob",
     "Replay",
+    "ResultPage",
     "SubmitReceipt",
     "Upload",
     "UploadCallback",
@@ -287,6 +319,8 @@ __all__ = [
     "outcome_from_result",
     "prepare_jobs",
     "read_manifest",
+    "read_result",
     "replay_job_id",
     "requests_from_targets",
+    "with_job_options",
 ]
