@@ -249,3 +249,108 @@ def test_every_allowed_format_opens_in_a_fresh_process(tmp_path: Path) -> None:
         [sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, check=False
     )
     assert result.returncode == 0, result.stderr
+
+
+# --- the fast PNG path (libpng through imagecodecs) against the Pillow path -----------------------------
+@pytest.fixture
+def fast_png_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Counts the fast path's libpng decodes (one entry per call) while still running them."""
+    assert preprocess._fast_png is not None, "imagecodecs (the worker extra) is not installed"
+    calls: list[int] = []
+    real = preprocess._fast_png.png_decode
+
+    def counting(data: bytes) -> np.ndarray:
+        calls.append(len(data))
+        pixels: np.ndarray = real(data)
+        return pixels
+
+    monkeypatch.setattr(preprocess._fast_png, "png_decode", counting)
+    return calls
+
+
+def _pillow_tensor(data: bytes) -> preprocess.Tensor:
+    return preprocess.image_to_tensor(preprocess.decode_image_pillow(data))
+
+
+def _noisy_drawing(mode: str) -> Image.Image:
+    """A drawing with grain, so filters and colour weights matter (an exact match is not trivial)."""
+    grain = np.random.default_rng(7).integers(0, 40, (400, 600, 3), dtype=np.uint8)
+    rgb = np.asarray(_drawing_like((600, 400)).convert("RGB")) - grain // 2
+    return Image.fromarray(rgb.astype(np.uint8)).convert(mode)
+
+
+@pytest.mark.parametrize("mode", ["L", "RGB"])
+def test_plain_png_takes_the_fast_path_with_the_same_tensor(mode: str, fast_png_calls: list[int]) -> None:
+    data = _encode(_noisy_drawing(mode), "PNG")
+    tensor = preprocess.preprocess_bytes(data)
+    assert fast_png_calls == [len(data)]
+    np.testing.assert_array_equal(tensor, _pillow_tensor(data))
+
+
+@pytest.mark.parametrize("mode", ["RGBA", "LA"])
+def test_alpha_png_goes_to_pillow_and_keeps_paper_white(mode: str, fast_png_calls: list[int]) -> None:
+    # Black ink on the left half; black-but-transparent pixels on the right (decoded as plain gray, the
+    # transparent paper would turn black)
+    rgba = Image.new("RGBA", (200, 200), (0, 0, 0, 0))
+    rgba.paste((0, 0, 0, 255), (0, 0, 100, 200))
+    data = _encode(rgba.convert(mode), "PNG")
+    tensor = preprocess.preprocess_bytes(data)[0]
+    assert fast_png_calls == []
+    assert tensor[:, 100:].max() == 0.0
+
+
+def test_palette_and_gray_transparency_go_to_pillow(fast_png_calls: list[int]) -> None:
+    palette = Image.new("P", (100, 100), 0)
+    palette.putpalette([0, 0, 0, 255, 255, 255] + [0] * 762)
+    gray = Image.new("L", (100, 100), 0)
+    for data in (_encode(palette, "PNG"), _encode(palette, "PNG", transparency=0)):
+        np.testing.assert_array_equal(preprocess.preprocess_bytes(data), _pillow_tensor(data))
+    # gray with a tRNS colour: the transparent black is paper
+    assert preprocess.preprocess_bytes(_encode(gray, "PNG", transparency=0)).max() == 0.0
+    assert fast_png_calls == []
+
+
+def test_sixteen_bit_png_goes_to_pillow_and_is_scaled(fast_png_calls: list[int]) -> None:
+    data = _encode(Image.fromarray(np.asarray(_drawing_like(), dtype=np.uint16) * 257), "PNG")
+    tensor = preprocess.preprocess_bytes(data)
+    assert fast_png_calls == []
+    assert np.abs(tensor - preprocess.image_to_tensor(_drawing_like())).max() <= 1.0 / 255 + 1e-6
+
+
+def test_exif_rotated_png_goes_to_pillow_and_is_turned_upright(fast_png_calls: list[int]) -> None:
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to view
+    data = _encode(Image.new("L", (400, 200), 0), "PNG", exif=exif.tobytes())
+    tensor = preprocess.preprocess_bytes(data)[0]
+    assert fast_png_calls == []
+    size = model_spec.INPUT_SIZE_PX
+    assert tensor[:, : size // 4 - 2].max() == 0.0  # portrait: paper left and right
+    assert tensor[:, size // 4 + 2 : 3 * size // 4 - 2].min() == 1.0
+
+
+def test_exif_rotated_jpeg_matches_pillow(fast_png_calls: list[int]) -> None:
+    exif = Image.Exif()
+    exif[0x0112] = 8
+    data = _encode(_drawing_like().convert("RGB"), "JPEG", exif=exif.tobytes())
+    np.testing.assert_array_equal(preprocess.preprocess_bytes(data), _pillow_tensor(data))
+    assert fast_png_calls == []
+
+
+def test_truncated_png_fails_on_the_fast_path(fast_png_calls: list[int]) -> None:
+    data = _encode(_noisy_drawing("L"), "PNG")
+    with pytest.raises(ImageUndecodable):
+        preprocess.preprocess_bytes(data[: len(data) // 2])
+    assert len(fast_png_calls) == 1  # libpng saw it and refused it: no half-decoded image
+
+
+def test_pixel_bomb_png_is_refused_before_libpng(fast_png_calls: list[int]) -> None:
+    with pytest.raises(ImageTooLarge):
+        preprocess.preprocess_bytes(_png_with_header(7_000, 7_000))
+    assert fast_png_calls == []
+
+
+def test_without_imagecodecs_every_png_takes_pillow(monkeypatch: pytest.MonkeyPatch) -> None:
+    data = _encode(_noisy_drawing("L"), "PNG")
+    expected = preprocess.preprocess_bytes(data)
+    monkeypatch.setattr(preprocess, "_fast_png", None)
+    np.testing.assert_array_equal(preprocess.preprocess_bytes(data), expected)
