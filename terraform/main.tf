@@ -22,7 +22,7 @@ locals {
     FLEET_PIPELINE_SLOTS        = var.worker.pipeline_slots
     FLEET_MAX_BATCH_SIZE        = var.worker.max_batch_size
     FLEET_MAX_BATCH_DELAY_MS    = var.worker.max_batch_delay_ms
-    FLEET_PREPROCESS_PROCESSES  = var.worker.preprocess_processes
+    FLEET_PREPROCESS_PROCESSES  = var.worker.preprocess_processes != null ? var.worker.preprocess_processes : lookup(var.preprocess_processes_by_machine_type, var.machine_type, null)
     FLEET_MAX_PROCESSING_S      = var.worker.max_processing_s
     FLEET_DRAIN_BUDGET_S        = var.worker.drain_budget_s
     FLEET_TRITON_OUTAGE_EXIT_S  = var.worker.triton_outage_exit_s

@@ -28,9 +28,20 @@ variable "zones" {
 }
 
 variable "machine_type" {
-  description = "Machine type of the workers. The default is an accelerator-optimized type that carries one NVIDIA L4, so `gpu` stays null."
+  description = "Machine type of the workers. The default is an accelerator-optimized type that carries one NVIDIA L4, so `gpu` stays null: the cheapest per job of the capacity projection (docs/performance.md \"Capacity projection\", worker/dev/capacity.py) while `fleet worker` runs one process per VM, whose main loop then bounds a VM at ~200 jobs/s."
   type        = string
   default     = "g2-standard-8"
+}
+
+variable "preprocess_processes_by_machine_type" {
+  description = "FLEET_PREPROCESS_PROCESSES per machine type when `worker.preprocess_processes` is null: the decode processes that keep the projected rate fed (worker/dev/capacity.py; tests/dev/test_capacity.py keeps this map equal to the projection). A machine type not listed leaves the worker's own default."
+  type        = map(number)
+  default = {
+    "g2-standard-4"  = 3
+    "g2-standard-8"  = 3
+    "g2-standard-12" = 3
+    "a2-highgpu-1g"  = 3
+  }
 }
 
 variable "gpu" {
@@ -64,7 +75,7 @@ variable "boot_disk" {
 }
 
 variable "worker" {
-  description = "Worker settings passed as FLEET_* environment variables through instance metadata. `allowed_input_buckets` (bucket names besides the inputs bucket that jobs may name) also gives the worker objectViewer on each. Null leaves the worker's own default (worker/runtime/settings.py). `drain_budget_s` must stay below the image's `docker stop -t` (25 s), itself below the 30 s spot notice."
+  description = "Worker settings passed as FLEET_* environment variables through instance metadata. `allowed_input_buckets` (bucket names besides the inputs bucket that jobs may name) also gives the worker objectViewer on each. Null leaves the worker's own default (worker/runtime/settings.py), except `preprocess_processes`, which then follows `preprocess_processes_by_machine_type`. `drain_budget_s` must stay below the image's `docker stop -t` (25 s), itself below the 30 s spot notice."
   type = object({
     pipeline_slots         = optional(number)
     max_batch_size         = optional(number)

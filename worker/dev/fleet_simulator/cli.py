@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from worker.dev.capacity import DEPLOYED_WORKER_PROCESSES, projection_for
 from worker.dev.fleet_simulator import traces
 from worker.dev.fleet_simulator.config import BootTimeline, Environment, Prices, ServiceModel
 from worker.dev.fleet_simulator.cron import ScalingSchedule
@@ -32,6 +33,7 @@ from worker.dev.fleet_simulator.terraform import (
     DeployedSettings,
     load_deployed_settings,
 )
+from worker.runtime.settings import WorkerSettings
 from worker.shared.resources import load_resources
 
 DEFAULT_PLOT = Path("docs/capacity-week.png")
@@ -49,6 +51,16 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int, default=1)
     s = p.add_argument_group("service and boot")
     s.add_argument("--bench-json", type=Path, help="scripts/bench output (JSON or a log ending in it)")
+    s.add_argument(
+        "--machine-type",
+        help="service rate and prices from the capacity projection of this type (default: variables.tf's)",
+    )
+    s.add_argument(
+        "--worker-processes",
+        type=int,
+        default=DEPLOYED_WORKER_PROCESSES,
+        help="worker processes per VM assumed by the capacity projection (default: what is deployed)",
+    )
     s.add_argument("--boot-s", type=float, help="replace the itemised boot timeline by one total")
     s.add_argument("--unbaked", action="store_true", help="boot every policy from the stock image")
     a = p.add_argument_group("autoscaler (defaults: terraform/variables.tf)")
@@ -75,8 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--metric-delay-s", type=float, nargs=2, default=Environment().metric_delay_s, metavar=("MIN", "MAX")
     )
     e.add_argument("--eval-interval-s", type=float, default=Environment().eval_interval_s)
-    e.add_argument("--spot-price", type=float, default=Prices().spot_per_h, help="USD per VM-hour")
-    e.add_argument("--on-demand-price", type=float, default=Prices().on_demand_per_h, help="USD/VM-hour")
+    e.add_argument("--spot-price", type=float, help="USD per VM-hour (default: the machine type's)")
+    e.add_argument("--on-demand-price", type=float, help="USD per VM-hour (default: the machine type's)")
     o = p.add_argument_group("output")
     o.add_argument("--plot", type=Path, default=DEFAULT_PLOT)
     o.add_argument("--no-plot", action="store_true")
@@ -193,7 +205,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         resources = load_resources()
         lanes = tuple(lane.name for lane in resources.lanes)
         settings, note = _settings(args)
-        service = ServiceModel.from_bench_file(args.bench_json) if args.bench_json else ServiceModel()
+        capacity = projection_for(
+            args.machine_type or settings.machine_type, max_worker_processes=args.worker_processes
+        )
+        service = (
+            ServiceModel.from_bench_file(args.bench_json)
+            if args.bench_json
+            else ServiceModel.from_capacity(capacity, slots_per_process=WorkerSettings().pipeline_slots)
+        )
         boot = BootTimeline(baked=not args.unbaked)
         if args.boot_s is not None:
             boot = boot.with_total(args.boot_s)
@@ -202,7 +221,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             metric_delay_s=(args.metric_delay_s[0], args.metric_delay_s[1]),
             eval_interval_s=args.eval_interval_s,
         )
-        prices = replace(Prices(), spot_per_h=args.spot_price, on_demand_per_h=args.on_demand_price)
+        prices = Prices.for_machine(capacity)
+        if args.spot_price is not None:
+            prices = replace(prices, spot_per_h=args.spot_price)
+        if args.on_demand_price is not None:
+            prices = replace(prices, on_demand_per_h=args.on_demand_price)
         inputs = RunInputs(service, boot, prices, environment, resources, default_start(settings), args.seed)
         policies = build_policies(
             settings,

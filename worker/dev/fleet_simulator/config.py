@@ -12,6 +12,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
+from worker.dev.capacity import PRICE_SOURCE as CAPACITY_PRICE_SOURCE
+from worker.dev.capacity import Projection
 from worker.dev.fleet_simulator.cron import ScalingSchedule
 
 SECONDS_PER_HOUR = 3600.0
@@ -27,19 +29,34 @@ class ServiceModel:
     ``slots / mean_service_s`` jobs per second at saturation.
     """
 
+    # The dataclass defaults are a small generic VM for the engine's tests and what-ifs; scripts/simulate
+    # builds its service model with ``from_capacity`` (the capacity projection of the deployed machine type).
     slots: int = 4
     mean_service_s: float = 0.8
     distribution: Literal["lognormal", "exponential", "constant"] = "lognormal"
     sigma: float = 0.42  # log-space standard deviation for the lognormal
-    source: str = (
-        "default GPU VM (assumption): 5 jobs/s per g2-standard-4 + L4 with 4 pipeline slots, "
-        "per-job service p50 ~0.73 s, p95 ~1.45 s (a heavier production model than the demo model)"
-    )
+    source: str = "generic: 4 slots x 0.8 s = 5 jobs/s per VM (engine tests and what-ifs)"
 
     @property
     def throughput_per_vm(self) -> float:
         """Jobs per second one VM completes when every slot is busy."""
         return self.slots / self.mean_service_s
+
+    @classmethod
+    def from_capacity(
+        cls, projection: Projection, *, slots_per_process: int, sigma: float = 0.42
+    ) -> ServiceModel:
+        """A VM at the projection's ``jobs_per_s``: every worker process's pipeline slots, mean service
+        time from Little's law (slots / throughput), the default lognormal shape."""
+        slots = slots_per_process * projection.worker_processes
+        return cls(
+            slots=slots,
+            mean_service_s=slots / projection.jobs_per_s,
+            sigma=sigma,
+            source=f"capacity projection (worker.dev.capacity) for {projection.machine_type}: "
+            f"{projection.jobs_per_s:.0f} jobs/s, {projection.bottleneck} saturates first; "
+            f"{projection.worker_processes} worker process(es) x {slots_per_process} slots",
+        )
 
     @classmethod
     def from_bench(cls, bench: dict[str, Any], *, source: str = "bench JSON") -> ServiceModel:
@@ -130,6 +147,16 @@ class Prices:
         "spot prices change up to once a day and run 60-91% below on-demand"
     )
     billing_minimum_s: float = 60.0  # GCE bills a minimum of 1 minute, then per second
+
+    @classmethod
+    def for_machine(cls, projection: Projection) -> Prices:
+        """The machine type's prices from the capacity table (same sources, same caveats)."""
+        return cls(
+            on_demand_per_h=projection.on_demand_per_h,
+            spot_per_h=projection.spot_per_h,
+            machine=f"{projection.machine_type} ({projection.vcpus} vCPU, 1x {projection.gpu}), us-central1",
+            source=f"worker.dev.capacity: {CAPACITY_PRICE_SOURCE}",
+        )
 
 
 @dataclass(frozen=True)

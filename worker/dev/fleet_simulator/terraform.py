@@ -26,6 +26,8 @@ VAR_BACKLOG_PER_VM = "autoscaler_backlog_per_vm"
 VAR_SCALE_IN_MAX = "autoscaler_scale_in_max_replicas"
 VAR_SCALE_IN_WINDOW = "autoscaler_scale_in_time_window_s"
 VAR_SCHEDULES = "scaling_schedules"
+VAR_MACHINE_TYPE = "machine_type"  # optional; the service rate and prices follow it (worker.dev.capacity)
+DEFAULT_MACHINE_TYPE = "g2-standard-8"
 REQUIRED_VARIABLES = (
     VAR_MAX_REPLICAS,
     VAR_COOLDOWN,
@@ -48,9 +50,10 @@ class DeployedSettings:
     scale_in_time_window_s: float
     scaling_schedules: tuple[ScalingSchedule, ...]
     source: str
+    machine_type: str = DEFAULT_MACHINE_TYPE
 
 
-def _variable_defaults(path: Path) -> dict[str, Any]:
+def variable_defaults(path: Path) -> dict[str, Any]:
     options = hcl2.SerializationOptions(strip_string_quotes=True, explicit_blocks=False)
     with path.open(encoding="utf-8") as handle:
         parsed = hcl2.load(handle, serialization_options=options)
@@ -89,7 +92,7 @@ def load_deployed_settings(path: Path | str | None = None) -> DeployedSettings:
     simulation needs has no default.
     """
     tf_path = Path(path) if path else DEFAULT_VARIABLES_PATH
-    defaults = _variable_defaults(tf_path)
+    defaults = variable_defaults(tf_path)
     missing = [name for name in REQUIRED_VARIABLES if name not in defaults]
     if missing:
         raise ValueError(f"{tf_path}: no default for {', '.join(missing)}")
@@ -105,4 +108,5 @@ def load_deployed_settings(path: Path | str | None = None) -> DeployedSettings:
         scale_in_time_window_s=float(defaults[VAR_SCALE_IN_WINDOW]),
         scaling_schedules=_schedules(defaults[VAR_SCHEDULES]),
         source=str(tf_path),
+        machine_type=str(defaults.get(VAR_MACHINE_TYPE) or DEFAULT_MACHINE_TYPE).strip('"'),
     )
