@@ -1,6 +1,7 @@
 """The drawing analyzer's handler: the worker's own preprocessing and abstention, as a model package.
 
-``preprocess`` is ``worker.runtime.preprocess`` (decode, letterbox, the security bounds); ``postprocess``
+``preprocess`` is ``worker.runtime.preprocess`` (decode, letterbox, the security bounds), and
+``preprocess_page`` its letterbox of a page the worker decoded (``worker.runtime.documents``); ``postprocess``
 is ``worker.runtime.inference.postprocess`` (the classify/embed contract, docs/contracts.md) with the
 abstention policy shipped next to the ONNX (``abstention.json``, written by scripts/train_model.py).
 """
@@ -13,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from worker.runtime import abstention
+from worker.runtime import abstention, documents
 from worker.runtime import preprocess as image_preprocess
 
 POLICY_PATH = Path(__file__).resolve().parent / abstention.POLICY_FILE
@@ -27,6 +28,11 @@ def _policy() -> abstention.Policy:
 def preprocess(data: bytes, params: dict[str, Any]) -> dict[str, np.ndarray[Any, Any]]:
     """Image bytes -> ``{"IMAGE": [1, 192, 192] FP32}``; bad input raises the worker's typed errors."""
     return {"IMAGE": image_preprocess.preprocess_bytes(data)}
+
+
+def preprocess_page(page: documents.Page, params: dict[str, Any]) -> dict[str, np.ndarray[Any, Any]]:
+    """A page the worker decoded (at 192 px) -> ``{"IMAGE": [1, 192, 192] FP32}``, the same letterbox."""
+    return {"IMAGE": image_preprocess.image_to_tensor(page.image)}
 
 
 def postprocess(outputs: dict[str, np.ndarray[Any, Any]], params: dict[str, Any]) -> dict[str, Any]:

@@ -5,8 +5,10 @@ format allow-list, first frame only, EXIF orientation, grayscale) and letterbox,
 with one step of its own before the letterbox: an ink-preserving reduction (the darkest pixel of each
 f x f block, f the whole part of the reduction). Symbols are drawn in thin strokes; an averaging
 reduction of a 1 px stroke by 4 leaves a quarter of its ink, so at 384 px it fades into the scan's
-grain, while the block minimum keeps it dark. ``postprocess`` turns the graph's calibrated per-symbol
-probabilities into the ``symbols`` analysis: every score, and the symbols at or above the threshold.
+grain, while the block minimum keeps it dark. ``preprocess_page`` does the same to a page the worker
+decoded (``worker.runtime.documents``: a TIFF frame, a rendered PDF page). ``postprocess`` turns the
+graph's calibrated per-symbol probabilities into the ``symbols`` analysis: every score, and the symbols
+at or above the threshold.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any, Final
 import numpy as np
 from PIL import Image
 
+from worker.runtime import documents
 from worker.runtime import preprocess as image_preprocess
 from worker.shared.errors import ImageUndecodable, InputTooLarge
 
@@ -38,6 +41,11 @@ def preprocess(data: bytes, params: dict[str, Any]) -> dict[str, np.ndarray[Any,
     if not data:
         raise ImageUndecodable("input is empty (0 bytes)")
     return {"SHEET": sheet_tensor(image_preprocess.decode_image(data, size_px=INPUT_SIZE_PX))}
+
+
+def preprocess_page(page: documents.Page, params: dict[str, Any]) -> dict[str, np.ndarray[Any, Any]]:
+    """A page the worker decoded (at 384 px) -> ``{"SHEET": [1, 384, 384] FP32}``, as ``preprocess``."""
+    return {"SHEET": sheet_tensor(page.image)}
 
 
 def sheet_tensor(image: Image.Image) -> np.ndarray[Any, Any]:

@@ -1,0 +1,143 @@
+"""worker.runtime.documents: pages of images, TIFFs and PDFs, the limits, and each bad PDF's code.
+
+Documents are made in the test from generator drawings and hand-written PDFs (worker.dev.drawing_documents).
+"""
+
+from __future__ import annotations
+
+import io
+import math
+
+import pytest
+from PIL import Image
+
+from worker.dev import drawing_documents as dd
+from worker.dev.drawings import encode, render_image
+from worker.runtime import documents, preprocess
+from worker.shared import errors
+
+SMALL = (420, 297)
+
+
+@pytest.fixture(scope="module")
+def sheets() -> list[Image.Image]:
+    return [render_image(seed, size=SMALL)[0] for seed in (1, 2, 3)]
+
+
+def blank_sheet() -> Image.Image:
+    return Image.new("L", SMALL, 250)
+
+
+def test_may_have_pages_reads_magic_bytes_only(sheets: list[Image.Image]) -> None:
+    assert documents.may_have_pages(dd.multipage_tiff(sheets))
+    assert documents.may_have_pages(dd.vector_pdf(1))
+    assert documents.may_have_pages(b"junk before the header " + dd.vector_pdf(1))
+    assert not documents.may_have_pages(encode(sheets[0]))
+    assert not documents.may_have_pages(b"")
+
+
+def test_an_image_is_one_page_decoded_as_preprocess_decodes_it(sheets: list[Image.Image]) -> None:
+    data = encode(sheets[0])
+    info = documents.probe(data)
+    assert info == documents.DocumentInfo("image", 1, ((420.0, 297.0),))
+    page = documents.decode_page(data, 1, size_px=192)
+    assert page.number == 1 and page.image.mode == "L"
+    assert page.image.tobytes() == preprocess.decode_image(data).tobytes()
+    assert 0.005 < page.ink < 0.2 and not page.blank
+
+
+def test_a_tiff_is_one_page_per_frame_in_order(sheets: list[Image.Image]) -> None:
+    data = dd.multipage_tiff([sheets[0], blank_sheet(), sheets[2]])
+    info = documents.probe(data)
+    assert (info.kind, info.page_count) == ("tiff", 3)
+    assert info.page_sizes == ((420.0, 297.0),) * 3
+    pages = [documents.decode_page(data, n, size_px=192) for n in (1, 2, 3)]
+    assert [p.blank for p in pages] == [False, True, False]
+    assert pages[2].image.tobytes() == sheets[2].tobytes()  # lossless frames: the same pixels
+
+
+def test_a_raster_pdf_renders_each_page_at_the_oversampled_model_size(sheets: list[Image.Image]) -> None:
+    data = dd.pdf_from_images(sheets)
+    info = documents.probe(data)
+    assert (info.kind, info.page_count) == ("pdf", 3)
+    page = documents.decode_page(data, 2, size_px=192)
+    assert max(page.image.size) == documents.RENDER_OVERSAMPLE * 192 and page.image.mode == "L"
+    assert not page.blank
+
+
+def test_a_vector_pdf_renders_black_lines_on_white_paper() -> None:
+    page = documents.decode_page(dd.vector_pdf(2), 2, size_px=384)
+    assert page.image.size == (1536, math.ceil(1536 * 595 / 842))
+    low, high = page.image.getextrema()
+    assert (low, high) == (0, 255) and not page.blank
+
+
+def test_select_pages_defaults_to_every_page_and_checks_requests() -> None:
+    info = documents.DocumentInfo("pdf", 3, ((842.0, 595.0),) * 3)
+    assert documents.select_pages(info, None, size_px=192) == (1, 2, 3)
+    assert documents.select_pages(info, [3, 1], size_px=192) == (1, 3)
+    with pytest.raises(errors.PageNotFound, match="no page 4"):
+        documents.select_pages(info, [1, 4], size_px=192)
+    with pytest.raises(errors.InvalidPages):
+        documents.select_pages(info, [0], size_px=192)
+
+
+def test_too_many_pages_and_the_pixel_budget_are_refused_before_decoding() -> None:
+    many = documents.DocumentInfo("pdf", 65, ((842.0, 595.0),) * 65)
+    with pytest.raises(errors.TooManyPages, match="select pages with `pages`"):
+        documents.select_pages(many, None, size_px=192)
+    assert len(documents.select_pages(many, range(1, 65), size_px=192)) == documents.MAX_PAGES_PER_JOB
+    scans = documents.DocumentInfo("tiff", 30, ((4961.0, 7016.0),) * 30)  # A2 at 300 dpi
+    assert documents.select_pages(scans, [1, 2, 3, 4, 5], size_px=192) == (1, 2, 3, 4, 5)
+    with pytest.raises(errors.DocumentTooLarge, match="budget"):
+        documents.select_pages(scans, [1, 2, 3, 4, 5, 6], size_px=192)
+
+
+@pytest.mark.parametrize(
+    ("make", "code"),
+    [
+        (lambda: dd.encrypted_pdf(b"secret"), "DOCUMENT_ENCRYPTED"),
+        (dd.zero_page_pdf, "DOCUMENT_EMPTY"),
+        (lambda: dd.broken_xref_pdf(repairable=False), "DOCUMENT_UNREADABLE"),
+        (lambda: b"%PDF-1.7\n" + bytes(range(256)) * 8, "DOCUMENT_UNREADABLE"),
+        (dd.huge_page_pdf, "PAGE_TOO_LARGE"),
+        (lambda: dd.stream_bomb_pdf(1 << 29), "DOCUMENT_TOO_COMPLEX"),
+        (lambda: dd.stream_bomb_pdf(1 << 29, double_flate=True), "DOCUMENT_TOO_COMPLEX"),
+    ],
+)
+def test_each_bad_pdf_is_refused_by_probe_with_its_code(make: object, code: str) -> None:
+    data = make()  # type: ignore[operator]
+    with pytest.raises(errors.PermanentError) as raised:
+        documents.probe(data)
+    assert raised.value.code == code
+    with pytest.raises(errors.PermanentError) as raised_again:
+        documents.decode_page(data, 1, size_px=192)
+    assert raised_again.value.code == code
+
+
+def test_pdfs_pdfium_opens_despite_their_flaws_are_answered() -> None:
+    vector = documents.decode_page(dd.vector_pdf(1), 1, size_px=192)
+    for data in (dd.broken_xref_pdf(repairable=True), dd.encrypted_pdf(b"")):
+        assert documents.probe(data).page_count == 1
+        page = documents.decode_page(data, 1, size_px=192)
+        assert page.image.tobytes() == vector.image.tobytes()
+
+
+def test_a_tiff_frame_over_the_pixel_limit_is_page_too_large(monkeypatch: pytest.MonkeyPatch) -> None:
+    data = dd.multipage_tiff([blank_sheet(), Image.new("L", (800, 600), 255)])
+    monkeypatch.setattr(preprocess, "MAX_INPUT_PIXELS", 200_000)  # 420 x 297 fits, 800 x 600 does not
+    with pytest.raises(errors.PageTooLarge, match="page 2"):
+        documents.probe(data)
+    with pytest.raises(errors.PageTooLarge, match="page 2"):
+        documents.decode_page(data, 2, size_px=192)
+
+
+def test_a_single_image_keeps_its_old_errors() -> None:
+    with pytest.raises(errors.ImageUndecodable):
+        documents.probe(b"not an image")
+    with pytest.raises(errors.ImageUndecodable):
+        documents.decode_page(b"", 1, size_px=192)
+    buf = io.BytesIO()
+    Image.new("L", (8, 8)).save(buf, "PNG")
+    with pytest.raises(errors.InputTooLarge):
+        documents.probe(buf.getvalue() + b"\0" * preprocess.MAX_INPUT_BYTES)

@@ -1,0 +1,139 @@
+"""Documents: an input of one or more pages (an image, a multi-page TIFF, a PDF) -> the pages a job analyses.
+
+The worker's pool probes a document (``probe``: page count and page sizes from headers / the page tree,
+no pixel decoded, every bound checked), picks the pages to analyse (``select_pages``: the job's ``pages``
+or every page, the page-count and pixel budgets) and decodes them one by one (``decode_page``: a mode
+``L`` page and its ink, from which ``Page.blank`` follows). ``may_have_pages`` is the cheap magic-bytes
+test the main process may run. Every bad document is a typed permanent error (worker.shared.errors);
+the limits and their reasons are in ``limits`` and docs/security.md "Input documents".
+
+    >>> info = probe(data)
+    >>> for number in select_pages(info, job.pages, size_px=192):
+    ...     page = decode_page(data, number, size_px=192)
+
+PDF pages go through PDFium, which is not thread-safe: call ``probe``/``decode_page`` on PDFs from one
+thread per process (the preprocess pool's processes run one task at a time).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from PIL import Image
+
+from worker.runtime import preprocess
+from worker.runtime.documents.limits import (
+    BLANK_INK_FRACTION,
+    INK_LEVEL,
+    MAX_DOCUMENT_PAGES,
+    MAX_DOCUMENT_PIXELS,
+    MAX_PAGES_PER_JOB,
+    MAX_PDF_INFLATED_BYTES,
+    MAX_PDF_PAGE_POINTS,
+    RENDER_OVERSAMPLE,
+)
+from worker.runtime.documents.pdf import is_pdf, probe_pdf, render_pdf_page, rendered_pixels
+from worker.runtime.documents.raster import decode_raster, is_tiff, probe_raster
+from worker.runtime.documents.records import DocumentInfo, Page
+from worker.shared.errors import (
+    DocumentTooLarge,
+    ImageUndecodable,
+    InputTooLarge,
+    InvalidPages,
+    PageNotFound,
+    TooManyPages,
+)
+
+__all__ = [
+    "BLANK_INK_FRACTION",
+    "INK_LEVEL",
+    "MAX_DOCUMENT_PAGES",
+    "MAX_DOCUMENT_PIXELS",
+    "MAX_PAGES_PER_JOB",
+    "MAX_PDF_INFLATED_BYTES",
+    "MAX_PDF_PAGE_POINTS",
+    "RENDER_OVERSAMPLE",
+    "DocumentInfo",
+    "Page",
+    "decode_page",
+    "ink_fraction",
+    "may_have_pages",
+    "probe",
+    "select_pages",
+]
+
+
+def may_have_pages(data: bytes) -> bool:
+    """Whether the bytes may hold more than one page (TIFF or PDF magic); reads no more than 1 KB."""
+    return is_tiff(data) or is_pdf(data)
+
+
+def probe(data: bytes) -> DocumentInfo:
+    """Kind, page count and page sizes; raises the document's typed error. No pixel is decoded."""
+    _check_bytes(data)
+    return probe_pdf(data) if is_pdf(data) else probe_raster(data)
+
+
+def select_pages(info: DocumentInfo, requested: Sequence[int] | None, *, size_px: int) -> tuple[int, ...]:
+    """The 1-based page numbers to analyse, ascending: ``requested`` or every page, within the budgets.
+
+    ``PAGE_NOT_FOUND`` for a number past the page count, ``TOO_MANY_PAGES`` for more than
+    ``MAX_PAGES_PER_JOB``, ``DOCUMENT_TOO_LARGE`` when decoding them at ``size_px`` would make more than
+    ``MAX_DOCUMENT_PIXELS`` pixels (raster pages count at full size, PDF pages at their render size).
+    """
+    if requested is None:
+        numbers = tuple(range(1, info.page_count + 1))
+    else:
+        numbers = tuple(sorted(set(requested)))
+        if len(numbers) != len(requested) or not numbers or numbers[0] < 1:
+            raise InvalidPages(f"pages must be unique page numbers >= 1, got {list(requested)}")
+        missing = [n for n in numbers if n > info.page_count]
+        if missing:
+            raise PageNotFound(f"the document has {info.page_count} pages; no page {missing[0]}")
+    if len(numbers) > MAX_PAGES_PER_JOB:
+        raise TooManyPages(
+            f"{len(numbers)} pages to analyse; a job analyses at most {MAX_PAGES_PER_JOB}: "
+            "select pages with `pages`"
+        )
+    pixels = sum(_decoded_pixels(info, n, size_px=size_px) for n in numbers)
+    if pixels > MAX_DOCUMENT_PIXELS:
+        raise DocumentTooLarge(
+            f"the {len(numbers)} pages to analyse decode to {pixels} pixels; the budget is "
+            f"{MAX_DOCUMENT_PIXELS}: select fewer pages with `pages`"
+        )
+    return numbers
+
+
+def decode_page(data: bytes, number: int, *, size_px: int) -> Page:
+    """Page ``number`` (1-based), upright, mode ``L``, with its ink.
+
+    Images decode through ``preprocess.decode_image`` (its bounds and errors, unchanged); a TIFF page is
+    that frame; a PDF page renders grayscale on white so its longer side is ``RENDER_OVERSAMPLE * size_px``.
+    """
+    _check_bytes(data)
+    if is_pdf(data):
+        image = render_pdf_page(data, number, size_px=size_px)
+    else:
+        image = decode_raster(data, number, size_px=size_px)
+    return Page(number=number, image=image, ink=ink_fraction(image))
+
+
+def ink_fraction(image: Image.Image) -> float:
+    """Fraction of a mode ``L`` image's pixels darker than ``INK_LEVEL`` (rounded to 6 places)."""
+    pixels = np.asarray(image if image.mode == "L" else image.convert("L"))
+    return round(float(np.count_nonzero(pixels < INK_LEVEL)) / max(1, pixels.size), 6)
+
+
+def _check_bytes(data: bytes) -> None:
+    if len(data) > preprocess.MAX_INPUT_BYTES:
+        raise InputTooLarge(f"input is {len(data)} bytes; the limit is {preprocess.MAX_INPUT_BYTES}")
+    if not data:
+        raise ImageUndecodable("input is empty (0 bytes)")
+
+
+def _decoded_pixels(info: DocumentInfo, number: int, *, size_px: int) -> int:
+    width, height = info.page_sizes[number - 1]
+    if info.kind == "pdf":
+        return rendered_pixels(width, height, size_px=size_px)
+    return round(width * height)

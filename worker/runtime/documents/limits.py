@@ -1,0 +1,33 @@
+"""The bounds every document is held to before any pixel is decoded (docs/security.md "Input documents").
+
+One home for the numbers: ``worker.runtime.documents`` re-exports them; the reasons are next to each.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+#: Most pages one job may analyse (the job's ``pages`` may name at most this many; a document with more
+#: pages must select some). 64 A4 pages at the symbol model's 384 px are ~107 M rendered pixels.
+MAX_PAGES_PER_JOB: Final = 64
+#: Most pages a document may have at all (counted before walking every page: TIFF IFDs one by one up to
+#: this bound, a PDF's page tree by its count). A 2,000-sheet drawing set is far past any real one.
+MAX_DOCUMENT_PAGES: Final = 2_000
+#: Most pixels the analysed pages of one job may decode to, summed (raster pages at full size, PDF pages
+#: at their render size). Pages are decoded one at a time, so this bounds a job's CPU, not its memory:
+#: 23 A4 300-dpi scans (8.7 M each), five A2 300-dpi scans, or every one of 64 rendered PDF pages.
+MAX_DOCUMENT_PIXELS: Final = 200_000_000
+#: Largest PDF page side in points (1/72 in): PDF's own limit (ISO 32000-1, Annex C.2), 200 in = 5.08 m.
+MAX_PDF_PAGE_POINTS: Final = 14_400.0
+#: A PDF page renders so its longer side is this many times the model's input side in pixels: the model
+#: letterboxes with a BOX (area-average) reduction, and averaging over >= 4 x 4 rendered pixels makes a
+#: thin vector line the same grey as on a raster scan (the label agreement in docs/security.md).
+RENDER_OVERSAMPLE: Final = 4
+#: A pixel is ink when darker than this level (0 black .. 255 white): below the darkest paper tone the
+#: drawing generator and real scanners give (~190 with lighting gradients and grain) and above line ink.
+INK_LEVEL: Final = 128
+#: A page is blank when less than this fraction of its pixels are ink (chosen from data: docs/security.md).
+BLANK_INK_FRACTION: Final = 0.002
+#: Most bytes a PDF's non-image streams may decompress to, summed over the file (content streams, forms,
+#: fonts, object streams): PDFium inflates a content stream whole before parsing it.
+MAX_PDF_INFLATED_BYTES: Final = 256 * 1024 * 1024
