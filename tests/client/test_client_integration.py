@@ -11,9 +11,7 @@ import dataclasses
 import json
 import os
 import subprocess
-import sys
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,6 +22,8 @@ from google.cloud import pubsub_v1
 from worker.client import sdk
 from worker.dev.drawings import render_drawing
 
+from .local_stack import fleet, run_id, serving_workers
+
 pytestmark = pytest.mark.integration
 
 WORKERS = 2
@@ -33,60 +33,10 @@ BULK_JOBS = 1000
 BULK_TIMEOUT_S = 300
 
 
-def fleet(*args: str, timeout_s: float = 120) -> subprocess.CompletedProcess[str]:
-    """Run the ``fleet`` CLI as a user would, with the stack's environment."""
-    return subprocess.run(
-        [sys.executable, "-m", "worker.cli", *args],
-        capture_output=True,
-        text=True,
-        env=os.environ.copy(),
-        timeout=timeout_s,
-        check=False,
-    )
-
-
 @pytest.fixture(scope="module")
 def workers(stack: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[subprocess.Popen[bytes]]]:
-    logs = tmp_path_factory.mktemp("client-workers")
-    processes = []
-    for index in range(WORKERS):
-        env = {
-            **os.environ,
-            **stack.env,
-            "FLEET_INSTANCE_NAME": f"client-test-worker-{index}",
-            "FLEET_WATCH_METADATA": "false",
-            "FLEET_LOG_LEVEL": "WARNING",
-        }
-        with (logs / f"worker-{index}.log").open("wb") as log:
-            processes.append(
-                subprocess.Popen(
-                    [sys.executable, "-m", "worker.cli", "worker"],
-                    env=env,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                )
-            )
-    try:
-        # Workers wait for Triton and warm up: one answered job each way proves they are serving.
-        warm_up = render_drawing(99, size=DRAWING_SIZE)[0]
-        (logs / "warm-up.png").write_bytes(warm_up)
-        with sdk.FleetClient(sdk.ClientSettings.from_env()) as client:
-            jobs = [
-                sdk.JobRequest(f"warm-up-{run_id()}-{i}", str(logs / "warm-up.png")) for i in range(WORKERS)
-            ]
-            outcomes = client.wait(client.submit(jobs).job_ids, timeout_s=180)
-        assert all(o.succeeded for o in outcomes.values()), outcomes
+    with serving_workers(stack, tmp_path_factory.mktemp("client-workers"), WORKERS) as processes:
         yield processes
-    finally:
-        for process in processes:
-            process.terminate()
-        for index, process in enumerate(processes):
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=10)
-            print(f"worker {index} log tail:\n" + (logs / f"worker-{index}.log").read_text()[-2000:])
 
 
 @pytest.fixture(scope="module")
@@ -96,10 +46,6 @@ def drawings(tmp_path_factory: pytest.TempPathFactory) -> Path:
         data, _label = render_drawing(index, size=DRAWING_SIZE)
         (folder / f"d{index}.png").write_bytes(data)
     return folder
-
-
-def run_id() -> str:
-    return uuid.uuid4().hex[:8]
 
 
 def write_manifest(path: Path, job_ids: list[str], drawings: Path) -> Path:
