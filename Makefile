@@ -11,7 +11,7 @@ PIP_FLAGS := --quiet --disable-pip-version-check
 PY_SCRIPTS := scripts/bench scripts/build_trt_engine scripts/chaos scripts/demo scripts/devstack scripts/simulate
 PY_SOURCES := worker tests scripts $(PY_SCRIPTS)
 
-.PHONY: all venv triton-venv test demo lint format typecheck check lint-infra image image-test bench chaos simulate train devstack-up devstack-down clean pubsub-fidelity train-symbols
+.PHONY: all venv triton-venv test demo lint format typecheck check lint-infra image image-test bench chaos simulate train devstack-up devstack-down clean pubsub-fidelity train-symbols bench-decode bench-gpu
 
 all: test
 
@@ -64,6 +64,16 @@ image-test: venv
 
 bench: venv triton-venv
 	$(PY) scripts/bench
+
+# On a GPU machine (NVIDIA driver + trtexec + a TensorRT tritonserver or docker with the NVIDIA runtime):
+# TensorRT engines, the GPU repository served, scripts/bench against it, in <= 10 minutes
+# (docs/performance.md "Capacity projection"). Without a GPU it exits 2 at once.
+bench-gpu: venv
+	$(PY) scripts/bench-gpu
+
+# Decoders side by side (docs/performance.md "Decoders"); --quick runs in under a minute.
+bench-decode: venv
+	$(PY) scripts/decode-bench
 
 chaos: venv triton-venv
 	$(PY) scripts/chaos
