@@ -323,3 +323,22 @@ def test_cli_bad_pages_exit_2_before_any_network(
 ) -> None:
     assert main(["submit", URI, *argv]) == EXIT_USAGE
     assert message in capsys.readouterr().err
+
+
+def test_a_version_1_answer_is_skipped_only_by_a_version_1_resubmit() -> None:
+    # Given set-1 answered as a version 1 job (before the client published version 2)
+    (v1_job,) = sdk.prepare_jobs(
+        [sdk.JobRequest("set-1", URI, schema_version=1)], settings=SETTINGS, client_id="c"
+    )
+    document = {
+        **result_document(schema_version=1, page_count=1),
+        "fingerprint": contracts.fingerprint_body(v1_job.identity.request, None),
+    }
+    storage = FakeStorage({f"{RESULTS}/results/set-1.json": json.dumps(document).encode()})
+    client = fake_client(storage=storage)
+
+    # Then a version 2 resubmit is another request (published; the worker answers JOB_ID_CONFLICT) ...
+    assert client.submit([sdk.JobRequest("set-1", URI)]).published == ("set-1",)
+    # ... and --schema-version 1 reports the stored answer
+    again = client.submit([sdk.JobRequest("set-1", URI)], schema_version=1)
+    assert again.published == () and again.already_answered["set-1"].succeeded
