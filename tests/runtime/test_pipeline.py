@@ -18,7 +18,7 @@ from worker.runtime.pipeline.batching import Batcher
 from worker.runtime.pipeline.core import Pipeline
 from worker.runtime.pipeline.gate import InteractiveGate
 from worker.runtime.pipeline.outage import Health
-from worker.runtime.pipeline.ports import Ports
+from worker.runtime.pipeline.ports import Ports, Preprocessor
 from worker.runtime.settings import WorkerSettings
 from worker.shared import errors
 
@@ -50,7 +50,9 @@ def job(job_id: str, **extra: Any) -> dict[str, Any]:
 
 
 class World:
-    def __init__(self, settings: WorkerSettings = SETTINGS) -> None:
+    def __init__(
+        self, settings: WorkerSettings = SETTINGS, preprocess: Preprocessor = fake_preprocess
+    ) -> None:
         self.source, self.store, self.model, self.notifier = (
             FakeSource(),
             FakeStore(),
@@ -66,7 +68,7 @@ class World:
                 drawing_catalog(),
                 {"drawing_analyzer": self.model},
                 self.notifier,
-                fake_preprocess,
+                preprocess,
             ),
         )
 
@@ -119,7 +121,7 @@ def test_given_malformed_message_then_failure_on_first_delivery_and_ack() -> Non
         (job("a", input_uri="gs://inputs/missing.png"), "INPUT_NOT_FOUND"),
         (job("a", analyses=["segment"]), "UNKNOWN_ANALYSIS"),
         (job("a", priority="urgent"), "UNKNOWN_PRIORITY"),
-        (job("a", schema_version=2), "UNSUPPORTED_SCHEMA_VERSION"),
+        (job("a", schema_version=3), "UNSUPPORTED_SCHEMA_VERSION"),
         (job("../a"), "INVALID_JOB_ID"),
     ],
 )

@@ -13,7 +13,9 @@ from typing import Any
 import numpy as np
 
 from worker.runtime import abstention, model_spec
+from worker.runtime.documents import DocumentInfo
 from worker.runtime.model_packages.catalog import Catalog
+from worker.runtime.model_packages.handlers import Preprocessed
 from worker.runtime.model_packages.loader import load_package
 from worker.runtime.pipeline.ports import InputObject
 from worker.shared import contracts, errors
@@ -147,14 +149,41 @@ class FakeNotifier:
         return [json.loads(n.data) for n in self.sent]
 
 
-async def fake_preprocess(
-    package_folder: str, data: bytes, params: dict[str, Any], *, urgent: bool = False
-) -> dict[str, Any]:
-    """The drawing package's input without decoding: 4 x 4 pixels, a value the FakeModel reads."""
-    if data == b"garbage":
-        raise errors.ImageUndecodable("not an image")
-    value = 2.0 if data == b"poison" else 0.5
-    return {"IMAGE": np.full((1, 4, 4), value, dtype=np.float32)}
+class FakePreprocessor:
+    """The drawing package's input without decoding: 4 x 4 pixels, a value the FakeModel reads.
+
+    A "document" is TIFF's magic bytes (``PAGED``) followed by one character per page: ``PAGED + b"x.x"``
+    has three pages, the second blank (ink 0.0); any other input is one page with ink 0.05. ``calls``
+    records each decode's (page, urgent) and ``probes`` each probe's urgent flag.
+    """
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[int, bool]] = []
+        self.probes: list[bool] = []
+
+    async def __call__(
+        self, package_folder: str, data: bytes, params: dict[str, Any], *, urgent: bool = False
+    ) -> Preprocessed:
+        page = int(params.get("page", 1))
+        self.calls.append((page, urgent))
+        if data == b"garbage":
+            raise errors.ImageUndecodable("not an image")
+        value = 2.0 if data == b"poison" else 0.5
+        ink = (
+            0.0
+            if data.startswith(PAGED) and data[len(PAGED) + page - 1 : len(PAGED) + page] == b"."
+            else 0.05
+        )
+        return Preprocessed({"IMAGE": np.full((1, 4, 4), value, dtype=np.float32)}, ink)
+
+    async def probe(self, data: bytes, *, urgent: bool = False) -> DocumentInfo:
+        self.probes.append(urgent)
+        count = len(data) - len(PAGED)
+        return DocumentInfo("tiff", count, ((800.0, 600.0),) * count)
+
+
+PAGED = b"II*\x00"  # TIFF magic: documents.may_have_pages says yes
+fake_preprocess = FakePreprocessor()
 
 
 @functools.cache

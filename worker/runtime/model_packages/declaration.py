@@ -31,7 +31,10 @@ is documented in docs/models.md::
     [limits]                      # bad input is refused before it costs a GPU slot
     max_input_bytes = 33554432
     max_pixels = 40000000
-    formats = ["PNG", "JPEG"]
+    formats = ["PNG", "JPEG", "PDF"]
+
+    [pages]                       # optional: the size a document's page is decoded at for this package
+    size_px = 192                 # default: the larger of the first input's last two sizes
 
     [parity]                      # the engine precision is the fastest within this tolerance
     max_abs_error = 0.001
@@ -60,6 +63,10 @@ DTYPES: Final[dict[str, str]] = {
 }
 #: Image formats a package accepts when its declaration names none.
 DEFAULT_FORMATS: Final = ("PNG", "JPEG", "TIFF", "GIF", "BMP", "WEBP")
+#: The page size (pixels, longer side) when the first input has no two fixed trailing sizes to derive it.
+DEFAULT_PAGE_SIZE_PX: Final = 1024
+#: Bounds of ``[pages] size_px``.
+PAGE_SIZE_RANGE_PX: Final = (16, 8192)
 #: Engine precisions the parity gate can try, fastest first.
 PRECISIONS: Final = ("INT8", "FP16", "TF32", "FP32")
 
@@ -137,6 +144,8 @@ class Declaration:
     analyses: tuple[Analysis, ...]
     limits: InputLimits
     parity: Parity
+    #: The size (pixels, a page's longer side) the worker decodes a document's page at for this package.
+    page_size_px: int = DEFAULT_PAGE_SIZE_PX
 
     def output(self, name: str) -> Tensor:
         return next(t for t in self.outputs if t.name == name)
@@ -160,6 +169,7 @@ def read_declaration(folder: Path) -> Declaration:
     fields = _Fields(package, raw)
     model = fields.table("model")
     name = fields.string(model, "model.name", pattern=_NAME_RE)
+    inputs = fields.tensors("inputs")
     declaration = Declaration(
         name=name,
         version=fields.string(model, "model.version", default="1"),
@@ -170,11 +180,12 @@ def read_declaration(folder: Path) -> Declaration:
             model, "model.preferred_batch_size", default=16, low=1, high=4096
         ),
         instances=fields.integer(model, "model.instances", default=2, low=1, high=16),
-        inputs=fields.tensors("inputs"),
+        inputs=inputs,
         outputs=fields.tensors("outputs"),
         analyses=fields.analyses(),
         limits=fields.limits(),
         parity=fields.parity(),
+        page_size_px=fields.page_size_px(inputs[0]),
     )
     _check_consistency(package, folder, declaration)
     return declaration
@@ -289,6 +300,16 @@ class _Fields:
             max_pixels=self.integer(table, "limits.max_pixels", default=40_000_000, low=1, high=1 << 31),
             formats=tuple(f.upper() for f in formats),
         )
+
+    def page_size_px(self, first_input: Tensor) -> int:
+        """``[pages] size_px``, else the larger of the first input's last two sizes (its image side)."""
+        table = self.raw.get("pages", {})
+        if not isinstance(table, dict):
+            raise self.fail("[pages] must be a table")
+        trailing = [n for n in first_input.shape[-2:] if n > 0] if len(first_input.shape) >= 2 else []
+        derived = max(trailing) if len(trailing) == 2 else DEFAULT_PAGE_SIZE_PX
+        low, high = PAGE_SIZE_RANGE_PX
+        return self.integer(table, "pages.size_px", default=min(max(derived, low), high), low=low, high=high)
 
     def parity(self) -> Parity:
         table = self.table("parity")

@@ -1,23 +1,29 @@
 """Running a package's handler where the worker needs it, with its results checked.
 
-``run_preprocess`` is what the preprocess pool's processes run: a spawned process imports the package
-from its folder on first use (cached per process) and checks the tensors against the declaration there,
-so a wrong shape or dtype never reaches a batch. ``run_postprocess`` runs in the worker's event loop and
-checks that the outputs are JSON and answer every asked analysis. A handler that misbehaves gets a
-permanent error code for the job (``MODEL_PREPROCESS_FAILED`` / ``MODEL_OUTPUT_INVALID``); the worker's
-own typed errors (``IMAGE_UNDECODABLE`` ...) raised by a handler keep their code.
+``run_preprocess`` is what the preprocess pool's processes run for one page of a job's document: a
+spawned process imports the package from its folder on first use (cached per process), decodes the page
+(``documents.decode_page`` at the package's page size) for a ``preprocess_page`` handler, and checks the
+tensors against the declaration there, so a wrong shape or dtype never reaches a batch; it returns them
+with the page's ink (the blank decision). ``probe`` is the pool's ``documents.probe``: parsing an
+untrusted document's structure runs there, never in the event loop's process. ``run_postprocess``
+runs in the worker's event loop and checks that the outputs are JSON and answer every asked analysis.
+A handler that misbehaves gets a permanent error code for the job (``MODEL_PREPROCESS_FAILED`` /
+``MODEL_OUTPUT_INVALID``); the worker's own typed errors (``IMAGE_UNDECODABLE`` ...) keep their code.
 """
 
 from __future__ import annotations
 
 import functools
+import io
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
+from PIL import Image
 
+from worker.runtime import documents
 from worker.runtime.model_packages.declaration import Declaration
 from worker.runtime.model_packages.loader import ModelPackage, load_package
 from worker.shared import errors
@@ -37,18 +43,68 @@ def warm(folders: tuple[str, ...]) -> None:
         package_at(folder)
 
 
-def run_preprocess(folder: str, data: bytes, params: dict[str, Any]) -> Arrays:
-    """One job's input tensors from ``package_at(folder)``'s preprocess, checked against its declaration."""
+class Preprocessed(NamedTuple):
+    """One page's input tensors for one package, and the page's ink as decoded for it.
+
+    ``ink`` is None when no page was decoded: a ``preprocess`` package reading a one-page input's
+    bytes itself (such a page is never taken as blank).
+    """
+
+    tensors: Arrays
+    ink: float | None
+
+
+def probe(data: bytes) -> documents.DocumentInfo:
+    """``documents.probe`` in a pool process: the document's kind, page count and page sizes."""
+    return documents.probe(data)
+
+
+def run_preprocess(folder: str, data: bytes, params: dict[str, Any]) -> Preprocessed:
+    """Page ``params["page"]`` (default 1) of the document in ``data`` -> ``package_at(folder)``'s tensors.
+
+    A ``preprocess_page`` handler gets the page decoded at the package's page size. A ``preprocess``
+    handler gets the input's own bytes when the format has one page (PNG, JPEG, ...: no decode here),
+    else (TIFF, PDF) the PNG bytes of the decoded page.
+    """
     package = package_at(folder)
+    number = int(params.get("page", 1))
+    size_px = package.declaration.page_size_px
+    ink: float | None = None
+    if package.preprocess_page is not None:
+        page = documents.decode_page(data, number, size_px=size_px)
+        ink = page.ink
+        tensors = _handler_call(package, "preprocess_page", package.preprocess_page, page, params)
+    else:
+        if documents.may_have_pages(data):
+            page = documents.decode_page(data, number, size_px=size_px)
+            ink = page.ink
+            data = _png_bytes(page.image)
+        tensors = _handler_call(package, "preprocess", package.preprocess, data, params)
+    return Preprocessed(check_inputs(package.declaration, tensors), ink)
+
+
+def _handler_call(
+    package: ModelPackage,
+    name: str,
+    function: Callable[[Any, dict[str, Any]], object],
+    arg: Any,
+    params: dict[str, Any],
+) -> object:
     try:
-        tensors = package.preprocess(data, params)
+        return function(arg, params)
     except errors.FleetError:
         raise
     except Exception as exc:
         raise errors.ModelPreprocessFailed(
-            f"{package.name}: preprocess raised {type(exc).__name__}: {str(exc)[:200]}"
+            f"{package.name}: {name} raised {type(exc).__name__}: {str(exc)[:200]}"
         ) from None  # the cause may not pickle back from the pool process
-    return check_inputs(package.declaration, tensors)
+
+
+def _png_bytes(image: Image.Image) -> bytes:
+    """A decoded page as PNG (fast compression: it only travels to the package's own decode)."""
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", compress_level=1)
+    return buffer.getvalue()
 
 
 def check_inputs(declaration: Declaration, tensors: object) -> Arrays:

@@ -1,14 +1,17 @@
 """Load a directory of model packages: declarations read, handlers imported, the catalog checked.
 
 A package is a folder with ``model.toml`` (``declaration``), the ONNX file and a handler module that
-defines ``preprocess(data: bytes, params: dict) -> dict[str, numpy.ndarray]`` (one job's input tensors,
-without the batch axis) and ``postprocess(outputs: dict[str, numpy.ndarray], params: dict) -> dict``
-(one job's JSON-able outputs, keyed by analysis). Everything that can be checked without running the
-model is checked here, and the first problem stops the load with the package named.
+defines ``postprocess(outputs: dict[str, numpy.ndarray], params: dict) -> dict`` (one page's JSON-able
+outputs, keyed by analysis) and at least one of ``preprocess_page(page: documents.Page, params: dict)``
+(the worker decodes the page at the package's size) or ``preprocess(data: bytes, params: dict)`` (the
+package decodes the bytes itself), each returning one page's input tensors without the batch axis
+(docs/models.md). Everything that can be checked without running the model is checked here, and the
+first problem stops the load with the package named.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 import inspect
@@ -31,12 +34,20 @@ from worker.runtime.model_packages.declaration import (
 BUNDLED_MODELS_DIR: Final = Path(__file__).resolve().parents[2] / "models"
 
 Preprocess = Callable[[bytes, dict[str, Any]], Mapping[str, Any]]
+#: ``(documents.Page, params) -> tensors`` (typed loosely: the loader does not import the decoders).
+PreprocessPage = Callable[[Any, dict[str, Any]], Mapping[str, Any]]
 Postprocess = Callable[[Mapping[str, Any], dict[str, Any]], dict[str, Any]]
 
 
 @dataclass(frozen=True)
 class ModelPackage:
-    """One loaded package: where it is, what it declares, its two functions and the model's digest."""
+    """One loaded package: where it is, what it declares, its functions and the model's digest.
+
+    ``preprocess_page``: the handler's, or None. ``preprocess``: the handler's; for a handler that
+    defines only ``preprocess_page``, the worker's decode of the bytes' page ``params["page"]`` (default
+    1) at the package's page size handed to it, so tools that feed files (parity, ``fleet models
+    check``) call every package the same way.
+    """
 
     folder: Path
     declaration: Declaration
@@ -44,6 +55,7 @@ class ModelPackage:
     postprocess: Postprocess
     #: sha256 of the model file: the engine cache key's first part (with the GPU and TensorRT version).
     model_digest: str
+    preprocess_page: PreprocessPage | None = None
 
     @property
     def name(self) -> str:
@@ -78,7 +90,10 @@ def load_package(folder: Path) -> ModelPackage:
     """Read one package's declaration and import its handler; raises PackageInvalid."""
     declaration = read_declaration(folder)
     module = _import_handler(folder, declaration)
-    preprocess = _function(module, "preprocess", folder.name)
+    preprocess_page = _function(module, "preprocess_page", folder.name, required=False)
+    preprocess = _function(module, "preprocess", folder.name, required=preprocess_page is None)
+    if preprocess is None:
+        preprocess = functools.partial(_decoded_page, preprocess_page, declaration.page_size_px)
     postprocess = _function(module, "postprocess", folder.name)
     package = ModelPackage(
         folder=folder,
@@ -86,6 +101,7 @@ def load_package(folder: Path) -> ModelPackage:
         preprocess=preprocess,
         postprocess=postprocess,
         model_digest=_sha256(folder / declaration.model_file),
+        preprocess_page=preprocess_page,
     )
     if not package.reference_inputs():
         raise PackageInvalid(folder.name, "parity.reference_inputs match no file in the package")
@@ -111,14 +127,33 @@ def _import_handler(folder: Path, declaration: Declaration) -> ModuleType:
     return module
 
 
-def _function(module: ModuleType, name: str, package: str) -> Any:
+def _decoded_page(
+    preprocess_page: PreprocessPage, size_px: int, data: bytes, params: dict[str, Any]
+) -> Mapping[str, Any]:
+    """A ``preprocess_page`` package fed bytes: the page decoded by the worker, then the handler's."""
+    from worker.runtime import documents  # noqa: PLC0415 - the decoders (PIL, PDFium) load on first use
+
+    page = documents.decode_page(data, int(params.get("page", 1)), size_px=size_px)
+    return preprocess_page(page, params)
+
+
+_FIRST_ARGUMENT = {"preprocess_page": "page", "preprocess": "data", "postprocess": "outputs"}
+
+
+def _function(module: ModuleType, name: str, package: str, *, required: bool = True) -> Any:
+    """The handler's ``name`` function (None when absent and not ``required``), taking two arguments."""
     function = getattr(module, name, None)
+    if function is None and not required:
+        return None
     if not callable(function):
+        if name == "preprocess":
+            raise PackageInvalid(package, "the handler defines no preprocess_page() or preprocess() function")
         raise PackageInvalid(package, f"the handler defines no {name}() function")
     try:
         inspect.signature(function).bind(None, None)
     except TypeError as exc:
-        raise PackageInvalid(package, f"{name}() must take two arguments ({name}(data, params))") from exc
+        first = _FIRST_ARGUMENT[name]
+        raise PackageInvalid(package, f"{name}() must take two arguments ({name}({first}, params))") from exc
     return function
 
 

@@ -17,7 +17,7 @@ from worker.runtime.pipeline.ports import Notifier, ResultStore
 from worker.runtime.pipeline.retries import with_retries
 from worker.runtime.settings import WorkerSettings
 from worker.shared import contracts, errors
-from worker.shared.contracts import Delivery, Job, Rejection, Timeline
+from worker.shared.contracts import Delivery, Job, PageResult, Rejection, Timeline
 
 
 class Answered(NamedTuple):
@@ -101,10 +101,13 @@ class Answerer:
         timeline: Timeline,
         input_sha256: str | None = None,
         model: dict[str, str] | None = None,
+        page_count: int | None = None,
+        pages: tuple[PageResult, ...] = (),
     ) -> Answered:
         """Write the result unless one exists, then notify what is stored — if it answers this job.
 
         ``model``: the models that answered it (default: the worker's, for a job that ran none).
+        ``page_count``/``pages``: the document's page count when it was read, the analysed pages.
 
         A stored result answers this job when its fingerprint matches (a redelivery, a duplicate publish,
         a re-run manifest); otherwise the job_id is another job's and this one is answered
@@ -122,6 +125,8 @@ class Answerer:
             request=request,
             input_sha256=input_sha256,
             model=model,
+            page_count=page_count,
+            pages=pages,
         )
         created, stored = await self._create_or_read(name, document, job)
         if stored is not None and not contracts.answers_same_job(stored, request, input_sha256):
@@ -193,6 +198,8 @@ class Answerer:
         request: str,
         input_sha256: str | None,
         model: dict[str, str] | None = None,
+        page_count: int | None = None,
+        pages: tuple[PageResult, ...] = (),
     ) -> dict[str, Any]:
         return contracts.build_result(
             job_id=job.job_id,
@@ -206,6 +213,9 @@ class Answerer:
             delivery_attempt=delivery.delivery_attempt,
             fingerprint=contracts.fingerprint_body(request, input_sha256),
             namespace=job.namespace,
+            schema_version=job.schema_version,
+            page_count=page_count,
+            pages=pages,
         )
 
     async def _create_or_read(

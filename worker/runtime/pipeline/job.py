@@ -1,6 +1,11 @@
-"""Running one job to a decision: parse, (answer a redelivery from its stored result), fetch, preprocess,
-infer, answer. A permanent error is answered (failed/expired) and acked; a transient one gives the
-message back (nack) for another attempt.
+"""Running one job to a decision: parse, (answer a redelivery from its stored result), fetch, find the
+pages to analyse, preprocess and infer each, answer. A permanent error is answered (failed/expired) and
+acked; a transient one gives the message back (nack) for another attempt.
+
+Pages: an input whose format may hold several (TIFF, PDF: ``documents.may_have_pages``, magic bytes) is
+probed in the preprocess pool; any other input is one page and goes straight to its decode, as before.
+A version 1 job of a document of several pages is answered MULTI_PAGE_INPUT; a version 2 job analyses
+its ``pages`` (default: every page) within the page and pixel budgets (``documents.select_pages``).
 
 Interactive jobs go first at every stage that queues: their input reads skip the batch fetch limit and
 use their own threads, their decode has a process of its own, and while one is in the worker batch work
@@ -13,13 +18,15 @@ import asyncio
 import time
 from typing import Any
 
+from worker.runtime import documents
 from worker.runtime.intake import Ack, Decision, Nack
 from worker.runtime.model_packages.catalog import Step
+from worker.runtime.model_packages.handlers import Preprocessed
 from worker.runtime.pipeline.answering import Answerer, parse, timeline_of
 from worker.runtime.pipeline.gate import InteractiveGate
 from worker.runtime.pipeline.models import ModelSet, Ran
 from worker.runtime.pipeline.outcomes import RETRY, Outcomes
-from worker.runtime.pipeline.ports import Arrays, InputObject, Ports
+from worker.runtime.pipeline.ports import InputObject, Ports
 from worker.runtime.pipeline.retries import with_retries
 from worker.runtime.settings import WorkerSettings
 from worker.runtime.telemetry import get_logger
@@ -32,12 +39,13 @@ FAIL_FAST_ANSWER_S = 30.0
 
 
 class _InputRead:
-    """The digest of the input as read, for the result's fingerprint (None until it was read)."""
+    """What the input read told, for the result: its digest (the fingerprint), its page count."""
 
-    __slots__ = ("sha256",)
+    __slots__ = ("page_count", "sha256")
 
     def __init__(self) -> None:
         self.sha256: str | None = None
+        self.page_count: int | None = None
 
 
 class JobRunner:
@@ -131,7 +139,13 @@ class JobRunner:
             )
         except errors.PermanentError as exc:
             return await self._answer(
-                delivery, job, outputs=None, error=exc, started=started, input_sha256=read.sha256
+                delivery,
+                job,
+                outputs=None,
+                error=exc,
+                started=started,
+                input_sha256=read.sha256,
+                page_count=read.page_count,
             )
         except errors.TransientError as exc:
             self._outcomes.record(delivery, job, RETRY, exc.code, started)
@@ -156,20 +170,53 @@ class JobRunner:
                 self._begun.add(ack_id)
                 data, read.sha256 = await self._read_input(job, urgent=False)
 
-        async def decode(step: Step, data: bytes, params: dict[str, Any]) -> Arrays:
+        pages = await self._pages(job, data, read, interactive=interactive)
+
+        async def decode(step: Step, data: bytes, params: dict[str, Any]) -> Preprocessed:
             folder = str(step.package.folder)
             if interactive:  # its own process: no batch queue
-                tensors = await self._p.preprocess(folder, data, params, urgent=True)
+                decoded = await self._p.preprocess(folder, data, params, urgent=True)
             else:
                 await self._gate.yield_to()
-                async with self._batch_decodes:
-                    tensors = await self._p.preprocess(folder, data, params)
+                async with self._batch_decodes:  # paces pages as it paces jobs
+                    decoded = await self._p.preprocess(folder, data, params)
             self._check_deadline(job)
-            return tensors
+            return decoded
 
         return await self._models.run(
-            job.analyses, data, dict(job.params), interactive=interactive, decode=decode
+            job.analyses,
+            data,
+            dict(job.params),
+            interactive=interactive,
+            decode=decode,
+            pages=pages,
+            page_count=read.page_count or 1,
+            skip_blank=job.schema_version >= 2,  # a version 1 answer is as it always was
         )
+
+    async def _pages(self, job: Job, data: bytes, read: _InputRead, *, interactive: bool) -> tuple[int, ...]:
+        """The page numbers to analyse; a document that may have several is probed in the pool."""
+        if not documents.may_have_pages(data):  # PNG, JPEG, ...: one page, no pool round trip
+            read.page_count = 1
+            past_the_end = [n for n in job.pages or () if n > 1]
+            if past_the_end:
+                raise errors.PageNotFound(f"page {past_the_end[0]} asked; the input has 1 page")
+            return (1,)
+        if interactive:
+            info = await self._p.preprocess.probe(data, urgent=True)
+        else:
+            await self._gate.yield_to()
+            async with self._batch_decodes:
+                info = await self._p.preprocess.probe(data)
+        read.page_count = info.page_count
+        if job.schema_version == 1 and info.page_count > 1:
+            raise errors.MultiPageInput(
+                f"the input has {info.page_count} pages; a schema_version 1 job can be answered from one "
+                "page only: send schema_version 2 (fleet submit does) to have every page analysed"
+            )
+        plan = self._models.catalog.plan(job.analyses)
+        size_px = max(step.package.declaration.page_size_px for step in plan)
+        return documents.select_pages(info, job.pages, size_px=size_px)
 
     async def _read_input(self, job: Job, *, urgent: bool) -> InputObject:
         return await with_retries(
@@ -200,6 +247,7 @@ class JobRunner:
         started: float,
         ran: Ran | None = None,
         input_sha256: str | None = None,
+        page_count: int | None = None,
     ) -> Decision:
         self._begun.add(delivery.ack_id)  # answering: a drain lets it finish
         inference_ms = ran.inference_ms if ran is not None else 0.0
@@ -216,6 +264,8 @@ class JobRunner:
             timeline=timeline,
             input_sha256=input_sha256,
             model=ran.model() if ran is not None else None,
+            page_count=ran.page_count if ran is not None else page_count,
+            pages=ran.pages if ran is not None else (),
         )
         self._outcomes.record(
             delivery,

@@ -1,51 +1,82 @@
-"""The worker's models: a ``Batcher`` per model package, and running a job's plan across them.
+"""The worker's models: a ``Batcher`` per model package, and running a job's plan across them, page by page.
 
 ``ModelSet`` holds each package's ``Model`` and ``Batcher`` (micro-batches form per model; the batchers
 share one ``InteractiveGate``, so interactive work stays ahead for every model) and answers readiness
-for all of them (the outage monitor's view). ``ModelSet.run`` takes one job's input bytes through
-``catalog.plan``: steps whose needs are done run side by side (preprocess in the pool, inference in the
-package's batcher, postprocess here), a dependent step after its needs, with their outputs in
-``params["needs"]``. The job gets one ``outputs`` document holding every asked analysis and the
-per-model timings of the result's ``timeline.models``.
+for all of them (the outage monitor's view). ``ModelSet.run`` takes each analysed page of one job's
+document through ``catalog.plan``, the pages side by side: steps whose needs are done run side by side
+(preprocess in the pool, inference in the package's batcher, where a page's tensors batch with other
+jobs' and pages', postprocess here), a dependent step after its needs, with their outputs in
+``params["needs"]`` and the page number in ``params["page"]``. With ``skip_blank`` (v2 jobs) a page whose
+first step measured too little ink (``documents.BLANK_INK_FRACTION``) goes to no model: every step of
+the page waits for that measure before it submits. The job gets one entry per page and the per-model
+timings summed over its pages (the result's ``timeline.models``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
+from worker.runtime import documents
 from worker.runtime.flusher import Background
 from worker.runtime.model_packages import handlers
 from worker.runtime.model_packages.catalog import Catalog, Step
+from worker.runtime.model_packages.handlers import Preprocessed
 from worker.runtime.pipeline.batching import Batcher
 from worker.runtime.pipeline.gate import InteractiveGate
 from worker.runtime.pipeline.outage import Health
-from worker.runtime.pipeline.ports import Arrays, Model
+from worker.runtime.pipeline.ports import Model
 from worker.runtime.settings import WorkerSettings
 from worker.shared import errors
+from worker.shared.contracts import PageResult
 
-#: ``(package, input bytes, params) -> tensors``: the job runner's preprocess (lane, pool, pacing).
-Decode = Callable[[Step, bytes, dict[str, Any]], Awaitable[Arrays]]
+#: ``(package, input bytes, params) -> (tensors, ink)``: the job runner's preprocess (lane, pool, pacing).
+Decode = Callable[[Step, bytes, dict[str, Any]], Awaitable[Preprocessed]]
+Timing = dict[str, float]
+_T = TypeVar("_T")
 
 
 @dataclass
 class Ran:
-    """What a job's plan produced: the asked analyses' outputs, per-model timings, models used."""
+    """What a job's plan produced: one entry per analysed page, per-model timings, the models used."""
 
-    outputs: dict[str, Any] = field(default_factory=dict)
-    timings: dict[str, dict[str, float]] = field(default_factory=dict)
-    models: dict[str, str] = field(default_factory=dict)  # name -> version
+    page_count: int = 1
+    pages: tuple[PageResult, ...] = ()
+    timings: dict[str, Timing] = field(default_factory=dict)  # per model, summed over pages
+    models: dict[str, str] = field(default_factory=dict)  # name -> version, of models that inferred
+
+    @property
+    def outputs(self) -> dict[str, Any] | None:
+        """The one page's outputs (a version 1 job's ``outputs``); None for several pages or a blank one."""
+        return self.pages[0].outputs if len(self.pages) == 1 else None
 
     @property
     def inference_ms(self) -> float:
         return sum(t["inference_ms"] for t in self.timings.values())
 
-    def model(self) -> dict[str, str]:
-        """The result's ``model``: one package as is; several joined with ``+`` in plan order."""
+    def model(self) -> dict[str, str] | None:
+        """The result's ``model``: one package as is; several joined with ``+`` in plan order; None when
+        no model ran (every page blank)."""
+        if not self.models:
+            return None
         return {"name": "+".join(self.models), "version": "+".join(self.models.values())}
+
+
+@dataclass
+class _PageRun:
+    """One page on its way through the plan: the first step's ink, once decoded; what ran."""
+
+    number: int
+    first: Step
+    skip_blank: bool
+    ink: asyncio.Future[float | None]
+    done: dict[str, Any] = field(default_factory=dict)  # analysis -> output, asked or needed
+    timings: dict[str, Timing] = field(default_factory=dict)
+    inferred: list[str] = field(default_factory=list)  # packages, in the order their steps finished
+    blank: bool = False
 
 
 class ModelSet:
@@ -106,26 +137,50 @@ class ModelSet:
         *,
         interactive: bool,
         decode: Decode,
+        pages: Sequence[int] = (1,),
+        page_count: int = 1,
+        skip_blank: bool = False,
     ) -> Ran:
-        """The asked ``analyses`` of one job: every step of the plan, needs first."""
-        pending = list(self.catalog.plan(analyses))
-        done: dict[str, Any] = {}  # analysis -> output, asked or needed
-        ran = Ran()
-        while pending:
-            level = [s for s in pending if all(n in done for a in s.analyses for n in self._needs(a))]
-            pending = [s for s in pending if s not in level]
-            results = await asyncio.gather(
-                *(
-                    self._step(step, data, params, done, interactive=interactive, decode=decode)
-                    for step in level
-                )
+        """The asked ``analyses`` of each of ``pages``: every step of the plan, needs first, pages at once."""
+        plan = self.catalog.plan(analyses)
+        runs = await _all(
+            self._run_page(
+                plan, number, data, params, interactive=interactive, decode=decode, skip=skip_blank
             )
-            for step, (outputs, timing) in zip(level, results, strict=True):
-                done.update(outputs)
-                ran.timings[step.package.name] = timing
-                ran.models[step.package.name] = self.models[step.package.name].version
-        ran.outputs = {a: done[a] for a in analyses}
+            for number in pages
+        )
+        ran = Ran(page_count=page_count)
+        for name in dict.fromkeys(step.package.name for step in plan):  # plan order: model name, timeline
+            for run in runs:
+                if name in run.timings:
+                    ran.timings[name] = _add(ran.timings.get(name), run.timings[name])
+                if name in run.inferred:
+                    ran.models[name] = self.models[name].version
+        ran.pages = tuple(_page_result(run, analyses) for run in runs)
         return ran
+
+    async def _run_page(
+        self,
+        plan: tuple[Step, ...],
+        number: int,
+        data: bytes,
+        params: dict[str, Any],
+        *,
+        interactive: bool,
+        decode: Decode,
+        skip: bool,
+    ) -> _PageRun:
+        run = _PageRun(number, plan[0], skip, asyncio.get_running_loop().create_future())
+        page_params = {**params, "page": number}
+        pending = list(plan)
+        while pending and not run.blank:
+            level = [s for s in pending if all(n in run.done for a in s.analyses for n in self._needs(a))]
+            pending = [s for s in pending if s not in level]
+            await _all(
+                self._step(step, data, page_params, run, interactive=interactive, decode=decode)
+                for step in level
+            )
+        return run
 
     def _needs(self, analysis: str) -> tuple[str, ...]:
         return self.catalog.needs[analysis]
@@ -135,16 +190,55 @@ class ModelSet:
         step: Step,
         data: bytes,
         params: dict[str, Any],
-        done: Mapping[str, Any],
+        run: _PageRun,
         *,
         interactive: bool,
         decode: Decode,
-    ) -> tuple[dict[str, Any], dict[str, float]]:
-        needs = {n: done[n] for a in step.analyses for n in self._needs(a)}
+    ) -> None:
+        needs = {n: run.done[n] for a in step.analyses for n in self._needs(a)}
         step_params = {**params, "analyses": list(step.analyses), "needs": needs}
         started = time.monotonic()
-        inputs = await decode(step, data, step_params)
-        preprocess_ms = (time.monotonic() - started) * 1000.0
-        rows, inference_ms = await self.batchers[step.package.name].submit(inputs, interactive=interactive)
-        outputs = handlers.run_postprocess(step.package, rows, step_params, step.analyses)
-        return outputs, {"preprocess_ms": round(preprocess_ms, 1), "inference_ms": round(inference_ms, 1)}
+        inputs, ink = await decode(step, data, step_params)
+        timing = {"preprocess_ms": round((time.monotonic() - started) * 1000.0, 1), "inference_ms": 0.0}
+        name = step.package.name
+        run.timings[name] = _add(run.timings.get(name), timing)
+        if step is run.first:
+            run.ink.set_result(ink)
+        if run.skip_blank:
+            # the page's blank decision is the first step's ink: no tensor of a blank page is submitted
+            first_ink = await asyncio.shield(run.ink)
+            if first_ink is not None and first_ink < documents.BLANK_INK_FRACTION:
+                run.blank = True
+                return
+        rows, inference_ms = await self.batchers[name].submit(inputs, interactive=interactive)
+        run.timings[name]["inference_ms"] = round(run.timings[name]["inference_ms"] + inference_ms, 1)
+        run.done.update(handlers.run_postprocess(step.package, rows, step_params, step.analyses))
+        run.inferred.append(name)
+
+
+async def _all(coroutines: Iterable[Coroutine[Any, Any, _T]]) -> list[_T]:
+    """Every coroutine at once; the first failure cancels the others and is raised as itself."""
+    try:
+        async with asyncio.TaskGroup() as group:
+            tasks = [group.create_task(c) for c in coroutines]
+    except BaseExceptionGroup as failed:
+        raise failed.exceptions[0] from None
+    return [task.result() for task in tasks]
+
+
+def _add(total: Timing | None, timing: Timing) -> Timing:
+    if total is None:
+        return dict(timing)
+    return {key: round(total[key] + value, 1) for key, value in timing.items()}
+
+
+def _page_result(run: _PageRun, analyses: tuple[str, ...]) -> PageResult:
+    ink = run.ink.result() if run.ink.done() else None
+    return PageResult(
+        number=run.number,
+        blank=run.blank,
+        ink=ink,
+        outputs=None if run.blank else {a: run.done[a] for a in analyses},
+        preprocess_ms=sum(t["preprocess_ms"] for t in run.timings.values()),
+        inference_ms=sum(t["inference_ms"] for t in run.timings.values()),
+    )

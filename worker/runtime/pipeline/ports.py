@@ -17,8 +17,10 @@ import numpy.typing as npt
 from worker.shared.contracts import Notification
 
 if TYPE_CHECKING:  # not at run time: the preprocess pool starts before the Pub/Sub client is imported
+    from worker.runtime.documents import DocumentInfo
     from worker.runtime.intake import JobSource
     from worker.runtime.model_packages.catalog import Catalog
+    from worker.runtime.model_packages.handlers import Preprocessed
 
 FloatArray = npt.NDArray[np.float32]
 #: Tensors by name: one job's (no batch axis) or a batch's (batch axis first).
@@ -81,12 +83,16 @@ class Notifier(Protocol):
 
 
 class Preprocessor(Protocol):
-    """Input bytes -> one model package's input tensors (its ``preprocess``, checked)."""
+    """A document's page -> one model package's input tensors and the page's ink; a document's pages."""
 
     async def __call__(
         self, package_folder: str, data: bytes, params: dict[str, Any], *, urgent: bool = False
-    ) -> Arrays:
-        """``urgent``: interactive work, never queued behind batch work."""
+    ) -> Preprocessed:
+        """Page ``params["page"]`` of ``data``; ``urgent``: interactive work, never queued behind batch."""
+        ...
+
+    async def probe(self, data: bytes, *, urgent: bool = False) -> DocumentInfo:
+        """The page count and sizes of a document that may have several pages (TIFF, PDF)."""
         ...
 
 

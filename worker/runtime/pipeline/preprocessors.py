@@ -1,9 +1,11 @@
 """``Preprocessor`` implementations: decode on process pools (interactive work on one of its own), or
 inline in the event loop's thread for the one-at-a-time baseline. Both measure the CPU decode costs.
 
-Either runs a package's ``preprocess`` through ``model_packages.handlers.run_preprocess``, given the
-package's folder: a spawned pool process imports the package's handler from there (once) and checks its
-tensors, so any package works in the pool without being importable by name.
+Either runs one page of a job's document through a package (``model_packages.handlers.run_preprocess``),
+given the package's folder: a spawned pool process imports the package's handler from there (once),
+decodes the page and checks its tensors, so any package works in the pool without being importable by
+name. ``probe`` reads a multi-page document's structure (``handlers.probe``) on the same processes and
+lanes: untrusted parsing stays out of the event loop's process.
 
 Both have ``warm_up()`` (blocking; run it in a thread) and ``close()``, so the composition root starts
 and stops either the same way.
@@ -17,18 +19,20 @@ import functools
 import multiprocessing
 import os
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
+from worker.runtime.documents import DocumentInfo
 from worker.runtime.model_packages import handlers
-from worker.runtime.pipeline.ports import Arrays
+from worker.runtime.model_packages.handlers import Preprocessed
 from worker.runtime.telemetry import Metrics, timed_call
 from worker.shared import errors
 
-#: ``(package folder, input bytes, params) -> input tensors``: what a pool process runs for one job.
-PreprocessFunc = Callable[[str, bytes, dict[str, Any]], Arrays]
+#: ``(package folder, input bytes, params) -> (tensors, ink)``: what a pool process runs for one page.
+PreprocessFunc = Callable[[str, bytes, dict[str, Any]], Preprocessed]
+_T = TypeVar("_T")
 
 
-def _apply(func: PreprocessFunc, package_folder: str, params: dict[str, Any], data: bytes) -> Arrays:
+def _apply(func: PreprocessFunc, package_folder: str, params: dict[str, Any], data: bytes) -> Preprocessed:
     """``func`` with the job's bytes last: ``timed_call`` hands over the data (a picklable partial)."""
     return func(package_folder, data, params)
 
@@ -72,18 +76,25 @@ class PoolPreprocessor:
 
     async def __call__(
         self, package_folder: str, data: bytes, params: dict[str, Any], *, urgent: bool = False
-    ) -> Arrays:
+    ) -> Preprocessed:
+        call = functools.partial(_apply, self._func, package_folder, params)
+        return await self._in_pool(call, data, urgent=urgent)
+
+    async def probe(self, data: bytes, *, urgent: bool = False) -> DocumentInfo:
+        """The document's structure (``documents.probe``), read in a pool process."""
+        return await self._in_pool(handlers.probe, data, urgent=urgent)
+
+    async def _in_pool(self, call: Callable[[bytes], _T], data: bytes, *, urgent: bool) -> _T:
         loop = asyncio.get_running_loop()
         pool = self._urgent_pool if urgent else self._pool
-        call = functools.partial(_apply, self._func, package_folder, params)
         try:
-            tensor, cpu_s = await loop.run_in_executor(pool, timed_call, call, data)
+            result, cpu_s = await loop.run_in_executor(pool, timed_call, call, data)
         except errors.FleetError:
             raise
         except Exception as exc:  # BrokenProcessPool, pickling errors: the job may succeed elsewhere
             raise errors.TransientError(f"preprocess pool: {type(exc).__name__}") from exc
         self._metrics.preprocess_cpu_s += cpu_s
-        return tensor  # type: ignore[no-any-return]
+        return result  # type: ignore[no-any-return]
 
     def close(self) -> None:
         """Stop the processes; queued decodes are cancelled."""
@@ -106,8 +117,15 @@ class InlinePreprocessor:
 
     async def __call__(
         self, package_folder: str, data: bytes, params: dict[str, Any], *, urgent: bool = False
-    ) -> Arrays:
-        tensor, cpu_s = timed_call(functools.partial(_apply, self._func, package_folder, params), data)
+    ) -> Preprocessed:
+        call = functools.partial(_apply, self._func, package_folder, params)
+        return self._inline(call, data)
+
+    async def probe(self, data: bytes, *, urgent: bool = False) -> DocumentInfo:
+        return self._inline(handlers.probe, data)
+
+    def _inline(self, call: Callable[[bytes], _T], data: bytes) -> _T:
+        result, cpu_s = timed_call(call, data)
         self._metrics.preprocess_cpu_s += cpu_s
         self._metrics.preprocess_inline_cpu_s += cpu_s
-        return tensor  # type: ignore[no-any-return]
+        return result  # type: ignore[no-any-return]

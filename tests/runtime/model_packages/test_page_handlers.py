@@ -1,0 +1,111 @@
+"""Handlers and pages (issue 22): ``preprocess_page`` and/or ``preprocess``, the page size a package
+declares, and what the pool's ``run_preprocess`` hands each kind of handler for each kind of document."""
+
+from __future__ import annotations
+
+import io
+import textwrap
+from pathlib import Path
+
+import pytest
+from PIL import Image, ImageDraw
+
+from worker.dev import drawing_documents
+from worker.runtime.model_packages import handlers
+from worker.runtime.model_packages.declaration import PackageInvalid, read_declaration
+from worker.runtime.model_packages.loader import BUNDLED_MODELS_DIR, load_package
+
+from .tiny import declaration, write_package
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+#: A page handler: FEATURES = (page number, ink, decoded width, decoded height).
+PAGE_HANDLER = textwrap.dedent(
+    """
+    import numpy as np
+
+    def preprocess_page(page, params):
+        assert params["page"] == page.number
+        width, height = page.image.size
+        return {"FEATURES": np.asarray([page.number, page.ink, width, height], dtype=np.float32)}
+
+    def postprocess(outputs, params):
+        return {"tiny_score": {"label": "low", "scores": outputs["SCORES"].tolist()}}
+    """
+)
+#: A bytes handler: FEATURES = (is PNG, byte length, page number, 0).
+BYTES_HANDLER = textwrap.dedent(
+    """
+    import numpy as np
+
+    def preprocess(data, params):
+        is_png = float(data[:8] == b"\\x89PNG\\r\\n\\x1a\\n")
+        return {"FEATURES": np.asarray([is_png, len(data), params["page"], 0], dtype=np.float32)}
+
+    def postprocess(outputs, params):
+        return {"tiny_score": {"label": "low", "scores": outputs["SCORES"].tolist()}}
+    """
+)
+
+
+def sheet(*, ink: bool) -> Image.Image:
+    image = Image.new("L", (600, 400), 255)
+    if ink:
+        ImageDraw.Draw(image).rectangle((100, 100, 500, 300), outline=0, width=12)
+    return image
+
+
+def png(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_a_package_with_only_preprocess_page_gets_each_page_decoded_at_its_size(tmp_path: Path) -> None:
+    toml = declaration() + "\n[pages]\nsize_px = 300\n"
+    folder = write_package(tmp_path, handler=PAGE_HANDLER, toml=toml)
+    package = load_package(folder)
+    assert package.preprocess_page is not None and package.declaration.page_size_px == 300
+    document = drawing_documents.multipage_tiff([sheet(ink=False), sheet(ink=True)])
+    blank = handlers.run_preprocess(str(folder), document, {"page": 1})
+    drawn = handlers.run_preprocess(str(folder), document, {"page": 2})
+    assert blank.tensors["FEATURES"][0] == 1.0 and drawn.tensors["FEATURES"][0] == 2.0
+    assert blank.ink == 0.0 and drawn.ink is not None and drawn.ink > 0.01
+    assert float(drawn.tensors["FEATURES"][1]) == pytest.approx(drawn.ink)
+    # and the bytes entry point the tools use (parity, fleet models check) decodes the same page
+    via_bytes = package.preprocess(document, {"page": 2})
+    assert list(via_bytes["FEATURES"]) == list(drawn.tensors["FEATURES"])
+
+
+def test_a_bytes_package_gets_a_one_page_inputs_own_bytes_and_a_pages_png_otherwise(tmp_path: Path) -> None:
+    folder = write_package(tmp_path, handler=BYTES_HANDLER)
+    assert load_package(folder).preprocess_page is None
+    single = png(sheet(ink=True))
+    own = handlers.run_preprocess(str(folder), single, {"page": 1})
+    assert list(own.tensors["FEATURES"]) == [1.0, float(len(single)), 1.0, 0.0]
+    assert own.ink is None  # no page decoded here: never taken as blank
+    document = drawing_documents.multipage_tiff([sheet(ink=True), sheet(ink=False)])
+    second = handlers.run_preprocess(str(folder), document, {"page": 2})
+    assert second.tensors["FEATURES"][0] == 1.0 and second.tensors["FEATURES"][2] == 2.0
+    assert second.ink == 0.0
+
+
+def test_a_handler_without_either_preprocess_is_refused_naming_the_package(tmp_path: Path) -> None:
+    handler = "def postprocess(outputs, params):\n    return {}\n"
+    with pytest.raises(PackageInvalid) as refused:
+        load_package(write_package(tmp_path, handler=handler))
+    assert refused.value.package == "tiny"
+    assert "no preprocess_page() or preprocess() function" in str(refused.value)
+    wrong = "def preprocess_page(page):\n    return {}\ndef postprocess(o, p):\n    return {}\n"
+    with pytest.raises(PackageInvalid, match=r"preprocess_page\(page, params\)"):
+        load_package(write_package(tmp_path / "b", handler=wrong))
+
+
+def test_the_page_size_defaults_to_the_first_inputs_image_side_and_is_bounded(tmp_path: Path) -> None:
+    assert read_declaration(BUNDLED_MODELS_DIR / "drawing_analyzer").page_size_px == 192
+    assert read_declaration(BUNDLED_MODELS_DIR / "symbol_recognizer").page_size_px == 384
+    for name in ("drawing_analyzer", "symbol_recognizer"):
+        assert "PDF" in read_declaration(BUNDLED_MODELS_DIR / name).limits.formats
+    folder = write_package(tmp_path, toml=declaration() + "\n[pages]\nsize_px = 4\n")
+    with pytest.raises(PackageInvalid, match=r"pages\.size_px"):
+        read_declaration(folder)
