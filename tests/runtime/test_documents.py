@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import io
 import math
+import subprocess
+import sys
 
 import pytest
 from PIL import Image
@@ -14,6 +16,7 @@ from PIL import Image
 from worker.dev import drawing_documents as dd
 from worker.dev.drawings import encode, render_image
 from worker.runtime import documents, preprocess
+from worker.runtime.documents import sandbox
 from worker.shared import errors
 
 SMALL = (420, 297)
@@ -141,3 +144,39 @@ def test_a_single_image_keeps_its_old_errors() -> None:
     Image.new("L", (8, 8)).save(buf, "PNG")
     with pytest.raises(errors.InputTooLarge):
         documents.probe(buf.getvalue() + b"\0" * preprocess.MAX_INPUT_BYTES)
+
+
+def test_nested_forms_are_bounded_and_the_process_lives() -> None:
+    """10^12 form draws: the forked render hits its memory or time bound; this process is unharmed."""
+    for depth, fan_out in ((12, 10), (45, 2)):
+        with pytest.raises(errors.DocumentTooComplex):
+            documents.decode_page(dd.nested_forms_pdf(depth, fan_out), 1, size_px=192)
+    page = documents.decode_page(dd.nested_forms_pdf(3, 10), 1, size_px=192)  # 1,000 draws: fine
+    assert page.ink > 0
+
+
+def test_the_render_sandbox_kills_a_render_past_its_time() -> None:
+    def forever() -> None:
+        while True:
+            pass
+
+    with pytest.raises(errors.DocumentTooComplex, match=r"did not render within 0\.5 s"):
+        sandbox.call_bounded(forever, seconds=0.5)
+    assert sandbox.call_bounded(lambda: 6 * 7) == 42
+    with pytest.raises(errors.DocumentUnreadable, match="ZeroDivisionError"):
+        sandbox.call_bounded(lambda: 1 // 0)
+
+
+def test_a_stream_bomb_is_refused_with_bounded_memory() -> None:
+    """A 1 GiB bomb in a fresh interpreter: refused, peak RSS far below what inflating it would take."""
+    code = (
+        "import resource\nfrom worker.dev import drawing_documents as dd\n"
+        "from worker.runtime import documents\n"
+        "data = dd.stream_bomb_pdf(1 << 30)\n"
+        "try:\n    documents.probe(data)\nexcept Exception as e:\n    print(e.code)\n"
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    refused, peak_mib = done.stdout.split()
+    assert refused == "DOCUMENT_TOO_COMPLEX"
+    assert int(peak_mib) < 300, f"peak RSS {peak_mib} MiB"

@@ -26,7 +26,7 @@ import pypdfium2 as pdfium
 import pypdfium2.raw as pdfium_c
 from PIL import Image
 
-from worker.runtime.documents import pdf_streams
+from worker.runtime.documents import pdf_streams, sandbox
 from worker.runtime.documents.limits import MAX_DOCUMENT_PAGES, MAX_PDF_PAGE_POINTS, RENDER_OVERSAMPLE
 from worker.runtime.documents.records import DocumentInfo
 from worker.shared.errors import (
@@ -59,8 +59,15 @@ def probe_pdf(data: bytes) -> DocumentInfo:
 
 
 def render_pdf_page(data: bytes, number: int, *, size_px: int) -> Image.Image:
-    """Page ``number`` (1-based), mode ``L``, longer side ``RENDER_OVERSAMPLE * size_px`` pixels."""
+    """Page ``number`` (1-based), mode ``L``, longer side ``RENDER_OVERSAMPLE * size_px`` pixels.
+
+    Parsing and drawing run in a forked child bounded in time and memory (``sandbox``).
+    """
     pdf_streams.check_inflated_size(data)
+    return sandbox.call_bounded(lambda: _render(data, number, size_px=size_px))
+
+
+def _render(data: bytes, number: int, *, size_px: int) -> Image.Image:
     document = _open(data)
     try:
         if not 1 <= number <= len(document):
@@ -68,21 +75,21 @@ def render_pdf_page(data: bytes, number: int, *, size_px: int) -> Image.Image:
         width_pt, height_pt = _page_size(document, number - 1)
         page = document[number - 1]
         try:
-            scale = RENDER_OVERSAMPLE * size_px / max(width_pt, height_pt)
             bitmap = page.render(
-                scale=scale,
+                scale=RENDER_OVERSAMPLE * size_px / max(width_pt, height_pt),
                 grayscale=True,
                 fill_color=(255, 255, 255, 255),
                 may_draw_forms=False,
                 draw_annots=False,
             )
             image: Image.Image = bitmap.to_pil()
+            image = image.convert("L") if image.mode != "L" else image.copy()  # off PDFium's buffer
             bitmap.close()
         finally:
             page.close()
     finally:
         document.close()
-    return image if image.mode == "L" else image.convert("L")
+    return image
 
 
 def rendered_pixels(width_pt: float, height_pt: float, *, size_px: int) -> int:
