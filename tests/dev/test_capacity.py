@@ -81,8 +81,9 @@ def test_terraform_defaults_follow_the_projection() -> None:
 
 def test_simulator_service_rate_and_prices_come_from_the_table() -> None:
     row = capacity.projection_for(load_deployed_settings().machine_type)
-    service = ServiceModel.from_capacity(row, slots_per_process=32)
+    service = ServiceModel.from_capacity(row, job_latency_s=0.1)
     assert service.throughput_per_vm == pytest.approx(row.jobs_per_s)
-    assert service.slots == 32 * row.worker_processes
+    assert service.slots == round(row.jobs_per_s * 0.1)
+    assert service.mean_service_s == pytest.approx(0.1, rel=0.05)
     prices = Prices.for_machine(row)
     assert (prices.spot_per_h, prices.on_demand_per_h) == (row.spot_per_h, row.on_demand_per_h)

@@ -33,7 +33,6 @@ from worker.dev.fleet_simulator.terraform import (
     DeployedSettings,
     load_deployed_settings,
 )
-from worker.runtime.settings import WorkerSettings
 from worker.shared.resources import load_resources
 
 DEFAULT_PLOT = Path("docs/capacity-week.png")
@@ -211,7 +210,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         service = (
             ServiceModel.from_bench_file(args.bench_json)
             if args.bench_json
-            else ServiceModel.from_capacity(capacity, slots_per_process=WorkerSettings().pipeline_slots)
+            else ServiceModel.from_capacity(capacity)
         )
         boot = BootTimeline(baked=not args.unbaked)
         if args.boot_s is not None:

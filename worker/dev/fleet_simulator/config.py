@@ -44,18 +44,19 @@ class ServiceModel:
 
     @classmethod
     def from_capacity(
-        cls, projection: Projection, *, slots_per_process: int, sigma: float = 0.42
+        cls, projection: Projection, *, job_latency_s: float = 0.1, sigma: float = 0.42
     ) -> ServiceModel:
-        """A VM at the projection's ``jobs_per_s``: every worker process's pipeline slots, mean service
-        time from Little's law (slots / throughput), the default lognormal shape."""
-        slots = slots_per_process * projection.worker_processes
+        """A VM at the projection's ``jobs_per_s`` whose jobs each take about ``job_latency_s`` (the bench's
+        sub-saturation p50, ~100 ms): slots from Little's law (throughput x latency), then the mean service
+        time that makes slots / mean equal the projected throughput exactly."""
+        slots = max(1, round(projection.jobs_per_s * job_latency_s))
         return cls(
             slots=slots,
             mean_service_s=slots / projection.jobs_per_s,
             sigma=sigma,
             source=f"capacity projection (worker.dev.capacity) for {projection.machine_type}: "
-            f"{projection.jobs_per_s:.0f} jobs/s, {projection.bottleneck} saturates first; "
-            f"{projection.worker_processes} worker process(es) x {slots_per_process} slots",
+            f"{projection.jobs_per_s:.0f} jobs/s ({projection.bottleneck} saturates first, "
+            f"{projection.worker_processes} worker process(es)); ~{job_latency_s * 1000:.0f} ms per job",
         )
 
     @classmethod
