@@ -21,6 +21,14 @@ KEYS = {
     "worker_cpu_ms_per_job",
     "preprocess_scaling_2x",
     "rss_mb",
+    "decode_ceiling_jobs_per_s",
+    "e2e_over_decode_ceiling",
+    "cpu_ms_per_job",
+    "interactive_idle_p50_ms",
+    "interactive_idle_p95_ms",
+    "interactive_loaded_p50_ms",
+    "interactive_loaded_p95_ms",
+    "interactive_loaded_over_idle_p50",
     "commit",
     "machine",
 }
@@ -38,3 +46,8 @@ def test_bench_smoke_prints_the_json_line(tmp_path: Path) -> None:
     assert set(result["worker_cpu_ms_per_job"]) == {"preprocess", "other"}
     assert result["e2e_jobs_per_s"] > 0
     assert result["raw_infer_per_s"] > 0
+    assert result["decode_ceiling_jobs_per_s"] > 0
+    assert set(result["cpu_ms_per_job"]) >= {"preprocess", "main_process", "triton"}
+    assert result["cpu_ms_per_job"]["main_process"] > 0
+    assert 0 < result["interactive_idle_p50_ms"] <= result["interactive_idle_p95_ms"]
+    assert 0 < result["interactive_loaded_p50_ms"] <= result["interactive_loaded_p95_ms"]

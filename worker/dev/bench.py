@@ -4,13 +4,17 @@ Measures, in order: raw Triton infer/s at the worker's batch size (preprocessed 
 gRPC, several requests in flight); e2e jobs/s publish -> notification through the real worker(s); the
 same through a ``--one-at-a-time`` worker (naive); publish -> notification latency at a fixed
 sub-saturation load; worker CPU ms per job (preprocess vs everything else) and peak RSS; preprocessing
-jobs/s with 1 and 2 processes. CPU of every stack process during the e2e window is reported too, because
-on this machine Triton, the emulators, the worker and this script share the same cores.
+jobs/s with 1 and 2 processes, and the decode ceiling (the worker's preprocess call on a pool of the
+worker's process count); interactive publish -> notification idle and under a batch backlog (2,000 jobs),
+samples alternating. CPU of every stack process during the e2e window is reported too
+(``cpu_ms_per_job``), because on this machine Triton, the emulators, the worker and this script share the
+same cores.
 
-Prints a table, then one JSON line.  ``--smoke`` runs everything tiny (seconds, for make test).
+Prints a table, then one JSON line.  ``--smoke`` runs everything tiny (seconds, for make test);
+``--quick`` is a short run on full-size drawings (a 300-job backlog).
 
     .venv/bin/python scripts/bench                 # full run
-    .venv/bin/python scripts/bench --profile       # + a profiled pass of the worker (all threads)
+    .venv/bin/python scripts/bench --profile       # + a cProfile pass of the worker's main thread
 
 The phases and the fleet they drive are ``worker.dev.bench_phases``; ``scripts/bench`` calls ``main``.
 """
@@ -25,12 +29,19 @@ from pathlib import Path
 from typing import Any
 
 from worker.dev import harness
-from worker.dev.bench_phases import Fleet, preprocess_scaling, raw_triton
+from worker.dev.bench_phases import WARM_UP_JOBS, Fleet, decode_ceiling, preprocess_scaling, raw_triton
+from worker.dev.harness import cpu_profile
 from worker.dev.harness.host import git_commit, machine
 from worker.runtime.settings import WorkerSettings
 from worker.shared import exit_codes
 
-GOALS = {"e2e_over_naive": 3.0, "worker_cpu_other_ms": 2.0, "preprocess_scaling_2x": 1.7}
+GOALS = {
+    "e2e_over_naive": 3.0,
+    "worker_cpu_other_ms": 1.5,
+    "preprocess_scaling_2x": 1.7,
+    "e2e_over_decode_ceiling": 0.9,
+    "interactive_loaded_over_idle_p50": 1.5,
+}
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -59,13 +70,40 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--profile", action="store_true", help="also profile a worker (all-threads sampler) during e2e"
     )
+    parser.add_argument(
+        "--interactive-backlog", type=int, default=2000, help="batch jobs queued in the interactive phase"
+    )
+    parser.add_argument(
+        "--interactive-pairs", type=int, default=24, help="idle/loaded interactive samples (default 24)"
+    )
     parser.add_argument("--smoke", action="store_true", help="tiny run for tests: seconds, no goals")
+    parser.add_argument(
+        "--quick", action="store_true", help="a short run on full-size drawings (about a minute)"
+    )
     parser.add_argument("--workdir", help="keep logs here (default: a temporary directory)")
     args = parser.parse_args(argv)
     if args.smoke:
         args.jobs, args.naive_jobs, args.latency_jobs = 24, 8, 12
         args.raw_seconds, args.preprocess_images, args.size, args.variants = 1.5, 8, "400x283", 4
+        args.interactive_backlog, args.interactive_pairs = 40, 2
+    elif args.quick:
+        args.jobs, args.naive_jobs, args.latency_jobs = 200, 40, 60
+        args.raw_seconds, args.preprocess_images = 4.0, 40
+        args.interactive_backlog, args.interactive_pairs = 300, 8
     return args
+
+
+def cpu_per_job(phase: dict[str, Any]) -> dict[str, float]:
+    """CPU ms per job of each stage during the e2e window (kernel accounting, every process of the stack)."""
+    names = {
+        "worker_preprocess_pool": "preprocess",
+        "worker_main": "main_process",
+        "tritonserver": "triton",
+        "pubsub_emulator": "pubsub_emulator",
+        "gcs_emulator": "gcs_emulator",
+        "bench_client": "bench_client",
+    }
+    return {names.get(k, k): round(v * 1000 / phase["jobs"], 3) for k, v in phase["cpu_s"].items()}
 
 
 def worker_cpu_per_job(phase: dict[str, Any]) -> dict[str, float]:
@@ -100,9 +138,20 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         stack.stop()
     result = summarise(phases, args, batch=batch)
     result["workdir"] = str(workdir)
-    if phases.get("profile"):
-        (workdir / "worker-profile.txt").write_text(phases["profile"])
+    profiled = phases.get("profile")
+    if profiled and profiled.get("profile_data"):
+        data = profiled["profile_data"]
+        jobs = profiled["jobs"] + WARM_UP_JOBS
+        text = cpu_profile.report_text(data["summary"], data["threads_s"], jobs)
+        (workdir / "worker-profile.txt").write_text(text)
         result["profile_file"] = str(workdir / "worker-profile.txt")
+        result["profile_ms_per_job"] = {
+            "threads": {k: round(v * 1000 / jobs, 3) for k, v in data["threads_s"].items()},
+            "main_thread_groups": {
+                k: round(v * 1000 / jobs, 3) for k, v in data["summary"]["groups_s"].items()
+            },
+            "note": "cProfile on thread_time inflates Python-call-heavy code: read the shares",
+        }
     return result
 
 
@@ -124,18 +173,39 @@ def _fleet_phases(fleet: Fleet, args: argparse.Namespace) -> dict[str, Any]:
     )
     profile = None
     if args.profile:
-        profile = fleet.run_phase("prof", jobs=args.jobs, workers=1, extra_env=worker_env, profile=True).get(
-            "profile"
-        )
+        profile = fleet.run_phase("prof", jobs=args.jobs, workers=1, extra_env=worker_env, profile=True)
+    interactive = fleet.interactive_phase(
+        backlog=args.interactive_backlog, pairs=args.interactive_pairs, extra_env=worker_env
+    )
     scaling = preprocess_scaling(fleet.input_bytes, args.preprocess_images)
-    return {"e2e": e2e, "lat": lat, "naive": naive, "profile": profile, "scaling": scaling}
+    ceiling = decode_ceiling(fleet.input_bytes, args.preprocess_images, args.preprocess_processes)
+    return {
+        "e2e": e2e,
+        "lat": lat,
+        "naive": naive,
+        "profile": profile,
+        "scaling": scaling,
+        "decode_ceiling": ceiling,
+        "interactive": interactive,
+    }
 
 
 def summarise(phases: dict[str, Any], args: argparse.Namespace, *, batch: int) -> dict[str, Any]:
     """The report's keys (every one issue 8 lists) from the phases' raw figures."""
     raw, e2e, lat, naive, scaling = (phases[k] for k in ("raw", "e2e", "lat", "naive", "scaling"))
     stats = e2e["stats"]
+    ceiling, interactive = phases["decode_ceiling"], phases["interactive"]
+    idle, loaded = interactive["idle_ms"], interactive["loaded_ms"]
     return {
+        "decode_ceiling_jobs_per_s": round(ceiling, 1),
+        "e2e_over_decode_ceiling": round(e2e["jobs_per_s"] / ceiling, 3),
+        "cpu_ms_per_job": cpu_per_job(e2e),
+        "interactive_idle_p50_ms": round(idle["p50"], 1),
+        "interactive_idle_p95_ms": round(idle["p95"], 1),
+        "interactive_loaded_p50_ms": round(loaded["p50"], 1),
+        "interactive_loaded_p95_ms": round(loaded["p95"], 1),
+        "interactive_loaded_over_idle_p50": round(loaded["p50"] / idle["p50"], 2),
+        "interactive_loaded_over_idle_p95": round(loaded["p95"] / idle["p95"], 2),
         "raw_infer_per_s": round(raw["infer_per_s"], 1),
         "e2e_jobs_per_s": round(e2e["jobs_per_s"], 1),
         "naive_jobs_per_s": round(naive["jobs_per_s"], 1),
@@ -161,6 +231,9 @@ def summarise(phases: dict[str, Any], args: argparse.Namespace, *, batch: int) -
             "naive_jobs": args.naive_jobs,
             "input_size": args.size,
             "smoke": args.smoke,
+            "quick": args.quick,
+            "interactive_backlog": args.interactive_backlog,
+            "interactive_pairs": interactive["pairs"],
         },
         "commit": git_commit(),
         "machine": machine(),
@@ -190,14 +263,28 @@ def print_table(r: dict[str, Any]) -> None:
         ),
         ("preprocess scaling 2x", r["preprocess_scaling_2x"], f"goal >= {GOALS['preprocess_scaling_2x']}"),
         ("worker peak RSS MB (pool)", f"{r['rss_mb']} ({r['preprocess_pool_rss_mb']})", ""),
+        ("decode ceiling jobs/s", r["decode_ceiling_jobs_per_s"], "the preprocess pool alone"),
+        ("e2e / decode ceiling", r["e2e_over_decode_ceiling"], f"goal >= {GOALS['e2e_over_decode_ceiling']}"),
+        (
+            f"interactive p50/p95 ms idle (backlog {r['config']['interactive_backlog']})",
+            f"{r['interactive_idle_p50_ms']}/{r['interactive_idle_p95_ms']}",
+            "",
+        ),
+        (
+            "interactive p50/p95 ms loaded",
+            f"{r['interactive_loaded_p50_ms']}/{r['interactive_loaded_p95_ms']}",
+            "",
+        ),
+        (
+            "interactive loaded / idle p50",
+            r["interactive_loaded_over_idle_p50"],
+            f"goal <= {GOALS['interactive_loaded_over_idle_p50']}",
+        ),
     ]
     print(f"bench @ {r['commit']} on {r['machine']['cores']} cores ({r['machine']['cpu']})")
     for name, value, note in rows:
         print(f"  {name:<40} {value!s:>16}  {note}")
-    print(
-        "  stack CPU ms/job during e2e: "
-        + ", ".join(f"{k}={v}" for k, v in r["stack_cpu_ms_per_job"].items())
-    )
+    print("  CPU ms/job during e2e: " + ", ".join(f"{k}={v}" for k, v in r["cpu_ms_per_job"].items()))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

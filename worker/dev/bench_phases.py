@@ -1,9 +1,12 @@
-"""The benchmark's phases: raw Triton, e2e/naive/latency phases through real workers, preprocess scaling."""
+"""The benchmark's phases: raw Triton, e2e/naive/latency phases through real workers, preprocess scaling
+and the decode ceiling, interactive latency idle vs under a batch backlog."""
 
 from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import functools
+import json
 import os
 import sys
 import threading
@@ -15,12 +18,20 @@ import numpy as np
 from google.cloud import storage  # type: ignore[attr-defined]  # storage has no py.typed
 
 from worker.dev import drawings, harness
+from worker.dev.devstack.admin_http import AdminClient
 from worker.dev.harness.host import CpuProbe, child_pids
 from worker.runtime import model_spec, preprocess
-from worker.shared import stats
+from worker.runtime.model_packages import handlers, loader
+from worker.shared import contracts, stats
 
 #: Notifications every burst waits for before it gives up (s).
 BURST_TIMEOUT_S = 600
+#: Jobs each phase sends before it measures (pool, channels, Triton batches warm).
+WARM_UP_JOBS = 8
+#: Interactive phase: batch jobs finished after the lane resumes before a loaded sample (two batches),
+#: and the pause after the worker let go of its last batch job (its acks and notifications flushed).
+BUSY_AFTER_ACKS = 32
+SETTLE_S = 0.05
 
 
 def raw_triton(grpc_url: str, *, batch: int, seconds: float, concurrency: int) -> dict[str, float]:
@@ -109,7 +120,7 @@ class Fleet:
                 slot.start()
             for slot in slots:
                 harness.wait_started(slot)
-            self._burst(topic, run_id, 8, collector)  # warm-up: pool, channels, Triton batches
+            self._burst(topic, run_id, WARM_UP_JOBS, collector)  # warm-up: pool, channels, Triton batches
             result = self._throughput(topic, run_id, jobs, collector, slots, rate=rate)
             if latency_jobs:
                 published = self._burst(topic, run_id, latency_jobs, collector, rate=latency_rate)
@@ -123,7 +134,70 @@ class Fleet:
         result["stats"] = [s for slot in slots for s in slot.stats]
         if profile and prof_path.exists():
             result["profile"] = prof_path.read_text(encoding="utf-8")
+            result["profile_data"] = json.loads(Path(f"{prof_path}.json").read_text(encoding="utf-8"))
         return result
+
+    def interactive_phase(self, *, backlog: int, pairs: int, extra_env: dict[str, str]) -> dict[str, Any]:
+        """Interactive publish -> notification idle and with ``backlog`` batch jobs queued, in alternation.
+
+        The method of tests/runtime/test_worker_integration.py: the batch lane is paused at the emulator
+        (the worker finishes what it holds and idles: an idle sample), then resumed until the worker
+        finished ``BUSY_AFTER_ACKS`` more batch jobs (a loaded sample), the backlog topped up before each
+        pair; idle and loaded samples share the machine's drift. The collector receives interactive
+        notifications only (a filtered subscription), as an interactive client does.
+        """
+        run_id = "ia" + harness.new_run_id()
+        topology = harness.RunTopology.named(run_id)
+        topology.create(self.env)
+        run_env = harness.stack_for_run(self.env, topology)
+        slots = self._slots("ia", 1, run_env, extra_env, None)
+        collector = harness.NotificationCollector(
+            run_env, run_id=run_id, filter_expression=f'attributes.priority = "{contracts.INTERACTIVE}"'
+        ).start()
+        lane = _BatchLane(self, run_env, topology, run_id)
+        try:
+            slots[0].start()
+            harness.wait_started(slots[0])
+            self._interactive(run_env, topology, run_id, collector)  # warm-up
+            lane.pause()
+            idle, loaded = [], []
+            for _ in range(pairs):
+                lane.top_up(backlog)
+                lane.wait_idle()
+                time.sleep(SETTLE_S)
+                idle.append(self._interactive(run_env, topology, run_id, collector))
+                lane.resume_until_busy(BUSY_AFTER_ACKS)
+                loaded.append(self._interactive(run_env, topology, run_id, collector))
+                lane.pause()
+        finally:
+            slots[0].stop(timeout_s=30)
+            collector.close()
+            topology.delete(self.env)
+        return {"idle_ms": stats.percentiles(idle), "loaded_ms": stats.percentiles(loaded), "pairs": pairs}
+
+    def _interactive(
+        self,
+        run_env: harness.StackEnv,
+        topology: harness.RunTopology,
+        run_id: str,
+        collector: harness.NotificationCollector,
+    ) -> float:
+        """One interactive job: publish -> its notification received, ms."""
+        self.counter += 1
+        key = f"i{self.counter:06d}"
+        message = harness.job_message(
+            key,
+            job_id=f"{run_id}-{key}",
+            input_uri=self.uris[self.counter % len(self.uris)],
+            run_id=run_id,
+            priority=contracts.INTERACTIVE,
+        )
+        published = harness.publish_all(self.publisher, run_env.topic_path(topology.jobs_topic), [message])
+        missing = collector.wait_for([key], timeout_s=60)
+        if missing:
+            raise RuntimeError(f"interactive job {key} unanswered after 60 s")
+        note = collector.snapshot()[key][0]
+        return (note.received_monotonic - published[0].published_monotonic) * 1000
 
     def _slots(
         self,
@@ -145,6 +219,7 @@ class Fleet:
                     "-m",
                     "worker.dev.harness",
                     "profile",
+                    "--cprofile",
                     "--out",
                     str(profile_path),
                     "worker",
@@ -221,6 +296,81 @@ class Fleet:
         if missing:
             raise RuntimeError(f"{len(missing)} jobs unanswered after {BURST_TIMEOUT_S} s")
         return published
+
+
+class _BatchLane:
+    """The interactive phase's batch backlog: queued jobs topped up, the lane paused and resumed."""
+
+    def __init__(
+        self, fleet: Fleet, run_env: harness.StackEnv, topology: harness.RunTopology, run_id: str
+    ) -> None:
+        self._fleet = fleet
+        self._admin_url = fleet.env["FLEET_PUBSUB_ADMIN_URL"]
+        self._admin = AdminClient(self._admin_url)
+        self._name = topology.batch_subscription
+        self._path = run_env.subscription_path(topology.batch_subscription)
+        self._topic = run_env.topic_path(topology.jobs_topic)
+        self._run_id = run_id
+        self.published = 0
+
+    def stats(self) -> dict[str, Any]:
+        return harness.delivery_stats(self._admin_url, [self._name]).get(self._name, {})
+
+    def pause(self) -> None:
+        self._admin.pause_delivery(self._path)
+
+    def top_up(self, backlog: int) -> None:
+        """Publish batch jobs until ``backlog`` are queued (published, not acked)."""
+        count = backlog - (self.published - self.stats().get("acked", 0))
+        fleet = self._fleet
+        messages = []
+        for i in range(count):
+            key = f"q{self.published + i:06d}"
+            uri = fleet.uris[(self.published + i) % len(fleet.uris)]
+            messages.append(
+                harness.job_message(key, job_id=f"{self._run_id}-{key}", input_uri=uri, run_id=self._run_id)
+            )
+        harness.publish_all(fleet.publisher, self._topic, messages)
+        self.published += max(0, count)
+
+    def wait_idle(self, timeout_s: float = 60.0) -> None:
+        """Until the worker holds no batch job (the lane is paused)."""
+        _poll(lambda: self.stats().get("outstanding", 1) == 0, "the worker still holds batch jobs", timeout_s)
+
+    def resume_until_busy(self, acks: int, timeout_s: float = 60.0) -> None:
+        """Resume the lane and wait until the worker finished ``acks`` more batch jobs."""
+        target = self.stats().get("acked", 0) + acks
+        self._admin.pause_delivery(self._path, paused=False)
+        _poll(
+            lambda: self.stats().get("acked", 0) >= target,
+            "the worker is not busy with the backlog",
+            timeout_s,
+        )
+
+
+def _poll(condition: Any, what: str, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise RuntimeError(what)
+        time.sleep(0.01)
+
+
+def decode_ceiling(images: list[bytes], count: int, processes: int) -> float:
+    """Jobs/s of the worker's own preprocess call (``handlers.run_preprocess`` of the bundled drawing
+    package, result pickled back) on a pool of ``processes``: what decode alone allows the worker."""
+    folder = str(loader.BUNDLED_MODELS_DIR / "drawing_analyzer")
+    work = [images[i % len(images)] for i in range(count)]
+    decode = functools.partial(_run_preprocess, folder)
+    with concurrent.futures.ProcessPoolExecutor(processes) as pool:
+        list(pool.map(decode, work[: processes * 2]))  # warm: imports, the package's handler
+        start = time.monotonic()
+        list(pool.map(decode, work, chunksize=1))
+        return count / (time.monotonic() - start)
+
+
+def _run_preprocess(folder: str, data: bytes) -> object:
+    return handlers.run_preprocess(folder, data, {})
 
 
 def preprocess_scaling(images: list[bytes], count: int) -> dict[str, float]:

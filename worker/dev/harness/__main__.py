@@ -1,7 +1,8 @@
 """``python -m worker.dev.harness gcs|profile|watchdog``: the harness's helper processes.
 
 - ``gcs --ready-file F``: the GCS emulator with a write log (``gcs_write_log``), for ``PrivateStack``;
-- ``profile --out F -- ARGS...``: ``fleet ARGS...`` under the all-threads sampler (``bench --profile``);
+- ``profile --out F -- ARGS...``: ``fleet ARGS...`` under the all-threads sampler; with ``--cprofile``
+  under cProfile on the main thread's CPU clock (``cpu_profile``; what ``bench --profile`` runs);
 - ``watchdog --parent PID MARKER``: kills a dead harness's leftovers (``PrivateStack.start``).
 """
 
@@ -11,6 +12,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from worker.dev.harness.cpu_profile import profile_main_thread
 from worker.dev.harness.gcs_write_log import serve_gcs_with_write_log
 from worker.dev.harness.processes import watchdog
 from worker.dev.harness.profiler import profile_worker
@@ -24,6 +26,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     gcs.add_argument("--ready-file")
     prof = sub.add_parser("profile", help="run `fleet ARGS...` under the all-threads sampler")
     prof.add_argument("--out", required=True, help="write the report here")
+    prof.add_argument("--cprofile", action="store_true", help="cProfile the main thread instead")
     prof.add_argument("fleet_args", nargs=argparse.REMAINDER)
     dog = sub.add_parser("watchdog", help="kill a dead harness's leftovers")
     dog.add_argument("--parent", type=int, required=True)
@@ -32,7 +35,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "watchdog":
         return watchdog(args.parent, args.marker)
     if args.command == "profile":
-        return profile_worker([a for a in args.fleet_args if a != "--"], args.out)
+        fleet_args = [a for a in args.fleet_args if a != "--"]
+        if args.cprofile:
+            return profile_main_thread(fleet_args, args.out)
+        return profile_worker(fleet_args, args.out)
     return serve_gcs_with_write_log(args.ready_file)
 
 

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import contextlib
-import os
 import sys
 import threading
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from worker.dev.harness.cpu_profile import thread_cpu_seconds
 
 #: Frames where a thread waits rather than works; samples ending there are counted as idle.
 IDLE_FUNCTIONS = frozenset(
@@ -85,11 +85,7 @@ class StackSampler:
                 self.samples[(name, " < ".join(stack))] += 1
 
     def _read_thread_cpu(self) -> None:
-        ticks = os.sysconf("SC_CLK_TCK")
-        for task in Path("/proc/self/task").iterdir():
-            with contextlib.suppress(OSError, ValueError, IndexError):
-                fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
-                self.cpu_by_tid[int(task.name)] = (int(fields[11]) + int(fields[12])) / ticks
+        self.cpu_by_tid.update(thread_cpu_seconds())
 
     def report(self, top: int = 30) -> str:
         self._stop.set()
