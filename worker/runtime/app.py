@@ -22,6 +22,8 @@ from worker.runtime.settings import WorkerSettings, describe_options
 from worker.shared import exit_codes
 
 if TYPE_CHECKING:  # the wiring's types; the modules themselves are imported when a command runs
+    import grpc
+
     from worker.runtime.inference import TritonModel
     from worker.runtime.model_packages.catalog import Catalog
     from worker.runtime.notify import PubSubNotifier
@@ -178,12 +180,11 @@ async def _build_worker(settings: WorkerSettings, metrics: Metrics, catalog: Cat
     }
     threads = concurrent.futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="gcs")
     urgent_threads = concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="gcs-urgent")
-    notifier = _notifier(settings)
+    channel = intake.pubsub_channel()  # one connection for pulls, acks and notifications
+    notifier = _notifier(settings, channel)
     store = _gcs(settings, threads, urgent_threads)
     ports = Ports(
-        source=intake.PubSubSource(
-            intake.subscriber_client(), settings.project, timeout_s=settings.pubsub_timeout_s
-        ),
+        source=intake.PubSubSource(channel, settings.project, timeout_s=settings.pubsub_timeout_s),
         inputs=store,
         results=store,
         catalog=catalog,
@@ -284,11 +285,11 @@ def _catalog_or_none(settings: WorkerSettings) -> Catalog | None:
         return None
 
 
-def _notifier(settings: WorkerSettings) -> PubSubNotifier:
+def _notifier(settings: WorkerSettings, channel: grpc.aio.Channel) -> PubSubNotifier:
     from worker.runtime import notify
 
     return notify.PubSubNotifier(
-        notify.publisher_client(),
+        channel,
         f"projects/{settings.project}/topics/{settings.results_topic}",
         interval_s=settings.settle_interval_ms / 1000.0,
         timeout_s=settings.pubsub_timeout_s,
@@ -346,7 +347,8 @@ async def run_dlq_handler(settings: WorkerSettings) -> int:
     if catalog is None:
         return exit_codes.STARTUP_FAILED
     threads = concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="gcs")
-    notifier = _notifier(settings)
+    channel = intake.pubsub_channel()
+    notifier = _notifier(settings, channel)
     answerer = Answerer(
         _gcs(settings, threads),
         notifier,
@@ -354,9 +356,7 @@ async def run_dlq_handler(settings: WorkerSettings) -> int:
         model_name=settings.model_name,
         model_version=lambda: "",
     )
-    source = intake.PubSubSource(
-        intake.subscriber_client(), settings.project, timeout_s=settings.pubsub_timeout_s
-    )
+    source = intake.PubSubSource(channel, settings.project, timeout_s=settings.pubsub_timeout_s)
     handler = DeadLetterHandler(settings, source, answerer, offered=catalog.analyses)
     preemption.install_signal_handlers(asyncio.get_running_loop(), handler.stop)
     notifier.start()

@@ -19,10 +19,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from typing import NamedTuple, Protocol
 
 import grpc
-from google.api_core import exceptions as gexc
 from google.pubsub_v1 import types as pubsub_types
-from google.pubsub_v1.services.subscriber import SubscriberAsyncClient
-from google.pubsub_v1.services.subscriber.transports.grpc_asyncio import SubscriberGrpcAsyncIOTransport
 
 from worker.runtime import policy
 from worker.runtime.flusher import Background, IntervalFlusher
@@ -72,26 +69,59 @@ class JobSource(Protocol):
     async def modify_ack_deadline(self, subscription: str, ack_ids: list[str], seconds: int) -> None: ...
 
 
-def subscriber_client() -> SubscriberAsyncClient:
-    """An asyncio Subscriber client; plaintext to ``PUBSUB_EMULATOR_HOST`` when set."""
+#: Pub/Sub's service, and the scopes its client library asks for.
+PUBSUB_TARGET = "pubsub.googleapis.com:443"
+PUBSUB_SCOPES = ("https://www.googleapis.com/auth/cloud-platform", "https://www.googleapis.com/auth/pubsub")
+_CHANNEL_OPTIONS = [("grpc.max_receive_message_length", 64 * 1024 * 1024)]
+_PullRequest = pubsub_types.PullRequest.pb()
+_AckRequest = pubsub_types.AcknowledgeRequest.pb()
+_ModAckRequest = pubsub_types.ModifyAckDeadlineRequest.pb()
+_SUBSCRIBER = "/google.pubsub.v1.Subscriber/"
+
+
+def pubsub_channel() -> grpc.aio.Channel:
+    """One asyncio gRPC channel to Pub/Sub for the subscriber and the notifier: plaintext to
+    ``PUBSUB_EMULATOR_HOST`` when set, else TLS with Application Default Credentials."""
     host = os.environ.get("PUBSUB_EMULATOR_HOST")
     if host:
-        channel = grpc.aio.insecure_channel(host, options=_CHANNEL_OPTIONS)
-        return SubscriberAsyncClient(transport=SubscriberGrpcAsyncIOTransport(channel=channel))
-    return SubscriberAsyncClient()
+        return grpc.aio.insecure_channel(host, options=_CHANNEL_OPTIONS)
+    from google.api_core import grpc_helpers_async  # noqa: PLC0415 (only production loads credentials)
+
+    channel: grpc.aio.Channel = grpc_helpers_async.create_channel(
+        PUBSUB_TARGET, default_scopes=PUBSUB_SCOPES, options=_CHANNEL_OPTIONS
+    )
+    return channel
 
 
-_CHANNEL_OPTIONS = [("grpc.max_receive_message_length", 64 * 1024 * 1024)]
+def rpc_code(exc: grpc.RpcError) -> str:
+    """``UNAVAILABLE`` for a failed call (the name of its status code)."""
+    code = exc.code() if callable(getattr(exc, "code", None)) else None
+    return policy.grpc_code_name(code) if code is not None else type(exc).__name__
 
 
 class PubSubSource:
-    """``JobSource`` over the Pub/Sub Subscriber API (real service or emulator)."""
+    """``JobSource`` over the Pub/Sub Subscriber API (real service or emulator).
 
-    def __init__(self, client: SubscriberAsyncClient, project: str, *, timeout_s: float) -> None:
-        self._client = client
+    Calls the service's three methods on plain gRPC stubs with raw protobuf messages: the generated
+    client's proto-plus marshalling, request wrapping and the logging interceptor it adds to the channel
+    (one more task per call) cost more CPU per job than the calls themselves (docs/performance.md).
+    """
+
+    def __init__(self, channel: grpc.aio.Channel, project: str, *, timeout_s: float) -> None:
         self._project = project
         self._timeout_s = timeout_s
         self._paths: dict[str, str] = {}
+        self._pull = channel.unary_unary(
+            _SUBSCRIBER + "Pull",
+            request_serializer=_PullRequest.SerializeToString,
+            response_deserializer=pubsub_types.PullResponse.pb().FromString,
+        )
+        self._ack = channel.unary_unary(
+            _SUBSCRIBER + "Acknowledge", request_serializer=_AckRequest.SerializeToString
+        )
+        self._modack = channel.unary_unary(
+            _SUBSCRIBER + "ModifyAckDeadline", request_serializer=_ModAckRequest.SerializeToString
+        )
 
     def _path(self, subscription: str) -> str:
         path = self._paths.get(subscription)
@@ -106,21 +136,16 @@ class PubSubSource:
     async def pull(self, subscription: str, max_messages: int, *, wait: bool = False) -> list[Delivery]:
         """Up to ``max_messages``; without ``wait`` an empty list at once when the lane is empty, with it
         the server holds the call until a message arrives or its own wait ends (empty list)."""
+        request = _PullRequest(
+            subscription=self._path(subscription), max_messages=max_messages, return_immediately=not wait
+        )
         try:
-            response = await self._client.pull(
-                subscription=self._path(subscription),
-                max_messages=max_messages,
-                return_immediately=not wait,
-                retry=None,
-                timeout=self._timeout_s,
-            )
-        except gexc.DeadlineExceeded:
-            return []
-        except gexc.GoogleAPICallError as exc:
-            raise errors.PubSubUnavailable(f"pull {subscription}: {exc.code}") from exc
+            raw = await self._pull(request, timeout=self._timeout_s)
+        except grpc.RpcError as exc:
+            if rpc_code(exc) == "DEADLINE_EXCEEDED":
+                return []
+            raise errors.PubSubUnavailable(f"pull {subscription}: {rpc_code(exc)}") from exc
         leased_at = time.time()
-        # The raw protobuf avoids proto-plus marshalling on every field access (CPU per job).
-        raw = pubsub_types.PullResponse.pb(response)
         out: list[Delivery] = []
         for received in raw.received_messages:
             message = received.message
@@ -140,24 +165,20 @@ class PubSubSource:
         return out
 
     async def acknowledge(self, subscription: str, ack_ids: list[str]) -> None:
+        request = _AckRequest(subscription=self._path(subscription), ack_ids=ack_ids)
         try:
-            await self._client.acknowledge(
-                subscription=self._path(subscription), ack_ids=ack_ids, retry=None, timeout=self._timeout_s
-            )
-        except gexc.GoogleAPICallError as exc:
-            raise errors.PubSubUnavailable(f"acknowledge: {exc.code}") from exc
+            await self._ack(request, timeout=self._timeout_s)
+        except grpc.RpcError as exc:
+            raise errors.PubSubUnavailable(f"acknowledge: {rpc_code(exc)}") from exc
 
     async def modify_ack_deadline(self, subscription: str, ack_ids: list[str], seconds: int) -> None:
+        request = _ModAckRequest(
+            subscription=self._path(subscription), ack_ids=ack_ids, ack_deadline_seconds=seconds
+        )
         try:
-            await self._client.modify_ack_deadline(
-                subscription=self._path(subscription),
-                ack_ids=ack_ids,
-                ack_deadline_seconds=seconds,
-                retry=None,
-                timeout=self._timeout_s,
-            )
-        except gexc.GoogleAPICallError as exc:
-            raise errors.PubSubUnavailable(f"modify_ack_deadline: {exc.code}") from exc
+            await self._modack(request, timeout=self._timeout_s)
+        except grpc.RpcError as exc:
+            raise errors.PubSubUnavailable(f"modify_ack_deadline: {rpc_code(exc)}") from exc
 
 
 def _chunks(items: list[str], size: int) -> Iterable[list[str]]:

@@ -8,41 +8,37 @@ many jobs are gathered for ``interval_s`` into one Publish request (one RPC, one
 from __future__ import annotations
 
 import asyncio
-import os
 
 import grpc
-from google.api_core import exceptions as gexc
 from google.pubsub_v1 import types as pubsub_types
-from google.pubsub_v1.services.publisher import PublisherAsyncClient
-from google.pubsub_v1.services.publisher.transports.grpc_asyncio import PublisherGrpcAsyncIOTransport
 
 from worker.runtime.flusher import IntervalFlusher
+from worker.runtime.intake import rpc_code
 from worker.shared import errors
 from worker.shared.contracts import INTERACTIVE, Notification
 
 MAX_MESSAGES_PER_PUBLISH = 500
 _MessagePb = pubsub_types.PubsubMessage.pb()
 _PublishRequestPb = pubsub_types.PublishRequest.pb()
-
-
-def publisher_client() -> PublisherAsyncClient:
-    """An asyncio Publisher client; plaintext to ``PUBSUB_EMULATOR_HOST`` when set."""
-    host = os.environ.get("PUBSUB_EMULATOR_HOST")
-    if host:
-        return PublisherAsyncClient(
-            transport=PublisherGrpcAsyncIOTransport(channel=grpc.aio.insecure_channel(host))
-        )
-    return PublisherAsyncClient()
+_PublishResponsePb = pubsub_types.PublishResponse.pb()
 
 
 class PubSubNotifier(IntervalFlusher):
-    """``Notifier`` port over the Publisher API; batch notifications go out in one Publish per interval."""
+    """``Notifier`` port over the Publisher API; batch notifications go out in one Publish per interval.
+
+    Publish is called on a plain gRPC stub with raw protobuf messages (``intake.pubsub_channel``; why:
+    ``intake.PubSubSource``).
+    """
 
     def __init__(
-        self, client: PublisherAsyncClient, topic_path: str, *, interval_s: float, timeout_s: float
+        self, channel: grpc.aio.Channel, topic_path: str, *, interval_s: float, timeout_s: float
     ) -> None:
         super().__init__(interval_s=interval_s)
-        self._client = client
+        self._publish = channel.unary_unary(
+            "/google.pubsub.v1.Publisher/Publish",
+            request_serializer=_PublishRequestPb.SerializeToString,
+            response_deserializer=_PublishResponsePb.FromString,
+        )
         self._topic = topic_path
         self._timeout_s = timeout_s
         self._pending: list[tuple[object, asyncio.Future[str]]] = []
@@ -71,18 +67,17 @@ class PubSubNotifier(IntervalFlusher):
             await self._send(batch)
 
     async def _send(self, batch: list[tuple[object, asyncio.Future[str]]]) -> None:
-        request = pubsub_types.PublishRequest.wrap(
-            _PublishRequestPb(topic=self._topic, messages=[message for message, _ in batch])
-        )
+        request = _PublishRequestPb(topic=self._topic, messages=[message for message, _ in batch])
         try:
-            response = await self._client.publish(request=request, retry=None, timeout=self._timeout_s)
-        except (gexc.GoogleAPICallError, grpc.RpcError, OSError) as exc:
-            failure = errors.PubSubUnavailable(f"publish: {getattr(exc, 'code', type(exc).__name__)}")
+            response = await self._publish(request, timeout=self._timeout_s)
+        except (grpc.RpcError, OSError) as exc:
+            code = rpc_code(exc) if isinstance(exc, grpc.RpcError) else type(exc).__name__
+            failure = errors.PubSubUnavailable(f"publish: {code}")
             for _, future in batch:
                 if not future.done():
                     future.set_exception(failure)
             return
-        ids = list(pubsub_types.PublishResponse.pb(response).message_ids)
+        ids = list(response.message_ids)
         for index, (_, future) in enumerate(batch):
             if not future.done():
                 future.set_result(ids[index] if index < len(ids) else "")

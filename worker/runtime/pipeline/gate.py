@@ -52,7 +52,8 @@ class InteractiveGate:
         """Wait (at most ``max_wait_s``) until no interactive job is in the worker."""
         if self._present:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._clear.wait(), self._max_wait_s)
+                async with asyncio.timeout(self._max_wait_s):  # no task per wait, unlike wait_for
+                    await self._clear.wait()
 
     def hold_left_s(self) -> float:
         """How much longer batch requests may be held back for the interactive work present now."""
