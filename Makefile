@@ -8,7 +8,8 @@ TRAIN_VENV := .venv-train
 PY := $(VENV)/bin/python
 PIP_FLAGS := --quiet --disable-pip-version-check
 # Python entry points without a .py suffix: ruff only finds them when named.
-PY_SCRIPTS := scripts/bench scripts/build_trt_engine scripts/chaos scripts/demo scripts/devstack scripts/simulate
+PY_SCRIPTS := scripts/bench scripts/bench-gpu scripts/build_trt_engine scripts/chaos scripts/decode-bench scripts/demo \
+  scripts/devstack scripts/simulate
 PY_SOURCES := worker tests scripts $(PY_SCRIPTS)
 
 .PHONY: all venv triton-venv test demo lint format typecheck check lint-infra image image-test bench chaos simulate train devstack-up devstack-down clean pubsub-fidelity train-symbols bench-decode bench-gpu
@@ -73,6 +74,8 @@ bench-gpu: venv
 
 # Decoders side by side (docs/performance.md "Decoders"); --quick runs in under a minute.
 bench-decode: venv
+	$(VENV)/bin/pip install $(PIP_FLAGS) -r scripts/requirements-decode-bench.txt || \
+	  echo 'some candidate decoders did not install; the bench skips them and says why'
 	$(PY) scripts/decode-bench
 
 chaos: venv triton-venv
