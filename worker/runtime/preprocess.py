@@ -126,7 +126,7 @@ def _decode(data: bytes, *, size_px: int, fast_png: bool) -> Image.Image:
                 image.draft("L", (size_px, size_px))
             image.load()
             image = ImageOps.exif_transpose(image)
-            return _to_gray(image)
+            return to_gray(image)
     except (ImageTooLarge, ImageUndecodable):
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
@@ -141,7 +141,7 @@ def _decode(data: bytes, *, size_px: int, fast_png: bool) -> Image.Image:
 def image_to_tensor(image: Image.Image, *, size_px: int = model_spec.INPUT_SIZE_PX) -> Tensor:
     """A decoded mode-``L`` image -> letterboxed, normalised FP32 tensor ``(1, size_px, size_px)``."""
     if image.mode != "L":
-        image = _to_gray(image)
+        image = to_gray(image)
     width, height = image.size
     scale = size_px / max(width, height)
     new_size = (max(1, round(width * scale)), max(1, round(height * scale)))
@@ -198,7 +198,7 @@ def _decode_plain_png(data: bytes) -> Image.Image:
     return Image.fromarray(pixels, mode="RGB").convert("L")
 
 
-def _to_gray(image: Image.Image) -> Image.Image:
+def to_gray(image: Image.Image) -> Image.Image:
     """Any Pillow mode -> ``L``: 16-bit scaled (not clipped), alpha composited onto white paper."""
     mode = image.mode
     if mode == "L" and "transparency" not in image.info:

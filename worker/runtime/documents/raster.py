@@ -53,7 +53,7 @@ def decode_raster(data: bytes, number: int, *, size_px: int) -> Image.Image:
             _check_pixels(*image.size, number)
             image.load()
             upright = ImageOps.exif_transpose(image)
-            return _to_gray(upright)
+            return preprocess.to_gray(upright)
     except (PageTooLarge, ImageUndecodable):
         raise
     except EOFError as exc:
@@ -62,12 +62,6 @@ def decode_raster(data: bytes, number: int, *, size_px: int) -> Image.Image:
         raise PageTooLarge(f"page {number} is too large to decode: {exc}") from exc
     except Exception as exc:  # Pillow raises OSError, ValueError, SyntaxError, struct.error...
         raise ImageUndecodable(f"cannot decode page {number}: {type(exc).__name__}: {exc}") from exc
-
-
-def _to_gray(image: Image.Image) -> Image.Image:
-    """preprocess's own mode conversion (16-bit scaled, alpha onto paper), so every page is made alike."""
-    # Private to preprocess until it exports one (a change request to its owner): one conversion only.
-    return preprocess._to_gray(image)
 
 
 def _open(data: bytes) -> Image.Image:
