@@ -44,7 +44,7 @@ def result(**kw: Any) -> dict[str, Any]:
 
 
 def test_the_worker_speaks_versions_1_and_2_and_a_job_without_one_is_version_1() -> None:
-    assert contracts.SUPPORTED_SCHEMA_VERSIONS == {1, 2} and contracts.LATEST_SCHEMA_VERSION == 2
+    assert {1, 2} == contracts.SUPPORTED_SCHEMA_VERSIONS and contracts.LATEST_SCHEMA_VERSION == 2
     old = parse({"job_id": "a", "input_uri": "gs://inputs/a.png"})
     assert isinstance(old, Job) and old.schema_version == 1 and old.pages is None
 
