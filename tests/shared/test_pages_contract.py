@@ -92,7 +92,7 @@ def test_the_fingerprint_of_a_v2_job_covers_its_pages_and_a_v1_recipe_is_unchang
     v1 = {"job_id": "d-1", "input_uri": "gs://inputs/set.pdf"}
     assert fingerprint(v1) != fingerprint(v2())  # the version is part of the request
     # the version 1 recipe as it was before pages existed: results stored then still match
-    recipe = {
+    recipe: dict[str, object] = {
         "schema_version": 1,
         "namespace": None,
         "job_id": "d-1",
