@@ -276,14 +276,19 @@ class FleetSimulation:
                 fair = max(1, available // max(self.running_slots, 1))
                 self._commit(t, vm, lane, min(available, self._run_cap, fair))
                 return True
-            if self.unbound[lane] and self._steal(t, lane):
-                self._commit(t, vm, lane, 1)
-                return True
+            if self.unbound[lane]:
+                # Instants at or before ``t`` cannot be stolen: bind them first (the same jobs a later
+                # bind would give them, every later commitment being at or after ``t``), which also keeps
+                # ``open_runs`` to the runs with instants still ahead, the only ones ``_steal`` scans
+                self._bind(lane, t)
+                if self.unbound[lane] and self._steal(t, lane):
+                    self._commit(t, vm, lane, 1)
+                    return True
         return False
 
     def _commit(self, t: float, vm: _VM, lane: int, k: int) -> None:
         durations = self._draw(k)
-        ends = np.cumsum(durations)
+        ends = durations.cumsum()
         finishes = t + ends
         # Each start is the previous finish (the same float), never finish minus duration: no job
         # starts before its slot is free or before it was published.
