@@ -1,4 +1,5 @@
-"""worker.dev.capacity: projection arithmetic on given inputs, the model MACs, the defaults that follow."""
+"""worker.dev.capacity: projection arithmetic on given inputs, the model MACs, the defaults that follow
+(terraform's machine type, preprocess processes, batch assignment; the simulator's service and policies)."""
 
 from __future__ import annotations
 
@@ -6,12 +7,15 @@ import pytest
 
 from worker.dev import capacity
 from worker.dev.capacity import CpuCosts, Gpu, GpuScaling, VmType, project
-from worker.dev.fleet_simulator.config import Prices, ServiceModel
+from worker.dev.fleet_simulator.autoscaler import signal_recommendation
+from worker.dev.fleet_simulator.config import BootTimeline, Prices, ServiceModel
+from worker.dev.fleet_simulator.scenario import AGREED_DEFAULTS, build_policies
 from worker.dev.fleet_simulator.terraform import (
     DEFAULT_VARIABLES_PATH,
     load_deployed_settings,
     variable_defaults,
 )
+from worker.shared.resources import load_resources
 
 FAST_GPU = Gpu("test gpu", 1e6, "test")
 SLOW_GPU = Gpu("slow gpu", 100.0, "test")
@@ -87,3 +91,45 @@ def test_simulator_service_rate_and_prices_come_from_the_table() -> None:
     assert service.mean_service_s == pytest.approx(0.1, rel=0.05)
     prices = Prices.for_machine(row)
     assert (prices.spot_per_h, prices.on_demand_per_h) == (row.spot_per_h, row.on_demand_per_h)
+
+
+def test_batch_assignment_is_what_one_vm_clears_while_a_new_one_comes_up() -> None:
+    assert capacity.batch_backlog_per_vm(200.8, new_vm_ready_s=90.0) == 18_000  # 18,072 to 2 figures
+    assert capacity.batch_backlog_per_vm(5.0, new_vm_ready_s=90.0) == 450
+    assert capacity.batch_backlog_per_vm(0.001, new_vm_ready_s=90.0) == 1
+    row = project(_vm(8), CpuCosts(10.0, 4.0, 1.0), NO_SCALING, max_worker_processes=1)  # 250 jobs/s
+    assert capacity.backlog_per_vm(row, new_vm_ready_s=40.0) == {"interactive": 10, "batch": 10_000}
+
+
+@pytest.mark.parametrize("running_vms", [1, 3, 7])
+def test_the_assignment_adds_a_vm_only_for_work_the_running_ones_cannot_finish_before_it_serves(
+    running_vms: int,
+) -> None:
+    rate, ready_s = 200.0, 90.0  # 18,000: exact at two significant figures
+    assignment = capacity.batch_backlog_per_vm(rate, new_vm_ready_s=ready_s)
+    cleared_before_a_new_vm = running_vms * rate * ready_s
+    # a backlog the running VMs clear before a new VM would serve asks for no more VMs than are running
+    assert signal_recommendation(cleared_before_a_new_vm, assignment) == running_vms
+    # one more job than that is work the running VMs cannot finish in time: one more VM
+    assert signal_recommendation(cleared_before_a_new_vm + 1, assignment) == running_vms + 1
+
+
+def test_new_vm_ready_time_is_the_simulators_baked_boot() -> None:
+    assert BootTimeline(baked=True).total_s == capacity.NEW_VM_READY_S
+
+
+def test_terraform_backlog_per_vm_and_the_simulators_policies_follow_the_projection() -> None:
+    settings = load_deployed_settings()
+    row = capacity.projection_for(settings.machine_type)
+    expected = capacity.backlog_per_vm(row)
+    assert variable_defaults(DEFAULT_VARIABLES_PATH)["autoscaler_backlog_per_vm"] == expected
+    assert AGREED_DEFAULTS.backlog_per_vm == expected  # the fallback without variables.tf
+    service = ServiceModel.from_capacity(row)
+    policies = build_policies(settings, load_resources(), service)
+    batch = {s.lane: s.single_instance_assignment for s in policies["spot-schedules"].signals}["batch"]
+    assert batch == expected["batch"]
+    # the work-seconds policy assigns a VM the same work, in slot-seconds: rate x ready time x mean service
+    (work,) = (s for s in policies["spot-work-seconds"].signals if s.kind == "work_seconds")
+    assert work.single_instance_assignment == pytest.approx(
+        row.jobs_per_s * capacity.NEW_VM_READY_S * service.mean_service_s
+    )

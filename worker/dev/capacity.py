@@ -15,6 +15,10 @@ The CPU figures are inputs (``CpuCosts``), not constants: the decoder and the ma
 up, and the table is recomputed from whatever figures are passed
 (``python -m worker.dev.capacity --decode-ms 6 --main-ms 1.5``). The fleet simulator takes its service
 rate per VM from ``projection_for(machine_type)`` (``worker.dev.fleet_simulator.config``).
+
+The autoscaler's batch assignment follows the rate too (``backlog_per_vm``): one VM per the messages a VM
+clears in the time a new VM takes to come up, so the group grows only by VMs that would finish work the
+running ones could not.
 """
 
 from __future__ import annotations
@@ -221,6 +225,35 @@ def project(vm: VmType, cpu: CpuCosts, gpu: GpuScaling, *, max_worker_processes:
 DEPLOYED_WORKER_PROCESSES = 1
 
 
+#: Seconds from "the MIG creates a VM" to "its worker pulls" with the Packer image: the simulator's baked
+#: boot timeline (VM + OS 45, docker start 5, Triton model load 30, worker ready 10; docs/capacity.md);
+#: tests/dev/test_capacity.py keeps it equal to ``fleet_simulator.config.BootTimeline().total_s``.
+NEW_VM_READY_S = 90.0
+
+#: Interactive lane: a small assignment, so any interactive backlog brings a VM at the next evaluation and a
+#: flood of them the group; the lane is latency-bound, and its traffic small next to one VM's rate.
+INTERACTIVE_BACKLOG_PER_VM = 10
+
+
+def batch_backlog_per_vm(jobs_per_s: float, *, new_vm_ready_s: float = NEW_VM_READY_S) -> int:
+    """Batch messages one VM is assigned: what it clears while a new VM comes up (rate x ready time).
+
+    With N = ceil(backlog / assignment), the N VMs asked for clear the backlog in about the time a new one
+    takes to start, so a VM is added only when the running ones could not finish before it arrives (a
+    VM that arrives after the work is done is billed its boot and minimum for nothing). Two significant
+    figures: the rate's inputs are +-20-30 %.
+    """
+    return max(1, int(float(f"{jobs_per_s * new_vm_ready_s:.2g}")))
+
+
+def backlog_per_vm(projection: Projection, *, new_vm_ready_s: float = NEW_VM_READY_S) -> dict[str, int]:
+    """``autoscaler_backlog_per_vm`` for a machine type: interactive small, batch from its projected rate."""
+    return {
+        "interactive": INTERACTIVE_BACKLOG_PER_VM,
+        "batch": batch_backlog_per_vm(projection.jobs_per_s, new_vm_ready_s=new_vm_ready_s),
+    }
+
+
 def projections(
     cpu: CpuCosts | None = None,
     gpu: GpuScaling | None = None,
@@ -252,15 +285,15 @@ def markdown_table(rows: Sequence[Projection]) -> str:
     head = (
         "| machine type | vCPUs | GPU | decode cores allow | main loop allows (per process) | GPU allows "
         "(infer/s) | worker processes | projected jobs/s | saturates first | preprocess_processes "
-        "| spot $/h | spot $ per 1M jobs |"
+        f"| spot $/h | spot $ per 1M jobs | batch backlog per VM (x {NEW_VM_READY_S:.0f} s) |"
     )
-    lines = [head, "|" + "---|" * 12]
+    lines = [head, "|" + "---|" * 13]
     for r in rows:
         lines.append(
             f"| {r.machine_type} | {r.vcpus} | {r.gpu} | {r.decode_jobs_per_s:,.0f} | "
             f"{r.main_loop_jobs_per_s_per_process:,.0f} | {r.gpu_infer_per_s:,.0f} | {r.worker_processes} | "
             f"{r.jobs_per_s:,.0f} | {r.bottleneck} | {r.preprocess_processes} | {r.spot_per_h:.4f} | "
-            f"{r.spot_usd_per_million_jobs:.3f} |"
+            f"{r.spot_usd_per_million_jobs:.3f} | {batch_backlog_per_vm(r.jobs_per_s):,} |"
         )
     return "\n".join(lines)
 

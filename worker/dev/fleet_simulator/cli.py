@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from worker.dev.capacity import DEPLOYED_WORKER_PROCESSES, projection_for
+from worker.dev.capacity import DEPLOYED_WORKER_PROCESSES, NEW_VM_READY_S, projection_for
 from worker.dev.fleet_simulator import traces
 from worker.dev.fleet_simulator.config import BootTimeline, Environment, Prices, ServiceModel
 from worker.dev.fleet_simulator.cron import ScalingSchedule
@@ -78,7 +78,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     a.add_argument("--no-schedules", action="store_true")
     a.add_argument("--always-on-vms", type=int, help="size of the always-on fleet (default max replicas)")
-    a.add_argument("--work-seconds-target-s", type=float, default=600.0)
+    a.add_argument(
+        "--work-seconds-target-s",
+        type=float,
+        default=NEW_VM_READY_S,
+        help="spot-work-seconds: one VM per the work it does in this many seconds (default: a new VM's "
+        "ready time, the rule of the deployed batch assignment)",
+    )
     a.add_argument("--policies", default=",".join(POLICY_NAMES), help="comma-separated subset")
     e = p.add_argument_group("environment and prices")
     e.add_argument("--preemptions-per-vm-hour", type=float, default=Environment().preemptions_per_vm_hour)

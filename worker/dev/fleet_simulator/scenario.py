@@ -6,6 +6,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
+from worker.dev.capacity import NEW_VM_READY_S
 from worker.dev.fleet_simulator.config import (
     AutoscalerPolicy,
     BootTimeline,
@@ -21,12 +22,13 @@ from worker.dev.fleet_simulator.traces import Trace
 from worker.shared.resources import FleetResources
 
 # The values agreed with the infra engineer for terraform/variables.tf, used only when that file is
-# missing (a partial checkout); the simulation says so when it falls back.
+# missing (a partial checkout); the simulation says so when it falls back. backlog_per_vm is
+# worker.dev.capacity.backlog_per_vm of the default machine type (tests/dev/test_capacity.py).
 AGREED_DEFAULTS = DeployedSettings(
     max_replicas=10,
     min_replicas=0,
     cooldown_period_s=120.0,
-    backlog_per_vm={"interactive": 10.0, "batch": 100.0},
+    backlog_per_vm={"interactive": 10.0, "batch": 18000.0},
     scale_in_max_replicas=2,
     scale_in_time_window_s=600.0,
     scaling_schedules=(ScalingSchedule("weekday-daytime", 1, "0 9 * * MON-FRI", 36000.0, "Asia/Tokyo"),),
@@ -58,9 +60,14 @@ def build_policies(
     service: ServiceModel,
     *,
     always_on_vms: int | None = None,
-    work_seconds_target_s: float = 600.0,
+    work_seconds_target_s: float = NEW_VM_READY_S,
 ) -> dict[str, AutoscalerPolicy]:
-    """The policies of the comparison; ``spot-schedules`` is the one the Terraform module deploys."""
+    """The policies of the comparison; ``spot-schedules`` is the one the Terraform module deploys.
+
+    The work-seconds signal assigns one VM the slot-seconds it delivers in ``work_seconds_target_s``,
+    by default the time a new VM takes to come up: the rule of the deployed batch assignment
+    (``worker.dev.capacity.batch_backlog_per_vm``), counted in work instead of messages.
+    """
     base = AutoscalerPolicy(
         name="spot-schedules",
         signals=lane_signals(settings, resources),
