@@ -303,9 +303,7 @@ def _gcs(
 ) -> GcsStorage:
     from worker.runtime.storage import GcsStorage, http_client
 
-    http, endpoint = http_client(
-        emulator_host=os.environ.get("STORAGE_EMULATOR_HOST") or None, max_connections=16
-    )
+    http, endpoint = http_client(emulator_host=os.environ.get("STORAGE_EMULATOR_HOST") or None)
     return GcsStorage(
         http,
         results_bucket=settings.results_bucket,

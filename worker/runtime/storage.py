@@ -1,7 +1,8 @@
 """GCS adapter: read job inputs, create result objects exactly once, read an existing result.
 
-The three calls a job needs are plain requests to the Cloud Storage JSON API, made with one pooled
-``urllib3`` client (authorised by ``google.auth`` in production, anonymous against the local emulator):
+The three calls a job needs are plain requests to the Cloud Storage JSON API, made on a keep-alive
+``http.client`` connection per I/O thread (``KeepAliveHttp``; authorised by ``google.auth`` in production,
+anonymous against the local emulator):
 
 - input:  ``GET /download/storage/v1/b/B/o/O?alt=media`` with ``Range: bytes=0-<max>``, read at most
   ``max_bytes + 1`` bytes whatever the server sends;
@@ -12,16 +13,20 @@ The three calls a job needs are plain requests to the Cloud Storage JSON API, ma
 Why not google-cloud-storage on the hot path: it builds every request through ``requests`` with per-call
 environment lookups (netrc, proxies, CA bundle), a fresh invocation id and tracing spans -- ~3.9 ms of CPU
 per job in the worker's profile, half of its "other" CPU (docs/performance.md); these requests cost a
-fraction of that. Calls are synchronous, on a small fixed thread pool shared by all jobs (never a thread
-per job). There are no library retries: the pipeline owns retry policy (tenacity, bounded), and errors
-leave this module already classified (worker/shared/errors.py).
+fraction of that, and a fraction again without urllib3 (``KeepAliveHttp``). Calls are synchronous, on
+a small fixed thread pool shared by all jobs (never a thread per job). There are no library retries:
+the pipeline owns retry policy (tenacity, bounded), and errors leave this module already classified
+(worker/shared/errors.py).
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import http.client
 import json
+import ssl
+import threading
 import urllib.parse
 from typing import Any, Protocol
 
@@ -105,7 +110,7 @@ class GcsStorage:
             return self._http.urlopen(
                 method, url, timeout=self._timeout, retries=False, redirect=False, **kwargs
             )
-        except (urllib3.exceptions.HTTPError, OSError) as exc:
+        except (urllib3.exceptions.HTTPError, http.client.HTTPException, OSError) as exc:
             raise errors.StorageUnavailable(f"{what}: {type(exc).__name__}") from exc
         except Exception as exc:  # auth refresh failures and the like: retried, then nacked
             raise errors.StorageUnavailable(f"{what}: {type(exc).__name__}: {str(exc)[:200]}") from exc
@@ -133,7 +138,7 @@ class GcsStorage:
                     return InputObject(b"", contracts.input_digest(b""))
                 raise _classify_status(response.status, "input")
             data = self._read_bounded(response, max_bytes + 1)
-        except (urllib3.exceptions.HTTPError, OSError) as exc:
+        except (urllib3.exceptions.HTTPError, http.client.HTTPException, OSError) as exc:
             raise errors.StorageUnavailable(f"input: {type(exc).__name__}") from exc
         finally:
             response.release_conn()
@@ -197,18 +202,176 @@ class GcsStorage:
         return data
 
 
-def http_client(*, emulator_host: str | None, max_connections: int) -> tuple[Http, str]:
-    """(pooled HTTP client, API endpoint): anonymous to the emulator, else ``google.auth`` credentials."""
-    pool = urllib3.PoolManager(num_pools=4, maxsize=max_connections, block=False)
+class Authorizer(Protocol):
+    """Adds credentials to a request's headers; ``refresh`` after a 401."""
+
+    def apply(self, headers: dict[str, str]) -> None: ...
+
+    def refresh(self) -> None: ...
+
+
+class KeepAliveHttp:
+    """``Http`` on ``http.client``: one keep-alive connection per I/O thread to one endpoint.
+
+    Why not urllib3: its ``PoolManager`` parses and re-encodes the URL eight times per job and builds
+    each request through several layers; the same GET of a 400 KB input plus the result POST cost
+    1.5-2.3 ms of client CPU through it and 0.85 ms through ``http.client`` (sha256 of the input
+    included; docs/performance.md, session 5). A connection the server closed while idle is reopened
+    and the request sent once more; a 401 refreshes the credentials and repeats the request once.
+    ``timeout`` bounds every socket operation (connect, each read), not the whole request.
+    """
+
+    def __init__(self, endpoint: str, *, authorizer: Authorizer | None = None) -> None:
+        parts = urllib.parse.urlsplit(endpoint)
+        self._endpoint = endpoint.rstrip("/")
+        self._https = parts.scheme == "https"
+        self._host = parts.hostname or "localhost"
+        self._port = parts.port
+        self._authorizer = authorizer
+        self._tls = ssl.create_default_context() if self._https else None
+        self._local = threading.local()
+        self._open: set[http.client.HTTPConnection] = set()  # every thread's, for close()
+
+    def _connection(self, timeout_s: float | None) -> http.client.HTTPConnection:
+        connection: http.client.HTTPConnection | None = getattr(self._local, "connection", None)
+        if connection is None:
+            if self._tls is not None:
+                connection = http.client.HTTPSConnection(
+                    self._host, self._port, timeout=timeout_s, context=self._tls
+                )
+            else:
+                connection = http.client.HTTPConnection(self._host, self._port, timeout=timeout_s)
+            self._local.connection = connection
+            self._open.add(connection)
+        return connection
+
+    def close(self) -> None:
+        """Close every thread's connection (at shutdown)."""
+        for connection in list(self._open):
+            connection.close()
+        self._open.clear()
+
+    def drop(self) -> None:
+        """Close this thread's connection (an unread body, an error): the next request opens another."""
+        connection = getattr(self._local, "connection", None)
+        self._local.connection = None
+        if connection is not None:
+            self._open.discard(connection)
+            connection.close()
+
+    def urlopen(
+        self,
+        method: str,
+        url: str,
+        *,
+        headers: dict[str, str] | None = None,
+        body: bytes | None = None,
+        timeout: Any = None,
+        preload_content: bool = True,
+        **_urllib3_options: Any,
+    ) -> KeepAliveResponse:
+        """``url`` under the endpoint; ``timeout``: seconds or a ``urllib3.Timeout`` (its total)."""
+        path = url[len(self._endpoint) :] if url.startswith(self._endpoint) else url
+        timeout_s = getattr(timeout, "total", timeout)
+        sent = dict(headers or {})
+        if self._authorizer is not None:
+            self._authorizer.apply(sent)
+        response = self._send(method, path, sent, body, timeout_s)
+        if response.status == 401 and self._authorizer is not None:
+            response.close()
+            self._authorizer.refresh()
+            self._authorizer.apply(sent)
+            response = self._send(method, path, sent, body, timeout_s)
+        if preload_content:
+            response.preload()
+        return response
+
+    def _send(
+        self, method: str, path: str, headers: dict[str, str], body: bytes | None, timeout_s: float | None
+    ) -> KeepAliveResponse:
+        for attempt in (1, 2):
+            connection = self._connection(timeout_s)
+            reused = connection.sock is not None
+            try:
+                connection.request(method, path, body=body, headers=headers)
+                return KeepAliveResponse(connection.getresponse(), self)
+            except (http.client.RemoteDisconnected, OSError):
+                # a kept-alive connection the server closed meanwhile: once more on a new one (a repeated
+                # result POST is safe: ifGenerationMatch=0 answers 412 and the stored result is compared)
+                self.drop()
+                if not (reused and attempt == 1):
+                    raise
+            except BaseException:
+                self.drop()
+                raise
+        raise AssertionError("unreachable")  # pragma: no cover
+
+
+class KeepAliveResponse:
+    """The part of urllib3's response this module reads, over an ``http.client`` response."""
+
+    def __init__(self, response: http.client.HTTPResponse, owner: KeepAliveHttp) -> None:
+        self._response = response
+        self._owner = owner
+        self.status = response.status
+        self._data: bytes | None = None
+
+    def read(self, amt: int | None = None) -> bytes:
+        return self._response.read(amt)
+
+    @property
+    def length_remaining(self) -> int | None:
+        return self._response.length
+
+    def preload(self) -> None:
+        try:
+            self._data = self._response.read()
+        finally:
+            self.release_conn()
+
+    @property
+    def data(self) -> bytes:
+        if self._data is None:
+            self.preload()
+        return self._data or b""
+
+    def release_conn(self) -> None:
+        """Keep the connection when the body was read to its end, else close it."""
+        if not self._response.isclosed():
+            self.close()
+
+    def close(self) -> None:
+        self._response.close()
+        self._owner.drop()
+
+
+class _GoogleCredentials:
+    """``Authorizer`` from Application Default Credentials (token refreshed before it expires)."""
+
+    def __init__(self) -> None:
+        import google.auth  # noqa: PLC0415 (only production workers load credentials)
+        from google.auth.transport.urllib3 import Request  # noqa: PLC0415
+
+        self._credentials, _project = google.auth.default(
+            scopes=["https://www.googleapis.com/auth/devstorage.read_write"]
+        )
+        self._request = Request(urllib3.PoolManager())  # type: ignore[no-untyped-call]
+        self._lock = threading.Lock()
+
+    def apply(self, headers: dict[str, str]) -> None:
+        with self._lock:
+            self._credentials.before_request(  # type: ignore[no-untyped-call]
+                self._request, "GET", DEFAULT_API_ENDPOINT, headers
+            )
+
+    def refresh(self) -> None:
+        with self._lock:
+            self._credentials.refresh(self._request)  # type: ignore[no-untyped-call]
+
+
+def http_client(*, emulator_host: str | None) -> tuple[Http, str]:
+    """(keep-alive HTTP client, API endpoint): anonymous to the emulator, else ``google.auth`` credentials."""
     if emulator_host:
         endpoint = emulator_host if "://" in emulator_host else f"http://{emulator_host}"
-        return pool, endpoint
-    # Lazy: only production workers load credentials.
-    import google.auth  # noqa: PLC0415
-    from google.auth.transport.urllib3 import AuthorizedHttp  # noqa: PLC0415
-
-    credentials, _project = google.auth.default(
-        scopes=["https://www.googleapis.com/auth/devstorage.read_write"]
-    )
-    authorized: Http = AuthorizedHttp(credentials, http=pool)  # type: ignore[no-untyped-call]
-    return authorized, DEFAULT_API_ENDPOINT
+        return KeepAliveHttp(endpoint), endpoint
+    return KeepAliveHttp(DEFAULT_API_ENDPOINT, authorizer=_GoogleCredentials()), DEFAULT_API_ENDPOINT
