@@ -155,6 +155,8 @@ class FleetSimulation:
         self.order = [np.flatnonzero(self.lane == i) for i in range(n_lanes)]
         self.lane_arrivals = [self.arrival[ids] for ids in self.order]
         self.head = [0] * n_lanes
+        self._arrived_at = [math.nan] * n_lanes  # the instant of each lane's last ``_arrived`` answer
+        self._arrived_count = [0] * n_lanes
         self.redo: list[list[tuple[float, int]]] = [[] for _ in range(n_lanes)]
         self.unbound = [0] * n_lanes  # committed start instants without a job yet
         self.open_runs: list[list[_Run]] = [[] for _ in range(n_lanes)]  # runs with unbound instants
@@ -244,9 +246,14 @@ class FleetSimulation:
         return rng.lognormal(mu, s.sigma, size)
 
     def _arrived(self, lane: int, t: float) -> int:
-        # The method, not ``np.searchsorted``: this runs a few times per event and the wrapper costs more
-        # than the search
-        return int(self.lane_arrivals[lane].searchsorted(t, side="right"))
+        # Asked ~10 times per job at the same instant (every lane, by _take, _next_above and
+        # _schedule_wake): the last answer per lane is kept. The method, not ``np.searchsorted``: the
+        # wrapper costs more than the search
+        if t == self._arrived_at[lane]:
+            return self._arrived_count[lane]
+        count = int(self.lane_arrivals[lane].searchsorted(t, side="right"))
+        self._arrived_at[lane], self._arrived_count[lane] = t, count
+        return count
 
     def _available(self, lane: int, t: float) -> int:
         """Jobs of ``lane`` waiting at ``t`` that no run has committed to (a lower bound: a commitment
