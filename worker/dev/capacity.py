@@ -101,13 +101,14 @@ VM_TYPES: tuple[VmType, ...] = (
 class CpuCosts:
     """CPU per job on this project's worker, and the vCPUs kept for everything but the worker."""
 
-    decode_ms: float = 13.5
+    decode_ms: float = 12.3
     main_ms: float = 4.98
     reserved_vcpus: float = 1.0
     source: str = (
-        "docs/performance.md, Session 4 (issue 15), `make bench` worker CPU ms/job medians after ebd0774: "
-        "preprocess 13.5, other 4.98 (A4 150 dpi drawings, 2 shared vCPUs, +-30 %); reserved 1 vCPU for "
-        "tritonserver's gRPC/CUDA host threads and the OS (assumption)"
+        "decode + preprocess 12.3: docs/performance.md 'Decoders', the adopted libpng path on A4 150-dpi PNG "
+        "drawings (`make bench-decode` at eeb36b3, process_time medians, +-20 %); main process 4.98: "
+        "Session 4 (issue 15) `make bench` worker CPU ms/job 'other' median after ebd0774 (+-30 %); reserved "
+        "1 vCPU for tritonserver's gRPC/CUDA host threads and the OS (assumption)"
     )
 
 
