@@ -6,6 +6,7 @@ import importlib.util
 import json
 import re
 
+from worker.dev import capacity
 from worker.runtime import settings
 from worker.shared.resources import load_resources
 
@@ -47,7 +48,9 @@ def test_shared_autoscaler_variables_have_literal_defaults() -> None:
     v = blocks("variable")
     assert v["autoscaler_max_replicas"]["default"] == 10
     assert v["autoscaler_cooldown_period_s"]["default"] == 120
-    assert v["autoscaler_backlog_per_vm"]["default"] == {"interactive": 10, "batch": 100}
+    # the batch lane's assignment follows the capacity projection of the deployed machine type
+    projected = capacity.projection_for(v["machine_type"]["default"])
+    assert v["autoscaler_backlog_per_vm"]["default"] == capacity.backlog_per_vm(projected)
     assert v["autoscaler_scale_in_max_replicas"]["default"] == 2
     assert v["autoscaler_scale_in_time_window_s"]["default"] == 600
     assert v["scaling_schedules"]["default"] == {
