@@ -54,6 +54,7 @@ FINGERPRINT_VERSION = 1
 
 _JOB_ID_RE = re.compile(r"[A-Za-z0-9._-]{1,128}")
 _NAMESPACE_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
+_CONTROL_CHAR_RE = re.compile(r"[\x00-\x1f]")
 _GS_URI_RE = re.compile(r"gs://([a-z0-9][a-z0-9._-]{1,220}[a-z0-9])/(.+)", re.DOTALL)
 
 
@@ -201,7 +202,7 @@ def _parse_input_uri(value: object, allowed_buckets: frozenset[str]) -> tuple[st
     if not isinstance(value, str):
         raise errors.SchemaInvalid("input_uri must be a string")
     match = _GS_URI_RE.fullmatch(value)
-    if match is None or any(ord(ch) < 32 for ch in value):
+    if match is None or _CONTROL_CHAR_RE.search(value) is not None:
         raise errors.InputUriInvalid("input_uri must be gs://bucket/object")
     bucket, obj = match.group(1), match.group(2)
     if bucket not in allowed_buckets:

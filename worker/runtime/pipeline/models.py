@@ -218,9 +218,12 @@ class ModelSet:
 
 async def _all(coroutines: Iterable[Coroutine[Any, Any, _T]]) -> list[_T]:
     """Every coroutine at once; the first failure cancels the others and is raised as itself."""
+    pending = list(coroutines)
+    if len(pending) == 1:  # one page, one step (most jobs): no task group, no task per coroutine
+        return [await pending[0]]
     try:
         async with asyncio.TaskGroup() as group:
-            tasks = [group.create_task(c) for c in coroutines]
+            tasks = [group.create_task(c) for c in pending]
     except BaseExceptionGroup as failed:
         raise failed.exceptions[0] from None
     return [task.result() for task in tasks]
