@@ -28,7 +28,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from worker.dev import harness
+from worker.dev import bench_pages, harness
 from worker.dev.bench_phases import WARM_UP_JOBS, Fleet, decode_ceiling, preprocess_scaling, raw_triton
 from worker.dev.harness import cpu_profile
 from worker.dev.harness.host import git_commit, machine
@@ -179,7 +179,9 @@ def _fleet_phases(fleet: Fleet, args: argparse.Namespace) -> dict[str, Any]:
     )
     scaling = preprocess_scaling(fleet.input_bytes, args.preprocess_images)
     ceiling = decode_ceiling(fleet.input_bytes, args.preprocess_images, args.preprocess_processes)
+    pages = bench_pages.page_cpu_ms(fleet.input_bytes, args.preprocess_images)
     return {
+        "pages": pages,
         "e2e": e2e,
         "lat": lat,
         "naive": naive,
@@ -200,6 +202,7 @@ def summarise(phases: dict[str, Any], args: argparse.Namespace, *, batch: int) -
         "decode_ceiling_jobs_per_s": round(ceiling, 1),
         "e2e_over_decode_ceiling": round(e2e["jobs_per_s"] / ceiling, 3),
         "cpu_ms_per_job": cpu_per_job(e2e),
+        "preprocess_cpu_ms_per_page": phases["pages"],
         "interactive_idle_p50_ms": round(idle["p50"], 1),
         "interactive_idle_p95_ms": round(idle["p95"], 1),
         "interactive_loaded_p50_ms": round(loaded["p50"], 1),
@@ -285,6 +288,10 @@ def print_table(r: dict[str, Any]) -> None:
     for name, value, note in rows:
         print(f"  {name:<40} {value!s:>16}  {note}")
     print("  CPU ms/job during e2e: " + ", ".join(f"{k}={v}" for k, v in r["cpu_ms_per_job"].items()))
+    print(
+        "  preprocess CPU ms per page: "
+        + ", ".join(f"{k}={v}" for k, v in r["preprocess_cpu_ms_per_page"].items())
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
