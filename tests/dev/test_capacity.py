@@ -75,9 +75,14 @@ def test_unknown_machine_type_names_the_known_ones() -> None:
         capacity.projection_for("n1-standard-1")
 
 
-def test_terraform_machine_type_is_the_cheapest_projected() -> None:
+def test_terraform_machine_type_is_among_the_cheapest_projected() -> None:
+    """The deployed type costs at most 10 % more per job than the cheapest projection: the CPU inputs are
+    measured on a shared machine to +-20-30 %, so a closer race is not a reason to move every VM."""
     variables = variable_defaults(DEFAULT_VARIABLES_PATH)
-    assert variables["machine_type"] == capacity.cheapest(capacity.projections()).machine_type
+    rows = capacity.projections()
+    deployed = next(row for row in rows if row.machine_type == variables["machine_type"])
+    best = capacity.cheapest(rows)
+    assert deployed.spot_usd_per_million_jobs <= 1.10 * best.spot_usd_per_million_jobs, (deployed, best)
 
 
 def test_terraform_preprocess_processes_follow_the_projection() -> None:
