@@ -23,7 +23,9 @@ from worker.runtime.documents.limits import MAX_PDF_INFLATED_BYTES
 from worker.shared.errors import DocumentTooComplex
 
 _CHUNK_BYTES = 1 << 20
-_STREAM = re.compile(rb"(?<!end)stream(?:\r\n|\n|\r)")
+# No look-behind for "end": it disables the regex's literal search (~25x slower over image data); the
+# "endstream" matches are skipped in ``_streams``.
+_STREAM = re.compile(rb"stream(?:\r\n|\n|\r)")
 _FILTER = re.compile(rb"/Filter\s*(\[[^\]]*\]|/[A-Za-z0-9]+)")
 _NAME = re.compile(rb"/([A-Za-z0-9]+)")
 _IMAGE = re.compile(rb"/Subtype\s*/Image\b")
@@ -51,6 +53,8 @@ def check_inflated_size(data: bytes, *, budget: int = MAX_PDF_INFLATED_BYTES) ->
 def _streams(data: bytes) -> Iterator[tuple[bytes, bytes]]:
     """``(dictionary text, stream bytes up to endstream)`` of each ``N G obj << ... >> stream``."""
     for match in _STREAM.finditer(data):
+        if data[max(0, match.start() - 3) : match.start()] == b"end":
+            continue
         header = data[max(0, data.rfind(b"obj", 0, match.start())) : match.start()]
         if not header.rstrip().endswith(b">>"):
             continue  # the word "stream" inside some stream's data, not a stream of its own
