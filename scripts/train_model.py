@@ -10,7 +10,8 @@ minutes on 2 CPU cores:
    under ``build/model-data/`` (uint8, exact: the contract's values are multiples of 1/255).
    Negatives (``drawings.NEGATIVE_KINDS``: blank and near-blank pages, text, parts lists, title-block-only
    sheets, photo-like images, noise, heavily cropped drawings) join the training set as a seventh class,
-   ``not_a_drawing``.
+   ``not_a_drawing``. Extra drawings and negatives on small sheets (``SMALL_TRAIN_SIZES``, 640 down to
+   320 px across) keep thumbnails and low-dpi scans from being answered ``not_a_drawing``.
 2. Train a small CNN with two heads: class logits (cross-entropy over the six part classes and
    ``not_a_drawing``) and a 128-d L2-normalised embedding (normalised-softmax proxy loss on drawings, which
    clusters each class around one direction).
@@ -20,8 +21,9 @@ minutes on 2 CPU cores:
    (``CALIBRATION_SEED``): temperature by NLL, class prototypes from the training drawings, the prototype
    threshold at the calibration drawings' 1st percentile; write it as ``abstention.json`` next to the model
    and as the worker package's copy.
-5. Report held-out class accuracy and embedding recall@1, and the model card's abstention figures on the
-   evaluation set (``worker.dev.model_card``: drawings and negatives, unseen negative kinds included) into
+5. Report held-out class accuracy and embedding recall@1, the model card's abstention figures on the
+   evaluation set (``worker.dev.model_card``: drawings and negatives, unseen negative kinds included) and
+   its small-sheet answer fractions (the same drawings and negatives at 877 down to 320 px across) into
    ``model.metrics.json``.
 
 Usage: ``.venv-train/bin/python scripts/train_model.py [--epochs N] [--train-count N] [--out DIR]``
@@ -59,6 +61,14 @@ DEFAULT_OUT = model_spec.PACKAGE_DIR
 CACHE_DIR = ROOT / "build" / "model-data"
 #: Training drawings come at several resolutions so the model does not depend on the scan's dpi.
 TRAIN_SIZES: tuple[tuple[int, int], ...] = ((1754, 1240), (1315, 930), (877, 620), (2104, 1488))
+#: ... and small sheets (thumbnails, phone crops, low-dpi scans), drawings and negatives alike, so that a
+#: small sheet is neither "not a drawing" nor, for a negative, "a drawing" (docs/model-card.md, Limits).
+SMALL_TRAIN_SIZES: tuple[tuple[int, int], ...] = ((640, 452), (438, 310), (320, 226))
+SMALL_TRAIN_DRAWINGS = 900
+SMALL_TRAIN_NEGATIVES = 420
+#: The small sheets' drawing seeds are items SMALL_INDEX_OFFSET + i of the training base: new drawings,
+#: not the training drawings again at a smaller size.
+SMALL_INDEX_OFFSET = 100_000
 SEED = 20260101
 MAX_SHIFT_PX = 16
 GENERATOR_VERSION = "2"  # bump when worker/dev/drawings.py changes what it draws, to refresh the cache
@@ -153,6 +163,22 @@ def _negative_train_item(index: int) -> tuple[np.ndarray, int]:
     return _quantise(preprocess.image_to_tensor(image)), NOT_A_DRAWING_INDEX
 
 
+def _small_train_item(index: int) -> tuple[np.ndarray, int]:
+    label = model_spec.CLASS_NAMES[index % len(model_spec.CLASS_NAMES)]
+    size = SMALL_TRAIN_SIZES[(index // len(model_spec.CLASS_NAMES)) % len(SMALL_TRAIN_SIZES)]
+    seed = drawings.dataset_seed(SMALL_INDEX_OFFSET + index, seed=drawings.TRAIN_SEED)
+    data, _ = drawings.render_drawing(seed, label, size=size, fmt=_fmt(index))
+    return _quantise(preprocess.preprocess_bytes(data)), model_spec.CLASS_NAMES.index(label)
+
+
+def _small_negative_train_item(index: int) -> tuple[np.ndarray, int]:
+    kind = drawings.NEGATIVE_KINDS[index % len(drawings.NEGATIVE_KINDS)]
+    size = SMALL_TRAIN_SIZES[(index // len(drawings.NEGATIVE_KINDS)) % len(SMALL_TRAIN_SIZES)]
+    seed = drawings.dataset_seed(SMALL_INDEX_OFFSET + index, seed=drawings.TRAIN_SEED)
+    data, _ = drawings.render_negative(seed, kind, size=size, fmt=_fmt(index))
+    return _quantise(preprocess.preprocess_bytes(data)), NOT_A_DRAWING_INDEX
+
+
 def _fmt(index: int) -> drawings.Format:
     return "jpeg" if index % 3 == 2 else "png"
 
@@ -195,6 +221,8 @@ _ITEMS = {
     "train": _train_item,
     "heldout": _heldout_item,
     "train-negatives": _negative_train_item,
+    "train-small": _small_train_item,
+    "train-small-negatives": _small_negative_train_item,
     "calibration": _calibration_drawing,
     "calibration-negatives": _calibration_negative,
     "eval": _eval_drawing,
@@ -208,7 +236,7 @@ def _quantise(tensor: np.ndarray) -> np.ndarray:
 
 def _generate(kind: str, count: int, workers: int) -> tuple[np.ndarray, np.ndarray]:
     key = hashlib.sha256(
-        f"{kind}:{count}:{GENERATOR_VERSION}:{model_spec.INPUT_SIZE_PX}:{TRAIN_SIZES}".encode()
+        f"{kind}:{count}:{GENERATOR_VERSION}:{model_spec.INPUT_SIZE_PX}:{TRAIN_SIZES}:{SMALL_TRAIN_SIZES}".encode()
     ).hexdigest()[:12]
     path = CACHE_DIR / f"{kind}-{count}-{key}.npz"
     if path.exists():
@@ -224,6 +252,25 @@ def _generate(kind: str, count: int, workers: int) -> tuple[np.ndarray, np.ndarr
     np.savez(path, x=x, y=y)
     print(f"generated {count} {kind} items in {time.perf_counter() - started:.1f}s -> {path}", flush=True)
     return x, y
+
+
+def training_set(train_count: int, workers: int) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """Drawings and negatives at the training sizes, then at the small sizes; the counts for the metrics."""
+    x_draw, y_draw = _generate("train", train_count, workers)
+    x_neg, y_neg = _generate("train-negatives", TRAIN_NEGATIVES, workers)
+    x_small, y_small = _generate("train-small", SMALL_TRAIN_DRAWINGS, workers)
+    x_small_neg, y_small_neg = _generate("train-small-negatives", SMALL_TRAIN_NEGATIVES, workers)
+    counts = {
+        "drawings": len(y_draw) + len(y_small),
+        "negatives": len(y_neg) + len(y_small_neg),
+        "small_sheets": {
+            "sizes": [list(size) for size in SMALL_TRAIN_SIZES],
+            "drawings": len(y_small),
+            "negatives": len(y_small_neg),
+        },
+    }
+    x = np.concatenate([x_draw, x_neg, x_small, x_small_neg])
+    return x, np.concatenate([y_draw, y_neg, y_small, y_small_neg]), counts
 
 
 def _to_float(x: np.ndarray) -> torch.Tensor:
@@ -331,6 +378,23 @@ def run_onnx(path: Path, x: np.ndarray, batch: int = 64) -> tuple[np.ndarray, np
     return np.concatenate([p for p, _ in parts]), np.concatenate([e for _, e in parts])
 
 
+def small_sheets(onnx_path: Path, policy: abstention.Policy) -> dict[str, Any]:
+    """The card's small-sheet answer fractions (``model_card.small_sheet_figures``) on the exported graph."""
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    names = [s.name for s in model_spec.OUTPUTS]
+
+    def infer(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        probs, embeddings = session.run(names, {model_spec.INPUT.name: x})
+        return probs, embeddings
+
+    return {
+        "seed": model_card.SMALL_SHEET_SEED,
+        "drawings_per_size": model_card.SMALL_SHEET_DRAWINGS,
+        "negatives_per_size": model_card.SMALL_SHEET_NEGATIVES,
+        "by_size": model_card.small_sheet_figures(policy, infer),
+    }
+
+
 def verify_onnx(path: Path, x: np.ndarray, probs: np.ndarray, embs: np.ndarray) -> float:
     """Check the exported graph and return its max abs difference from torch on ``x``."""
     onnx.checker.check_model(str(path))
@@ -400,9 +464,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.use_deterministic_algorithms(True)
     torch.set_num_threads(int(os.environ.get("TRAIN_THREADS", "2")))
 
-    x_draw, y_draw = _generate("train", args.train_count, args.workers)
-    x_neg, y_neg = _generate("train-negatives", TRAIN_NEGATIVES, args.workers)
-    x_train, y_train = np.concatenate([x_draw, x_neg]), np.concatenate([y_draw, y_neg])
+    x_train, y_train, counts = training_set(args.train_count, args.workers)
     x_test, y_test = _generate("heldout", drawings.HELDOUT_COUNT, args.workers)
     data_s = time.perf_counter() - started
 
@@ -446,6 +508,7 @@ def main(argv: list[str] | None = None) -> int:
         ),
         "drawings_unsure": round(float(np.mean([d.label == model_spec.UNSURE for d in heldout_answers])), 4),
     }
+    small = small_sheets(onnx_path, policy)
     document = json.dumps(policy.to_json(), indent=1) + "\n"
     (args.out / abstention.POLICY_FILE).write_text(document)
 
@@ -475,11 +538,11 @@ def main(argv: list[str] | None = None) -> int:
                 **chosen,
             },
             "evaluation_variants": evaluation,
+            "small_sheets": small,
         },
         "train": {
             "count": len(y_train),
-            "drawings": len(y_draw),
-            "negatives": len(y_neg),
+            **counts,
             "seed": drawings.TRAIN_SEED,
             "epochs": args.epochs,
             "batch": args.batch,

@@ -8,14 +8,15 @@ docs/model-card.md quotes them. Pure numpy over the two served tensors.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
 import numpy as np
 import numpy.typing as npt
 
-from worker.runtime import abstention, model_spec
+from worker.dev import drawings
+from worker.runtime import abstention, model_spec, preprocess
 
 Array = npt.NDArray[Any]
 #: Bins of the expected calibration error (equal width over [0, 1]).
@@ -26,6 +27,16 @@ EVAL_SEED: Final = 3
 EVAL_DRAWINGS: Final = 240
 EVAL_NEGATIVES: Final = 264
 EVAL_SIZE: Final = (877, 620)
+#: The small-sheet measurement (docs/model-card.md, Limits): the same 48 drawings (8 per class) and 44
+#: negatives (4 per kind, all 11 kinds) rendered at each sheet size, so the sizes differ only in
+#: resolution. Seed 6: 3 is the evaluation set, 4 the INT8 calibration set, 5 the calibration split.
+#: 500 px is a width training never used; the others are training's small sizes plus the evaluation's.
+SMALL_SHEET_SEED: Final = 6
+SMALL_SHEET_SIZES: Final = ((877, 620), (640, 452), (500, 354), (438, 310), (320, 226))
+SMALL_SHEET_DRAWINGS: Final = 48
+SMALL_SHEET_NEGATIVES: Final = 44
+#: The model as a function: preprocessed float32 tensors ``(n, 1, 192, 192)`` -> (CLASS_PROBS, EMBEDDING).
+Infer = Callable[[npt.NDArray[np.float32]], tuple[Array, Array]]
 
 
 def expected_calibration_error(confidence: Array, correct: Array, *, bins: int = ECE_BINS) -> float:
@@ -184,4 +195,67 @@ def card_table(result: dict[str, Any], unseen: Sequence[str]) -> list[str]:
         note = " (kind unseen in training)" if kind in unseen else ""
         rejected = result["not_a_drawing_by_kind"][kind]
         lines.append(f"| detection of `{kind}`{note} | {rate:.4f} (not_a_drawing {rejected:.4f}) |")
+    return lines
+
+
+def small_sheet_inputs(size: tuple[int, int]) -> tuple[Array, Array, Array, list[str]]:
+    """The small-sheet set at one size, preprocessed: drawings, their class indices, negatives, kinds."""
+    drawn = list(drawings.dataset(SMALL_SHEET_DRAWINGS, seed=SMALL_SHEET_SEED, size=size, fmt="mixed"))
+    negatives = list(
+        drawings.negative_dataset(SMALL_SHEET_NEGATIVES, seed=SMALL_SHEET_SEED, size=size, fmt="mixed")
+    )
+    return (
+        np.stack([preprocess.preprocess_bytes(data) for data, _ in drawn]),
+        np.array([model_spec.CLASS_NAMES.index(label) for _, label in drawn]),
+        np.stack([preprocess.preprocess_bytes(data) for data, _ in negatives]),
+        [kind for _, kind in negatives],
+    )
+
+
+def answer_fractions(policy: abstention.Policy, served: Served) -> dict[str, dict[str, float]]:
+    """What share of drawings and of negatives gets each kind of answer (rounded to 4 places)."""
+    drawn = abstention.decide_batch(served.drawing_probs, served.drawing_embeddings, policy)
+    rejected = abstention.decide_batch(served.negative_probs, served.negative_embeddings, policy)
+    names = [model_spec.CLASS_NAMES[int(y)] for y in served.drawing_labels]
+    parts = model_spec.CLASS_NAMES
+    return {
+        "drawings": {
+            "correct": _rate([d.label == n for d, n in zip(drawn, names, strict=True)]),
+            "wrong_class": _rate(
+                [d.label in parts and d.label != n for d, n in zip(drawn, names, strict=True)]
+            ),
+            "unsure": _rate([d.label == model_spec.UNSURE for d in drawn]),
+            "not_a_drawing": _rate([d.label == model_spec.NOT_A_DRAWING for d in drawn]),
+        },
+        "negatives": {
+            "not_a_drawing": _rate([d.label == model_spec.NOT_A_DRAWING for d in rejected]),
+            "unsure": _rate([d.label == model_spec.UNSURE for d in rejected]),
+            "part_class": _rate([d.label in parts for d in rejected]),
+        },
+    }
+
+
+def small_sheet_figures(policy: abstention.Policy, infer: Infer) -> dict[str, dict[str, dict[str, float]]]:
+    """:func:`answer_fractions` at every ``SMALL_SHEET_SIZES`` size, keyed ``"WIDTHxHEIGHT"``."""
+    result = {}
+    for width, height in SMALL_SHEET_SIZES:
+        xd, yd, xn, kinds = small_sheet_inputs((width, height))
+        pd, ed = infer(xd.astype(np.float32))
+        pn, en = infer(xn.astype(np.float32))
+        result[f"{width}x{height}"] = answer_fractions(policy, Served(pd, ed, yd, pn, en, kinds))
+    return result
+
+
+def small_sheet_table(result: dict[str, dict[str, dict[str, float]]]) -> list[str]:
+    """Markdown lines of the card's small-sheet table for :func:`small_sheet_figures` output ``result``."""
+    lines = [
+        "| sheet (px) | drawings correct | wrong class | unsure | not_a_drawing"
+        " | negatives not_a_drawing | unsure | part class |",
+        "|------|------|------|------|------|------|------|------|",
+    ]
+    for size, row in result.items():
+        d, n = row["drawings"], row["negatives"]
+        cells = [d["correct"], d["wrong_class"], d["unsure"], d["not_a_drawing"]]
+        cells += [n["not_a_drawing"], n["unsure"], n["part_class"]]
+        lines.append(f"| {size} | " + " | ".join(f"{v:.4f}" for v in cells) + " |")
     return lines
