@@ -104,6 +104,10 @@ def settings_from_args(args: argparse.Namespace) -> WorkerSettings:
 def run_worker_command(args: argparse.Namespace) -> int:
     """``fleet worker``: the process exit code."""
     settings = settings_from_args(args)
+    if settings.worker_processes > 1:
+        from worker.runtime.supervisor import run_supervisor
+
+        return asyncio.run(run_supervisor(settings))
     return asyncio.run(run_worker(settings))
 
 
@@ -237,6 +241,7 @@ async def _start(worker: _Worker, settings: WorkerSettings) -> bool:
         version="+".join(m.version for m in worker.models.values()),
         slots=settings.pipeline_slots,
         instance=settings.instance,
+        pid=os.getpid(),
     )
     return True
 
@@ -330,7 +335,11 @@ def _exporter(settings: WorkerSettings, metrics: Metrics) -> MonitoringExporter 
         client = monitoring_v3.MetricServiceClient(transport=MetricServiceGrpcTransport(channel=channel))
     else:
         client = monitoring_v3.MetricServiceClient()
-    labels = ExportLabels(project=settings.project, instance=settings.instance, group=settings.instance_group)
+    # Each of a VM's worker processes writes its own series: one node id each (Monitoring refuses two
+    # writers of one series).
+    label = settings.worker_process_label
+    instance = f"{settings.instance}-{label}" if label else settings.instance
+    labels = ExportLabels(project=settings.project, instance=instance, group=settings.instance_group)
     return MonitoringExporter(metrics, labels, client=client, interval_s=settings.metrics_interval_s)
 
 

@@ -63,6 +63,8 @@ class WorkerSettings:
     model_name: str = "drawing_analyzer"
     models_dir: str = ""
     pipeline_slots: int = 32
+    worker_processes: int = 1
+    worker_process_label: str = ""
     max_batch_size: int = model_spec.WORKER_BATCH_SIZE
     max_batch_delay_ms: float = 5.0
     triton_batch_requests: int = 1
@@ -96,6 +98,7 @@ class WorkerSettings:
         problems = []
         for name in (
             "pipeline_slots",
+            "worker_processes",
             "max_batch_size",
             "preprocess_processes",
             "triton_batch_requests",
@@ -103,6 +106,8 @@ class WorkerSettings:
         ):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be >= 1")
+        if self.worker_processes > self.pipeline_slots:
+            problems.append("worker_processes must be <= pipeline_slots (the slots are split between them)")
         if not 10 <= self.ack_deadline_s <= 600:
             problems.append("ack_deadline_s must be within 10..600 (Pub/Sub limits)")
         for name in ("max_batch_delay_ms", "drain_budget_s", "triton_outage_exit_s", "idle_poll_max_ms"):
@@ -202,6 +207,17 @@ FIELDS: tuple[Option, ...] = (
         "folder of model packages to serve (default: the packages bundled with the worker)",
     ),
     Option("pipeline_slots", "FLEET_PIPELINE_SLOTS", "jobs leased at once (count); pull never exceeds it"),
+    Option(
+        "worker_processes",
+        "FLEET_WORKER_PROCESSES",
+        "worker processes on this VM (count); above 1 a supervisor splits the slots and decode processes "
+        "between them",
+    ),
+    Option(
+        "worker_process_label",
+        "FLEET_WORKER_PROCESS_LABEL",
+        "which of the VM's worker processes this is (set by the supervisor; suffix of the metrics' node id)",
+    ),
     Option("max_batch_size", "FLEET_MAX_BATCH_SIZE", "images per Triton request (count)"),
     Option("max_batch_delay_ms", "FLEET_MAX_BATCH_DELAY_MS", "longest wait to fill a batch (ms)"),
     Option(
