@@ -9,11 +9,11 @@ before). The children share the VM's one Triton; each watches the metadata serve
 Lifecycle: SIGTERM/SIGINT are forwarded to every child, which drains as a single worker does; the
 supervisor waits for all and exits with the worst exit code. A child that exits non-zero is restarted, at
 most ``MAX_RESTARTS`` times in ``RESTART_WINDOW_S`` (its leased jobs go back through Pub/Sub when their
-leases lapse); past that the rest are drained and the supervisor exits non-zero, so systemd and the MIG's
-health check see the failure as they see a single worker's. A child that exits 0 drained on purpose (the
-metadata server's preemption notice): the others are drained too. Children's log lines (stderr) are
-passed through whole; the supervisor logs ``worker processes started`` once every child logged
-``worker started``.
+leases lapse); past that the rest are drained and the supervisor exits with that child's code, so systemd
+and the MIG's health check see the failure as they see a single worker's. A child that exits 0 drained on
+purpose (the metadata server's preemption notice): the others are drained too. Children's log lines
+(stderr) are passed through whole; the supervisor logs ``worker processes started`` once every child
+logged ``worker started``.
 """
 
 from __future__ import annotations
@@ -133,14 +133,33 @@ class _Child:
 class Supervisor:
     """Runs the children until every one has ended; ``stop`` drains them."""
 
-    def __init__(self, settings: WorkerSettings, command: list[str] | None = None) -> None:
+    def __init__(
+        self,
+        settings: WorkerSettings,
+        command: list[str] | None = None,
+        *,
+        max_restarts: int = MAX_RESTARTS,
+        restart_delay_s: float = RESTART_DELAY_S,
+    ) -> None:
         self._settings = settings
         self._command = command or [sys.executable, "-m", "worker.cli", "worker"]
+        self._max_restarts = max_restarts
+        self._restart_delay_s = restart_delay_s
         self._children = [_Child(i, env) for i, env in enumerate(child_environments(settings))]
         self._stopping: asyncio.Event | None = None
-        self._failed = False
+        #: The exit code of a child that kept exiting past the restart limit: the supervisor's own.
+        self._failure_code: int | None = None
         self._all_ready = False
         self._stats: list[dict[str, Any]] = []
+
+    @property
+    def ready(self) -> bool:
+        """Every child has logged ``worker started`` (since the supervisor started)."""
+        return self._all_ready
+
+    def exits(self) -> list[list[int]]:
+        """Each child's exit codes, one per run, in order."""
+        return [list(child.exit_codes) for child in self._children]
 
     def stop(self, reason: str) -> None:
         """Forward a drain to every running child (from a signal handler or a failure)."""
@@ -167,9 +186,7 @@ class Supervisor:
         await asyncio.gather(*(self._keep_running(child) for child in self._children))
         self._write_stats()
         finals = [child.exit_codes[-1] for child in self._children if child.exit_codes]
-        code = worst_exit_code(finals)
-        if self._failed:
-            code = max(code, exit_codes.INTERNAL)
+        code = worst_exit_code(finals) if self._failure_code is None else self._failure_code
         exits = sum(len(child.exit_codes) for child in self._children)
         log.info("worker processes stopped", exit_code=code, count=exits)
         return code
@@ -186,15 +203,15 @@ class Supervisor:
             now = time.monotonic()
             while child.restarts and now - child.restarts[0] > RESTART_WINDOW_S:
                 child.restarts.popleft()
-            if len(child.restarts) >= MAX_RESTARTS:
+            if len(child.restarts) >= self._max_restarts:
                 log.error("worker process keeps exiting; stopping", pid=child.pid, exit_code=code)
-                self._failed = True
+                self._failure_code = worst_exit_code([code])
                 self.stop("restart limit")
                 return
             child.restarts.append(now)
             log.warning("worker process exited; restarting", pid=child.pid, exit_code=code)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), timeout=RESTART_DELAY_S)
+                await asyncio.wait_for(self._stopping.wait(), timeout=self._restart_delay_s)
             if self._stopping.is_set():
                 return
 
