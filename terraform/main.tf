@@ -20,6 +20,7 @@ locals {
   # (`fleet-env`, one KEY=value per line) and turned into an env file at boot by fleet-metadata-env.
   worker_optional_env = {
     FLEET_PIPELINE_SLOTS        = var.worker.pipeline_slots
+    FLEET_WORKER_PROCESSES      = var.worker.worker_processes
     FLEET_MAX_BATCH_SIZE        = var.worker.max_batch_size
     FLEET_MAX_BATCH_DELAY_MS    = var.worker.max_batch_delay_ms
     FLEET_PREPROCESS_PROCESSES  = var.worker.preprocess_processes != null ? var.worker.preprocess_processes : lookup(var.preprocess_processes_by_machine_type, var.machine_type, null)

@@ -75,9 +75,10 @@ variable "boot_disk" {
 }
 
 variable "worker" {
-  description = "Worker settings passed as FLEET_* environment variables through instance metadata. `allowed_input_buckets` (bucket names besides the inputs bucket that jobs may name) also gives the worker objectViewer on each. Null leaves the worker's own default (worker/runtime/settings.py), except `preprocess_processes`, which then follows `preprocess_processes_by_machine_type`. `drain_budget_s` must stay below the image's `docker stop -t` (25 s), itself below the 30 s spot notice."
+  description = "Worker settings passed as FLEET_* environment variables through instance metadata. `allowed_input_buckets` (bucket names besides the inputs bucket that jobs may name) also gives the worker objectViewer on each. Null leaves the worker's own default (worker/runtime/settings.py), except `preprocess_processes`, which then follows `preprocess_processes_by_machine_type`. `worker_processes` (null: 1) runs that many worker processes on each VM, which split `pipeline_slots` and `preprocess_processes` between them (docs/architecture.md, Several worker processes per VM). `drain_budget_s` must stay below the image's `docker stop -t` (25 s), itself below the 30 s spot notice."
   type = object({
     pipeline_slots         = optional(number)
+    worker_processes       = optional(number)
     max_batch_size         = optional(number)
     max_batch_delay_ms     = optional(number)
     preprocess_processes   = optional(number)
@@ -94,6 +95,11 @@ variable "worker" {
   validation {
     condition     = var.worker.drain_budget_s == null || (var.worker.drain_budget_s > 0 && var.worker.drain_budget_s <= 22)
     error_message = "worker.drain_budget_s must be in (0, 22]: the image stops the container with `docker stop -t 25` and spot VMs get 30 s."
+  }
+
+  validation {
+    condition     = var.worker.worker_processes == null || (var.worker.worker_processes >= 1 && var.worker.worker_processes <= coalesce(var.worker.pipeline_slots, 32))
+    error_message = "worker.worker_processes must be at least 1 and at most pipeline_slots (32 by default): the processes split the VM's slots."
   }
 
   validation {
