@@ -94,9 +94,14 @@ def settings_from_args(args: argparse.Namespace) -> WorkerSettings:
     settings = WorkerSettings.from_env(**overrides)
     if settings.one_at_a_time:
         # The naive baseline of the benchmark: one job in flight, no batching, no settle batching,
-        # decode in the main process.
+        # decode in the main process, one worker process.
         settings = dataclasses.replace(
-            settings, pipeline_slots=1, max_batch_size=1, max_batch_delay_ms=0.0, settle_interval_ms=0.0
+            settings,
+            pipeline_slots=1,
+            worker_processes=1,
+            max_batch_size=1,
+            max_batch_delay_ms=0.0,
+            settle_interval_ms=0.0,
         )
     return settings
 
