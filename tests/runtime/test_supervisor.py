@@ -24,6 +24,8 @@ mode, label = os.environ.get("FLEET_TEST_CHILD", ""), os.environ["FLEET_WORKER_P
 if mode == "crash":
     sys.exit(3)
 signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+if mode == "long-line":
+    sys.stderr.write("x" * (3 << 20) + "\\n")
 sys.stderr.write('{"message": "worker started", "slots": %s}\\n' % os.environ["FLEET_PIPELINE_SLOTS"])
 sys.stderr.flush()
 if mode == "p1-drains" and label == "p1":
@@ -121,6 +123,15 @@ def test_stop_drains_every_child_once_all_are_ready_and_the_stats_are_merged(
     assert run_supervisor(sup, stop_when_ready=True) == 0
     assert sup.exits() == [[0], [0]]  # each started once, drained, not restarted
     assert json.loads(stats.read_text())["jobs"] == 5
+
+
+def test_a_log_line_past_the_limit_is_passed_on_and_readiness_still_seen(
+    monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+) -> None:
+    sup = child_supervisor(monkeypatch, "long-line")
+    assert run_supervisor(sup, stop_when_ready=True) == 0  # it stops once both were seen ready
+    passed_on = capfd.readouterr().err
+    assert passed_on.count("x") == 2 * (3 << 20) and passed_on.count('"worker started"') == 2
 
 
 def test_a_child_that_drains_by_itself_drains_the_others(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -28,7 +28,7 @@ import signal
 import sys
 import time
 from collections import deque
-from typing import Any
+from typing import Any, BinaryIO
 
 from worker.runtime import telemetry
 from worker.runtime.settings import FIELDS, WorkerSettings
@@ -42,6 +42,8 @@ RESTART_DELAY_S = 1.0
 #: The line a child's worker logs when it is ready (worker/runtime/app.py ``_start``).
 READY_MARKER = b'"worker started"'
 _PR_SET_PDEATHSIG = 1
+#: Longest child log line passed through as a line (longer output is passed on in chunks).
+LINE_LIMIT_BYTES = 1 << 20
 
 
 def split(total: int, parts: int) -> list[int]:
@@ -220,7 +222,11 @@ class Supervisor:
         env = {**os.environ, **child.env}
         child.ready = False
         child.process = await asyncio.create_subprocess_exec(
-            *self._command, env=env, stderr=asyncio.subprocess.PIPE, preexec_fn=_die_with_parent
+            *self._command,
+            env=env,
+            stderr=asyncio.subprocess.PIPE,
+            preexec_fn=_die_with_parent,
+            limit=LINE_LIMIT_BYTES,
         )
         child.pid = child.process.pid
         assert self._stopping is not None
@@ -235,12 +241,23 @@ class Supervisor:
     async def _pass_output(self, child: _Child, process: asyncio.subprocess.Process) -> None:
         assert process.stderr is not None
         out = sys.stderr.buffer  # the children log JSON lines to stderr (telemetry.configure_logging)
-        async for line in process.stderr:
-            out.write(line)
-            out.flush()
-            if not child.ready and READY_MARKER in line:
-                child.ready = True
-                self._note_ready()
+        stream = process.stderr
+        while True:
+            try:
+                data = await stream.readuntil(b"\n")
+            except asyncio.IncompleteReadError as end:  # EOF: the child closed its stderr
+                self._forward(child, out, end.partial)
+                return
+            except asyncio.LimitOverrunError as long_line:  # passed on in pieces, nothing dropped
+                data = await stream.read(max(1, long_line.consumed))
+            self._forward(child, out, data)
+
+    def _forward(self, child: _Child, out: BinaryIO, data: bytes) -> None:
+        out.write(data)
+        out.flush()
+        if not child.ready and READY_MARKER in data:
+            child.ready = True
+            self._note_ready()
 
     def _note_ready(self) -> None:
         if not self._all_ready and all(c.ready for c in self._children):
