@@ -126,12 +126,15 @@ def test_stop_drains_every_child_once_all_are_ready_and_the_stats_are_merged(
 
 
 def test_a_log_line_past_the_limit_is_passed_on_and_readiness_still_seen(
-    monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
+    passed_on = tmp_path / "stderr"
     sup = child_supervisor(monkeypatch, "long-line")
-    assert run_supervisor(sup, stop_when_ready=True) == 0  # it stops once both were seen ready
-    passed_on = capfd.readouterr().err
-    assert passed_on.count("x") == 2 * (3 << 20) and passed_on.count('"worker started"') == 2
+    with passed_on.open("w", encoding="utf-8") as stderr, monkeypatch.context() as patch:
+        patch.setattr(sys, "stderr", stderr)  # the supervisor's stderr, and nobody else's
+        assert run_supervisor(sup, stop_when_ready=True) == 0  # it stops once both were seen ready
+    text = passed_on.read_text(encoding="utf-8")
+    assert text.count("x") == 2 * (3 << 20) and text.count('"worker started"') == 2
 
 
 def test_a_child_that_drains_by_itself_drains_the_others(monkeypatch: pytest.MonkeyPatch) -> None:
