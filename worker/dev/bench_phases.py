@@ -265,6 +265,9 @@ class Fleet:
 
     def _groups(self, slots: list[harness.ManagedProcess]) -> dict[str, list[int]]:
         mains = [slot.process.pid for slot in slots if slot.process is not None]
+        # FLEET_WORKER_PROCESSES > 1: the slot's process is a supervisor whose children are the worker
+        # processes (each with its pool); a worker's own children (pool, resource tracker) have none.
+        mains = [child for pid in mains for child in _worker_processes(pid)]
         pools = [child for pid in mains for child in child_pids(pid)]
         triton = self.stack.triton.process.pid if self.stack.triton and self.stack.triton.process else None
         return {
@@ -354,6 +357,13 @@ def _poll(condition: Any, what: str, timeout_s: float) -> None:
         if time.monotonic() > deadline:
             raise RuntimeError(what)
         time.sleep(0.01)
+
+
+def _worker_processes(pid: int) -> list[int]:
+    """``pid`` itself for a worker; a supervisor's children (those with children of their own) for one."""
+    children = child_pids(pid)
+    workers = [child for child in children if child_pids(child)]
+    return workers if len(workers) > 1 else [pid]
 
 
 def decode_ceiling(images: list[bytes], count: int, processes: int) -> float:
