@@ -173,7 +173,7 @@ def _numba_unfilter() -> Callable[[np.ndarray[Any, Any], int, int], np.ndarray[A
     """PNG unfiltering of 8-bit gray rows (filters 0-4) compiled by numba (Paeth is sequential: no numpy)."""
     import numba  # noqa: PLC0415
 
-    @numba.njit(nogil=True)
+    @numba.njit(nogil=True)  # type: ignore[untyped-decorator, unused-ignore]  # numba may be absent
     def unfilter(raw: np.ndarray[Any, Any], height: int, width: int) -> np.ndarray[Any, Any]:
         out = np.zeros((height + 1, width), np.uint8)  # row 0 is the zero row above the image
         for r in range(height):
