@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
 import sys
 from pathlib import Path
@@ -153,3 +154,11 @@ def test_a_crashing_child_is_restarted_up_to_the_limit_then_the_supervisor_fails
     # the first run and two restarts of one child, then the limit: its exit code is the supervisor's
     assert code == exit_codes.TRITON_OUTAGE
     assert [exit_codes.TRITON_OUTAGE] * 3 in sup.exits()
+
+
+def test_a_child_whose_supervisor_is_gone_exits_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(supervisor.SUPERVISOR_PID_ENV, str(os.getppid()))
+    supervisor.die_with_supervisor()  # its parent is the supervisor: carries on
+    monkeypatch.setenv(supervisor.SUPERVISOR_PID_ENV, str(os.getpid()))  # not its parent
+    with pytest.raises(SystemExit):
+        supervisor.die_with_supervisor()

@@ -108,6 +108,10 @@ def settings_from_args(args: argparse.Namespace) -> WorkerSettings:
 
 def run_worker_command(args: argparse.Namespace) -> int:
     """``fleet worker``: the process exit code."""
+    if os.environ.get("FLEET_SUPERVISOR_PID"):  # a supervisor's child: die with it
+        from worker.runtime.supervisor import die_with_supervisor
+
+        die_with_supervisor()
     settings = settings_from_args(args)
     if settings.worker_processes > 1:
         from worker.runtime.supervisor import run_supervisor

@@ -42,6 +42,8 @@ RESTART_DELAY_S = 1.0
 #: The line a child's worker logs when it is ready (worker/runtime/app.py ``_start``).
 READY_MARKER = b'"worker started"'
 _PR_SET_PDEATHSIG = 1
+#: Set by the supervisor in each child's environment: the pid its child checks it still belongs to.
+SUPERVISOR_PID_ENV = "FLEET_SUPERVISOR_PID"
 #: Longest child log line passed through as a line (longer output is passed on in chunks).
 LINE_LIMIT_BYTES = 1 << 20
 
@@ -115,10 +117,21 @@ def merge_stats(stats: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def _die_with_parent() -> None:
-    """In the child before exec: the kernel SIGKILLs it when the supervisor dies (Linux prctl)."""
+def die_with_supervisor() -> None:
+    """In a child worker process, first thing: the kernel SIGKILLs it when its supervisor dies.
+
+    Called after exec by the child itself (``fleet worker`` with ``SUPERVISOR_PID_ENV`` set), not as a
+    ``preexec_fn``: code between fork and exec in the threaded supervisor (or a test runner holding gRPC
+    threads) can deadlock or abort the child; after exec the child is single-threaded. A supervisor that
+    died before the prctl took effect leaves the child with another parent: it exits at once.
+    """
+    supervisor_pid = os.environ.get(SUPERVISOR_PID_ENV)
+    if not supervisor_pid:
+        return
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != int(supervisor_pid):
+        raise SystemExit(exit_codes.FAILED)
 
 
 @dataclasses.dataclass
@@ -219,13 +232,12 @@ class Supervisor:
 
     async def _run_once(self, child: _Child) -> int:
         """Start the child, pass its output through, wait for its exit; returns the exit code."""
-        env = {**os.environ, **child.env}
+        env = {**os.environ, **child.env, SUPERVISOR_PID_ENV: str(os.getpid())}
         child.ready = False
         child.process = await asyncio.create_subprocess_exec(
             *self._command,
             env=env,
             stderr=asyncio.subprocess.PIPE,
-            preexec_fn=_die_with_parent,
             limit=LINE_LIMIT_BYTES,
         )
         child.pid = child.process.pid
