@@ -246,6 +246,10 @@ class Supervisor:
             child.process.send_signal(signal.SIGTERM)
         await self._pass_output(child, child.process)
         code = await child.process.wait()
+        if code == -signal.SIGTERM and self._stopping.is_set():
+            # the drain's SIGTERM reached a child still starting (before it installs its handler, so before
+            # it leases any job): an orderly stop, not a failure
+            code = exit_codes.OK
         child.exit_codes.append(code)
         self._collect_stats(child)
         return code
