@@ -11,7 +11,8 @@ import jsonschema
 import pytest
 
 from worker.cli import main
-from worker.runtime import model_spec, policy, telemetry
+from worker.models.drawing_analyzer import model_spec
+from worker.runtime import policy, telemetry
 from worker.runtime.settings import FIELDS, WorkerSettings
 from worker.shared import contracts, errors
 from worker.shared.contracts import Rejection, Timeline

@@ -369,7 +369,7 @@ async def run_dlq_handler(settings: WorkerSettings) -> int:
         _gcs(settings, threads),
         notifier,
         settings=settings,
-        model_name=settings.model_name,
+        model_name="+".join(catalog.by_name),  # as a result no model answered names them
         model_version=lambda: "",
     )
     source = intake.PubSubSource(channel, settings.project, timeout_s=settings.pubsub_timeout_s)

@@ -17,7 +17,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from worker.runtime import model_spec
 from worker.shared import environment
 from worker.shared.resources import DEFAULT_CONFIG_PATH, load_resources
 
@@ -60,12 +59,11 @@ class WorkerSettings:
     results_prefix: str = _SHIPPED.results_prefix
     allowed_input_buckets: tuple[str, ...] = ()
     triton_grpc_url: str = "127.0.0.1:8001"
-    model_name: str = "drawing_analyzer"
     models_dir: str = ""
     pipeline_slots: int = 32
     worker_processes: int = 1
     worker_process_label: str = ""
-    max_batch_size: int = model_spec.WORKER_BATCH_SIZE
+    max_batch_size: int = 16
     max_batch_delay_ms: float = 5.0
     triton_batch_requests: int = 1
     preprocess_processes: int = 1
@@ -200,7 +198,6 @@ FIELDS: tuple[Option, ...] = (
         "comma list of buckets jobs may read (default: the input bucket)",
     ),
     Option("triton_grpc_url", environment.TRITON_GRPC_URL, "tritonserver gRPC host:port"),
-    Option("model_name", "FLEET_MODEL_NAME", "model name in the dead-letter handler's results"),
     Option(
         "models_dir",
         "FLEET_MODELS_DIR",
