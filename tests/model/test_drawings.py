@@ -99,7 +99,7 @@ def test_the_issue_inputs() -> None:
     assert Image.open(io.BytesIO(inputs["photo_like"])).mode == "RGB"
 
 
-# --- annotation symbols (issue 16: the symbol recognizer's ground truth) --------------------------------
+# --- annotation symbols (the symbol recognizer's ground truth) --------------------------------------------
 SMALL = (438, 310)
 
 

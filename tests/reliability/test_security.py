@@ -1,4 +1,4 @@
-"""Security properties of the worker (issue 9 item 3), tested from the outside.
+"""Security properties of the worker (docs/security.md), tested from the outside.
 
 - Reads only from the allowed input buckets: jobs naming another existing bucket (a "secrets" bucket, the
   results bucket) are refused with INPUT_NOT_ALLOWED and the object is never read.

@@ -193,7 +193,7 @@ def _fleet_phases(fleet: Fleet, args: argparse.Namespace) -> dict[str, Any]:
 
 
 def summarise(phases: dict[str, Any], args: argparse.Namespace, *, batch: int) -> dict[str, Any]:
-    """The report's keys (every one issue 8 lists) from the phases' raw figures."""
+    """The report's keys (docs/performance.md lists them) from the phases' raw figures."""
     raw, e2e, lat, naive, scaling = (phases[k] for k in ("raw", "e2e", "lat", "naive", "scaling"))
     stats = e2e["stats"]
     ceiling, interactive = phases["decode_ceiling"], phases["interactive"]

@@ -1,4 +1,4 @@
-"""Decoders side by side (issue 18): decode + preprocess to the model's tensor on the generator's drawings.
+"""Decoders side by side: decode + preprocess to the drawing model's tensor on the generator's drawings.
 
     .venv/bin/python scripts/decode-bench            # full run (make bench-decode): a table, a JSON line
     .venv/bin/python scripts/decode-bench --quick    # under a minute: one drawing per input, 30 held-out

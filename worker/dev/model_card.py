@@ -1,4 +1,4 @@
-"""The model card's abstention figures (issue 23), computed one way by training and by the test.
+"""The model card's abstention figures, computed one way by training and by the test.
 
 ``scripts/train_model.py`` runs the exported ONNX on the evaluation sets and writes :func:`figures` into
 ``model.metrics.json``; ``tests/model/test_abstention_card.py`` regenerates the same sets, runs them

@@ -1,11 +1,11 @@
 """Raster documents: one-page images (PNG, JPEG, GIF, BMP, WEBP, MPO) and multi-page TIFFs.
 
-A one-page input decodes through ``worker.runtime.documents.images.decode_image`` exactly as before pages
-existed (same format allow-list, bounds and errors: ``IMAGE_TOO_LARGE``, ``IMAGE_UNDECODABLE``), so a
-schema_version 1 job is answered as it always was. A TIFF with several frames is one page per frame: the
-IFDs are walked one at a time (at most ``MAX_DOCUMENT_PAGES`` + 1, so a file of a million tiny IFDs is
-refused without reading them all), each frame's size is read from its IFD before any pixel is decoded,
-and a frame over ``MAX_INPUT_PIXELS`` is ``PAGE_TOO_LARGE``.
+A one-page input decodes through ``worker.runtime.documents.images.decode_image`` (its format allow-list,
+bounds and errors: ``IMAGE_TOO_LARGE``, ``IMAGE_UNDECODABLE``), so a schema_version 1 job, which knows
+nothing of pages, is answered by the same rules as a one-page schema_version 2 job. A TIFF with several
+frames is one page per frame: the IFDs are walked one at a time (at most ``MAX_DOCUMENT_PAGES`` + 1, so a
+file of a million tiny IFDs is refused without reading them all), each frame's size is read from its IFD
+before any pixel is decoded, and a frame over ``MAX_INPUT_PIXELS`` is ``PAGE_TOO_LARGE``.
 """
 
 from __future__ import annotations
