@@ -65,7 +65,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--size", default="1754x1240", help="drawing size WxH in pixels (default A4 150 dpi)")
     parser.add_argument("--variants", type=int, default=12, help="distinct input drawings (default 12)")
     parser.add_argument(
-        "--model-repository", help="Triton repository to serve (default model_repository/cpu; GPU: .../gpu)"
+        "--model-repository",
+        help="Triton repository to serve (default: the CPU one generated from the packages; on a GPU VM the "
+        "one `fleet models repository --variant gpu` wrote)",
     )
     parser.add_argument(
         "--profile", action="store_true", help="also profile a worker (all-threads sampler) during e2e"
