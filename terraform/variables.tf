@@ -132,11 +132,11 @@ variable "autoscaler_cooldown_period_s" {
 }
 
 variable "autoscaler_backlog_per_vm" {
-  description = "Per-lane `single_instance_assignment`: unacked messages one VM is expected to absorb (each lane on its own count metric, autoscaler.tf). The group size is the largest of ceil(backlog / assignment) over the lanes. batch: the messages one VM clears while a new VM comes up (projected jobs/s of `machine_type` x 90 s baked-image boot, two significant figures: worker/dev/capacity.py `backlog_per_vm`, docs/capacity.md; tests/dev/test_capacity.py keeps it equal), so a burst adds VMs only for work the running ones could not finish before a new one serves. interactive: small, so any interactive backlog brings a VM at once. Set batch again from the projection when `machine_type` or the worker's processes change."
+  description = "Per-lane `single_instance_assignment`: unacked messages one VM is expected to absorb (each lane on its own count metric, autoscaler.tf). The group size is the largest of ceil(backlog / assignment) over the lanes. batch: the messages one VM clears while a new VM comes up (projected jobs/s of `machine_type` x 175 s cold boot of the baked image, docs/deploy.md; two significant figures: worker/dev/capacity.py `backlog_per_vm`, docs/capacity.md; tests/dev/test_capacity.py keeps it equal), so a burst adds VMs only for work the running ones could not finish before a new one serves. interactive: small, so any interactive backlog brings a VM at once. Set batch again from the projection when `machine_type` or the worker's processes change."
   type        = map(number)
   default = {
     interactive = 10
-    batch       = 18000
+    batch       = 35000
   }
 }
 
