@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from worker.runtime.model_packages import engine_build, items, onnx_tools, triton_repository
+from worker.runtime.model_packages import engine_build, handlers, items, onnx_tools, triton_repository
 from worker.runtime.model_packages.declaration import Declaration, PackageInvalid, read_declaration
 from worker.runtime.model_packages.items import Prepared
 from worker.runtime.model_packages.loader import load_package
@@ -259,3 +259,21 @@ def test_the_graph_check_refuses_a_free_dim_the_graph_fixes(tmp_path: Path) -> N
         PackageInvalid, match="input FEATURES: declared shape \\[-1\\] has a free dim the graph"
     ):
         onnx_tools.check_graph(package)
+
+
+def test_the_workers_preprocess_checks_bounds_today(tmp_path: Path) -> None:
+    # Given the detector returning a plain dict (one item, the worker's current contract)
+    handler = shaped.DETECTOR_HANDLER.replace(
+        'return Prepared([{"image/x.0": render(spec)}], context={"boxes": spec["boxes"]})',
+        'return {"image/x.0": render(spec)}',
+    )
+    folder = shaped.write_detector(tmp_path, handler=handler)
+    page = b'{"width": 64, "height": 40, "boxes": []}'
+    # When the worker's pool function preprocesses a page within the bounds, and one below them
+    assert handlers.run_preprocess(str(folder), page, {}).tensors["image/x.0"].shape == (1, 40, 64)
+    with pytest.raises(errors.TensorOutOfBounds, match=r"detector: input image/x\.0 has shape \[1, 4, 64\]"):
+        handlers.run_preprocess(str(folder), page.replace(b'"height": 40', b'"height": 4'), {})
+    # and a Prepared is refused by name until the worker batches items
+    prepared = shaped.write_detector(tmp_path / "p")
+    with pytest.raises(errors.ModelPreprocessFailed, match="preprocess returned Prepared, not a dict"):
+        handlers.run_preprocess(str(prepared), page, {})
