@@ -1,40 +1,61 @@
 # Scale on work waiting, per group, so the group can reach zero.
 #
-# Spot group: one metric policy per lane on pubsub.googleapis.com/subscription/num_undelivered_messages
-# (a per-group metric: resource pubsub_subscription, selected with `filter`) with
-# `single_instance_assignment` = messages one VM absorbs. The autoscaler takes the largest
-# recommendation of all policies, so N = max over lanes of ceil(backlog / assignment): zero when every
-# lane is empty, and one step to N when a burst lands. No CPU or per-instance (gce_instance) policy: an
-# autoscaler with one needs a VM to measure and never goes below one.
+# An autoscaler takes each Cloud Monitoring metric once ("one signal per metric type", at most 5 metric
+# signals: cloud.google.com/compute/docs/autoscaler/multiple-signals), so every signal of one autoscaler
+# names a different Pub/Sub metric; the filter picks the subscription (resource pubsub_subscription, a
+# per-group metric) and the autoscaler sums the time series the filter returns (the by-region metrics
+# have one per region).
 #
-# On-demand fallback: the same lanes, but on oldest_unacked_message_age with the assignment in seconds,
-# so it adds a VM only while jobs sit unserved for stall_age_s (spot stock-out) and returns to zero when
-# the spot group catches up.
+# Spot group: a message-count signal per lane with `single_instance_assignment` = messages one VM
+# absorbs. Each recommends ceil(count / assignment) VMs and the autoscaler takes the largest, so
+# N = max over lanes of ceil(backlog / assignment): zero when every lane is empty, and one step to N when a
+# burst lands. Two count metrics exist, num_undelivered_messages and num_unacked_messages_by_region (the
+# same count, split by region), one per lane. The dead-letter handler signals on the oldest unacked
+# message's age with an assignment of the subscription's whole retention: one VM for any dead letter. No
+# CPU or per-instance (gce_instance) policy: an autoscaler with one needs a VM to measure and never goes
+# below one.
+#
+# On-demand fallback: each lane on its own oldest-unacked-age metric, one VM per stall_age_s of age. The
+# autoscaler rounds up, so its first VM starts as soon as a lane has an unacked job, not after
+# stall_age_s (variables.tf, docs/deploy.md).
 
 locals {
   backlog_metric = "pubsub.googleapis.com/subscription/num_undelivered_messages"
   age_metric     = "pubsub.googleapis.com/subscription/oldest_unacked_message_age"
 
+  # Per lane of fleet.json: the count metric of the spot group and the age metric of the fallback.
+  lane_backlog_metric = {
+    interactive = "pubsub.googleapis.com/subscription/num_unacked_messages_by_region"
+    batch       = "pubsub.googleapis.com/subscription/num_undelivered_messages"
+  }
+  lane_stall_metric = {
+    interactive = "pubsub.googleapis.com/subscription/oldest_unacked_message_age"
+    batch       = "pubsub.googleapis.com/subscription/oldest_unacked_message_age_by_region"
+  }
+  dead_letter_handler_metric = "pubsub.googleapis.com/subscription/oldest_unacked_message_age"
+  # Pub/Sub drops a message after the subscription's retention, so its age never exceeds it.
+  dead_letter_handler_max_age_s = 604800
+
   spot_policies = merge(
     {
       for name, lane in local.lanes : name => {
-        metric     = local.backlog_metric
+        metric     = local.lane_backlog_metric[name]
         filter     = "resource.type = \"pubsub_subscription\" AND resource.labels.subscription_id = \"${lane.id}\""
         assignment = var.autoscaler_backlog_per_vm[name]
       }
     },
     var.worker.dead_letter_handler_vm ? {
       dead-letter-handler = {
-        metric     = local.backlog_metric
+        metric     = local.dead_letter_handler_metric
         filter     = "resource.type = \"pubsub_subscription\" AND resource.labels.subscription_id = \"${local.dead_letter_handler_subscription}\""
-        assignment = var.autoscaler_dead_letter_backlog_per_vm
+        assignment = local.dead_letter_handler_max_age_s
       }
     } : {},
   )
 
   fallback_policies = {
     for name, lane in local.lanes : name => {
-      metric     = local.age_metric
+      metric     = local.lane_stall_metric[name]
       filter     = "resource.type = \"pubsub_subscription\" AND resource.labels.subscription_id = \"${lane.id}\""
       assignment = var.on_demand_fallback.stall_age_s[name]
     }
@@ -98,6 +119,10 @@ resource "google_compute_region_autoscaler" "workers" {
     precondition {
       condition     = length(each.value.policies) <= 5
       error_message = "An autoscaler takes at most 5 metric policies (one per lane, plus the dead-letter handler)."
+    }
+    precondition {
+      condition     = length(distinct([for p in values(each.value.policies) : p.metric])) == length(each.value.policies)
+      error_message = "An autoscaler takes each Cloud Monitoring metric once: give every lane of fleet.json its own metric in lane_backlog_metric / lane_stall_metric."
     }
     precondition {
       condition     = alltrue([for name in keys(local.lanes) : contains(keys(var.autoscaler_backlog_per_vm), name)])

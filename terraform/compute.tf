@@ -12,9 +12,33 @@ locals {
   # fleet-health's port on the VM (FLEET_HEALTH_PORT's default); the firewall opens it to Google's probers.
   health_port = 8080
 
+  # Registries that Private Google Access reaches (no NAT needed): Artifact Registry and gcr.io.
+  image_host               = split("/", var.container_image)[0]
+  image_on_google_registry = endswith(local.image_host, "-docker.pkg.dev") || local.image_host == "gcr.io" || endswith(local.image_host, ".gcr.io")
+
   # Resolved here rather than in the template: a new image in the family changes the template, which
   # (create_before_destroy + the MIG update policy) rolls it out; a family URL would drift silently.
   worker_image = data.google_compute_image.worker.self_link
+
+  # VMs a rollout creates beyond the group's size (update_policy below).
+  max_surge = max(length(var.zones), 3)
+
+  # GPUs per VM: `gpu` for general-purpose types; accelerator-optimized types carry theirs.
+  accelerator_optimized_gpus = {
+    "g2-standard-4"  = 1
+    "g2-standard-8"  = 1
+    "g2-standard-12" = 1
+    "g2-standard-16" = 1
+    "g2-standard-24" = 2
+    "g2-standard-32" = 1
+    "g2-standard-48" = 4
+    "g2-standard-96" = 8
+    "a2-highgpu-1g"  = 1
+    "a2-highgpu-2g"  = 2
+    "a2-highgpu-4g"  = 4
+    "a2-highgpu-8g"  = 8
+  }
+  gpus_per_vm = var.gpu != null ? var.gpu.count : lookup(local.accelerator_optimized_gpus, var.machine_type, 1)
 
   provisioning = merge(
     {
@@ -103,7 +127,29 @@ resource "google_compute_region_instance_template" "worker" {
 
   lifecycle {
     create_before_destroy = true
+
+    # No external IP: the VM reaches Google APIs (Pub/Sub, GCS, Monitoring, Artifact Registry at
+    # *-docker.pkg.dev and gcr.io) only through Private Google Access on its subnetwork, and any other
+    # registry only through Cloud NAT (cloud.google.com/vpc/docs/private-google-access,
+    # cloud.google.com/artifact-registry/docs/securing-with-vpc-sc).
+    precondition {
+      condition     = var.network.create || try(data.google_compute_subnetwork.provided[0].private_ip_google_access, false)
+      error_message = "network.subnetwork must have Private Google Access on: the workers have no external IP and reach Pub/Sub, GCS and Artifact Registry only through it."
+    }
+    precondition {
+      condition     = local.image_on_google_registry || (var.network.create ? var.network.enable_nat : var.network.external_egress)
+      error_message = "container_image is not on Artifact Registry or gcr.io: VMs without an external IP pull it only through Cloud NAT (network.enable_nat, or network.external_egress = true for a provided subnetwork that has NAT)."
+    }
   }
+}
+
+# The subnetwork the workers join when the module does not create one: checked for Private Google Access.
+data "google_compute_subnetwork" "provided" {
+  count = var.network.create ? 0 : 1
+
+  self_link = var.network.subnetwork
+
+  depends_on = [google_project_service.apis]
 }
 
 resource "google_compute_region_instance_group_manager" "workers" {
@@ -132,7 +178,8 @@ resource "google_compute_region_instance_group_manager" "workers" {
     instance_redistribution_type   = "NONE"
     replacement_method             = "SUBSTITUTE"
     # Regional MIGs need 0 or at least one per zone; surge first so the backlog keeps being served.
-    max_surge_fixed       = max(length(var.zones), 3)
+    # The surge VMs come on top of max_replicas: the GPU quota must cover both (gpu_quota_required).
+    max_surge_fixed       = local.max_surge
     max_unavailable_fixed = 0
   }
 
@@ -150,8 +197,18 @@ resource "google_compute_region_instance_group_manager" "workers" {
     force_update_on_repair    = "YES"
   }
 
-  # Creating the group must not wait for VMs: at size zero there are none.
-  wait_for_instances = false
+  # A new template (new image or image tag, create_before_destroy + name_prefix) replaces the VMs
+  # surge-first; Terraform deletes the old template after this resource's update returns, and the API
+  # refuses while any VM of the group still runs from it (`resourceInUseByAnotherResource`,
+  # hashicorp/terraform-provider-google#1448). So the update returns only once every VM runs the new
+  # version (UPDATED: version target reached and the group stable). At size zero that is at once.
+  wait_for_instances        = true
+  wait_for_instances_status = "UPDATED"
+
+  timeouts {
+    create = "${var.rollout_timeout_min}m"
+    update = "${var.rollout_timeout_min}m"
+  }
 
   depends_on = [
     google_pubsub_subscription_iam_member.worker,

@@ -138,6 +138,20 @@ resource "google_monitoring_metric_descriptor" "jobs_completed" {
   depends_on = [google_project_service.apis]
 }
 
+# An alert policy on a metric this apply creates fails until Monitoring can find the metric: `Error 404:
+# Cannot find metric(s) that match type = ... If a metric was created recently, it could take up to 10
+# minutes to become available` (hashicorp/terraform-provider-google#11102, open since 2022). depends_on
+# orders the API calls but cannot wait for that; this sleep does, on the apply that creates (or recreates)
+# the metrics, and costs nothing on later applies.
+resource "time_sleep" "created_metrics_usable" {
+  create_duration = "${var.created_metric_wait_s}s"
+
+  triggers = {
+    worker_restarts = google_logging_metric.worker_restarts.id
+    jobs_completed  = google_monitoring_metric_descriptor.jobs_completed.id
+  }
+}
+
 resource "google_monitoring_alert_policy" "oldest_unacked" {
   for_each = local.lanes
 
@@ -223,7 +237,7 @@ resource "google_monitoring_alert_policy" "failures" {
     content   = "Workers report failed jobs. The `error.code` in the worker logs and in results/<job_id>.json tells permanent input errors from infrastructure trouble."
   }
 
-  depends_on = [google_monitoring_metric_descriptor.jobs_completed]
+  depends_on = [time_sleep.created_metrics_usable]
 }
 
 # --- a crash-looping worker ------------------------------------------------------------------------------
@@ -269,6 +283,8 @@ resource "google_monitoring_alert_policy" "worker_crash_loop" {
     mime_type = "text/markdown"
     content   = "The worker container keeps exiting on one VM. Read `/var/log/fleet/worker.log` in Logging (log `fleet_worker`) for the exit reason: an unpullable image, a bad FLEET_* setting, Triton not ready, or a failing model package. After 10 starts in 10 min systemd gives up and the MIG repairs the VM."
   }
+
+  depends_on = [time_sleep.created_metrics_usable]
 }
 
 # --- at max size while the backlog grows ---------------------------------------------------------------

@@ -91,3 +91,15 @@ output "client_env" {
     FLEET_RESULTS_BUCKET = local.buckets.results
   }
 }
+
+output "gpu_quota_required" {
+  description = "GPUs to request before the first apply (docs/deploy.md step 2): each group at its max size plus the VMs a rollout adds on top (max_surge). `preemptible_region` counts against the region's preemptible GPU quota (spot), `on_demand_region` against its GPU quota (fallback group only), `all_regions` against GPUS_ALL_REGIONS; vCPU quota follows the machine type times the same VM counts (`vms`)."
+  value = {
+    gpus_per_vm        = local.gpus_per_vm
+    max_surge          = local.max_surge
+    vms                = { for key, p in local.provisioning : key => p.max_replicas + local.max_surge }
+    preemptible_region = (var.autoscaler_max_replicas + local.max_surge) * local.gpus_per_vm
+    on_demand_region   = var.on_demand_fallback.enabled ? (var.on_demand_fallback.max_replicas + local.max_surge) * local.gpus_per_vm : 0
+    all_regions        = sum([for p in values(local.provisioning) : (p.max_replicas + local.max_surge) * local.gpus_per_vm])
+  }
+}

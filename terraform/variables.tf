@@ -132,18 +132,12 @@ variable "autoscaler_cooldown_period_s" {
 }
 
 variable "autoscaler_backlog_per_vm" {
-  description = "Per-lane `single_instance_assignment`: undelivered messages one VM is expected to absorb. The group size is the largest of ceil(backlog / assignment) over the lanes. batch: the messages one VM clears while a new VM comes up (projected jobs/s of `machine_type` x 90 s baked-image boot, two significant figures: worker/dev/capacity.py `backlog_per_vm`, docs/capacity.md; tests/dev/test_capacity.py keeps it equal), so a burst adds VMs only for work the running ones could not finish before a new one serves. interactive: small, so any interactive backlog brings a VM at once. Set batch again from the projection when `machine_type` or the worker's processes change."
+  description = "Per-lane `single_instance_assignment`: unacked messages one VM is expected to absorb (each lane on its own count metric, autoscaler.tf). The group size is the largest of ceil(backlog / assignment) over the lanes. batch: the messages one VM clears while a new VM comes up (projected jobs/s of `machine_type` x 175 s cold boot of the baked image, docs/deploy.md; two significant figures: worker/dev/capacity.py `backlog_per_vm`, docs/capacity.md; tests/dev/test_capacity.py keeps it equal), so a burst adds VMs only for work the running ones could not finish before a new one serves. interactive: small, so any interactive backlog brings a VM at once. Set batch again from the projection when `machine_type` or the worker's processes change."
   type        = map(number)
   default = {
     interactive = 10
-    batch       = 18000
+    batch       = 35000
   }
-}
-
-variable "autoscaler_dead_letter_backlog_per_vm" {
-  description = "`single_instance_assignment` for the dead-letter handler subscription: any dead-letter backlog brings up one VM (whose handler answers it) even when the job lanes are empty."
-  type        = number
-  default     = 1000
 }
 
 variable "autoscaler_scale_in_max_replicas" {
@@ -182,7 +176,7 @@ variable "scaling_schedules" {
 }
 
 variable "on_demand_fallback" {
-  description = "A second, on-demand group for spot stock-outs. It scales on the age of the oldest unacked message per lane (`single_instance_assignment` = stall_age_s), so it stays at zero while the spot group keeps up and grows only when jobs stall."
+  description = "A second, on-demand group for spot stock-outs. Each lane signals on its own oldest-unacked-age metric with `single_instance_assignment` = stall_age_s: the autoscaler asks for ceil(age / stall_age_s) VMs, so the first on-demand VM starts as soon as a lane holds an unacked job (not after stall_age_s) and one more per stall_age_s of age, up to max_replicas. It therefore runs beside the spot group whenever there is a backlog: enable it only where missing spot capacity costs more than on-demand hours (docs/deploy.md)."
   type = object({
     enabled      = optional(bool, false)
     max_replicas = optional(number, 2)
@@ -202,14 +196,26 @@ variable "update_policy_type" {
   }
 }
 
+variable "rollout_timeout_min" {
+  description = "Minutes `terraform apply` waits for a group to run the new template on every VM (wait_for_instances_status = UPDATED) before it fails; the old template is deleted only after that. A rollout replaces max_surge VMs at a time, each taking a boot (docs/deploy.md boot estimate; 5-15 min more when the engine cache misses), so allow ceil(max_replicas / max_surge) boots."
+  type        = number
+  default     = 60
+
+  validation {
+    condition     = var.rollout_timeout_min >= 15
+    error_message = "rollout_timeout_min must be at least 15 (one cold boot with an engine build)."
+  }
+}
+
 variable "network" {
-  description = "Network of the workers. With `create = true` the module makes a VPC and subnetwork with Private Google Access and Cloud NAT; otherwise it uses `subnetwork` (self link), which must already have Private Google Access."
+  description = "Network of the workers. With `create = true` the module makes a VPC and subnetwork with Private Google Access and Cloud NAT (`enable_nat`); otherwise it uses `subnetwork` (self link), which must have Private Google Access (checked at plan), and `external_egress = true` states that it has Cloud NAT, needed only when `container_image` is outside Artifact Registry and gcr.io (checked at plan)."
   type = object({
     create        = optional(bool, true)
     subnetwork    = optional(string)
     subnet_cidr   = optional(string, "10.64.0.0/24")
-    enable_nat    = optional(bool, true)
-    allow_iap_ssh = optional(bool, true)
+    enable_nat      = optional(bool, true)
+    allow_iap_ssh   = optional(bool, true)
+    external_egress = optional(bool, false)
   })
   default = {}
 
@@ -283,6 +289,17 @@ variable "alerts" {
     at_max_for_s          = optional(number, 900)
   })
   default = {}
+}
+
+variable "created_metric_wait_s" {
+  description = "Seconds the apply that creates the log-based metric and the metric descriptor waits before creating the alert policies on them: Monitoring answers 404 for up to 10 minutes after a metric is created (hashicorp/terraform-provider-google#11102). Only that apply waits."
+  type        = number
+  default     = 600
+
+  validation {
+    condition     = var.created_metric_wait_s >= 0 && var.created_metric_wait_s <= 900
+    error_message = "created_metric_wait_s must be between 0 and 900 (the documented delay is up to 600)."
+  }
 }
 
 variable "enable_apis" {

@@ -1,6 +1,7 @@
-"""The google provider's real schema (npm `@cdktf/provider-google`) and a check of terraform/ against it.
+"""The providers' real schemas (npm `@cdktf/provider-google`, `-time`) and a check of terraform/ against them.
 
-``@cdktf/provider-google`` 16.12.1 is generated from hashicorp/google 6.50.0. Its ``.jsii`` manifest (99 MB)
+``@cdktf/provider-google`` 16.12.1 is generated from hashicorp/google 6.50.0 (and ``@cdktf/provider-time``
+11.0.1 from hashicorp/time 0.13.1, whose ``time_sleep`` the module uses). Its ``.jsii`` manifest (99 MB)
 describes, for every resource, data source and the provider itself, a config struct: each property is one
 argument or nested block (camelCase; the original snake_case name is in the property's registry link),
 optional or required, and a nested block's type is another struct. ``fetch`` packs the package with npm,
@@ -11,7 +12,8 @@ arguments that are not set. It catches what HCL parsing and checkov cannot: a mi
 that does not exist at that level, a resource type that is not in the provider.
 
 Usage: ``python -m tests.infra.provider_schema fetch`` (what scripts/lint-infra runs first) and
-``python -m tests.infra.provider_schema check``.
+``python -m tests.infra.provider_schema check``. A resource type is checked against the provider its name
+starts with (``google_``, ``time_``).
 """
 
 from __future__ import annotations
@@ -32,11 +34,34 @@ from typing import Any
 
 from ._files import REPO, TERRAFORM, parse_hcl
 
-PACKAGE = "@cdktf/provider-google"
-PACKAGE_VERSION = "16.12.1"
-PROVIDER_VERSION = "6.50.0"
-SCHEMA_DIR = REPO / ".tools" / "provider-google" / PACKAGE_VERSION
-SCHEMA_FILE = SCHEMA_DIR / "schema.json"
+
+@dataclass(frozen=True)
+class Provider:
+    """A Terraform provider and the cdktf npm package generated from one version of it."""
+
+    name: str
+    package: str
+    package_version: str
+    provider_version: str
+
+    @property
+    def schema_file(self) -> Path:
+        return REPO / ".tools" / f"provider-{self.name}" / self.package_version / "schema.json"
+
+    @property
+    def registry(self) -> str:
+        return f"https://registry.terraform.io/providers/hashicorp/{self.name}/{self.provider_version}/docs"
+
+
+GOOGLE = Provider("google", "@cdktf/provider-google", "16.12.1", "6.50.0")
+TIME = Provider("time", "@cdktf/provider-time", "11.0.1", "0.13.1")
+PROVIDERS = (GOOGLE, TIME)
+
+PACKAGE = GOOGLE.package
+PACKAGE_VERSION = GOOGLE.package_version
+PROVIDER_VERSION = GOOGLE.provider_version
+SCHEMA_DIR = GOOGLE.schema_file.parent
+SCHEMA_FILE = GOOGLE.schema_file
 
 # Terraform's own arguments and blocks: valid on every resource/data block, never in a provider schema.
 META_ARGUMENTS = frozenset(
@@ -45,8 +70,11 @@ META_ARGUMENTS = frozenset(
 MODULE_META_ARGUMENTS = frozenset({"source", "version", "count", "for_each", "providers", "depends_on"})
 PROVIDER_META_ARGUMENTS = frozenset({"alias", "version"})
 
-_REGISTRY = f"https://registry.terraform.io/providers/hashicorp/google/{PROVIDER_VERSION}/docs"
-_CLASS_LINK = re.compile(re.escape(_REGISTRY) + r"(?:/(resources|data-sources)/(\w+))? (\w+)\}")
+
+def _class_link(provider: Provider) -> re.Pattern[str]:
+    return re.compile(re.escape(provider.registry) + r"(?:/(resources|data-sources)/(\w+))? (\w+)\}")
+
+
 _PROPERTY_ANCHOR = re.compile(r"#(\w+) \w+#\w+\}")
 
 
@@ -84,21 +112,22 @@ def _property_name(prop: dict[str, Any]) -> str:
     return match.group(1) if match else _snake(prop["name"])
 
 
-def reduce_manifest(manifest: dict[str, Any]) -> dict[str, Any]:
+def reduce_manifest(manifest: dict[str, Any], provider: Provider = GOOGLE) -> dict[str, Any]:
     """The parts of a ``.jsii`` manifest the check needs: entry points and the structs they reach."""
+    class_link = _class_link(provider)
     types: dict[str, Any] = manifest["types"]
     entries: dict[str, dict[str, str]] = {"resource": {}, "data": {}, "provider": {}}
     for spec in types.values():
         if spec.get("kind") != "class" or "initializer" not in spec:
             continue
-        link = _CLASS_LINK.search(spec.get("docs", {}).get("summary", ""))
+        link = class_link.search(spec.get("docs", {}).get("summary", ""))
         if not link:
             continue
         params = [p for p in spec["initializer"].get("parameters", []) if p["name"] == "config"]
         if not params:
             continue
         kind = {"resources": "resource", "data-sources": "data", None: "provider"}[link.group(1)]
-        name = link.group(3) if kind != "provider" else "google"
+        name = link.group(3) if kind != "provider" else provider.name
         entries[kind][name] = params[0]["type"]["fqn"]
     structs: dict[str, dict[str, list[Any]]] = {}
     pending = [fqn for kind in entries.values() for fqn in kind.values()]
@@ -114,23 +143,31 @@ def reduce_manifest(manifest: dict[str, Any]) -> dict[str, Any]:
                 pending.append(block)
         structs[fqn] = attrs
     return {
-        "package": f"{PACKAGE}@{PACKAGE_VERSION}",
-        "provider": f"hashicorp/google {PROVIDER_VERSION}",
+        "package": f"{provider.package}@{provider.package_version}",
+        "provider": f"hashicorp/{provider.name} {provider.provider_version}",
         "resource": entries["resource"],
         "data": entries["data"],
-        "provider_config": entries["provider"]["google"],
+        "provider_config": entries["provider"][provider.name],
         "structs": structs,
     }
 
 
-def fetch(target: Path = SCHEMA_FILE, *, npm: str = "npm") -> Path:
+def fetch(target: Path | None = None, *, npm: str = "npm", provider: Provider = GOOGLE) -> Path:
     """``npm pack`` the package, extract its ``.jsii`` only, keep the reduced schema at ``target``."""
+    target = target or provider.schema_file
     if target.is_file():
         return target
     started = time.monotonic()
     with tempfile.TemporaryDirectory() as tmp:
         subprocess.run(
-            [npm, "pack", f"{PACKAGE}@{PACKAGE_VERSION}", "--silent", "--pack-destination", tmp],
+            [
+                npm,
+                "pack",
+                f"{provider.package}@{provider.package_version}",
+                "--silent",
+                "--pack-destination",
+                tmp,
+            ],
             check=True,
             stdout=subprocess.DEVNULL,
         )
@@ -141,15 +178,18 @@ def fetch(target: Path = SCHEMA_FILE, *, npm: str = "npm") -> Path:
             if member is None:
                 raise RuntimeError(f"{tarball.name} has no package/.jsii")
             manifest = json.load(member)
-    if manifest.get("version") != PACKAGE_VERSION:
-        raise RuntimeError(f"expected {PACKAGE}@{PACKAGE_VERSION}, got {manifest.get('version')}")
-    schema = reduce_manifest(manifest)
+    if manifest.get("version") != provider.package_version:
+        raise RuntimeError(
+            f"expected {provider.package}@{provider.package_version}, got {manifest.get('version')}"
+        )
+    schema = reduce_manifest(manifest, provider)
     target.parent.mkdir(parents=True, exist_ok=True)
     partial = target.with_suffix(".tmp")
     partial.write_text(json.dumps(schema, separators=(",", ":"), sort_keys=True), encoding="utf-8")
     partial.replace(target)
     print(
-        f"   {PACKAGE}@{PACKAGE_VERSION}: {packed_mb:.1f} MB packed -> {target.stat().st_size / 1e6:.1f} MB "
+        f"   {provider.package}@{provider.package_version}: {packed_mb:.1f} MB packed -> "
+        f"{target.stat().st_size / 1e6:.1f} MB "
         f"schema ({len(schema['resource'])} resources, {len(schema['data'])} data sources) "
         f"in {time.monotonic() - started:.1f} s"
     )
@@ -162,6 +202,11 @@ def load(path: Path = SCHEMA_FILE) -> dict[str, Any]:
         raise FileNotFoundError(f"{path} is missing: run `python -m tests.infra.provider_schema fetch`")
     data: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
     return data
+
+
+def load_others() -> dict[str, dict[str, Any]]:
+    """The reduced schemas of the providers besides google, by the prefix of their resource types."""
+    return {p.name: load(p.schema_file) for p in PROVIDERS if p is not GOOGLE}
 
 
 # --- the check ---------------------------------------------------------------------------------------
@@ -244,8 +289,16 @@ def terraform_files(root: Path = TERRAFORM) -> list[Path]:
     return sorted(p for p in root.rglob("*.tf") if ".terraform" not in p.parts)
 
 
-def check(schema: dict[str, Any], files: list[Path] | None = None) -> tuple[list[str], dict[str, int]]:
-    """Problems found in ``files`` (module and examples by default), and counts of what was checked."""
+def check(
+    schema: dict[str, Any],
+    files: list[Path] | None = None,
+    *,
+    others: dict[str, dict[str, Any]] | None = None,
+) -> tuple[list[str], dict[str, int]]:
+    """Problems found in ``files`` (module and examples by default), and counts of what was checked.
+
+    ``schema`` is the google provider's; ``others`` the other providers' by resource-type prefix."""
+    others = others or {}
     problems: list[str] = []
     counted = {"resource": 0, "data": 0, "provider": 0, "module": 0}
     for path in files or terraform_files():
@@ -257,11 +310,12 @@ def check(schema: dict[str, Any], files: list[Path] | None = None) -> tuple[list
                     for name, body in named.items():
                         counted[kind] += 1
                         where = f"{rel}: {kind} {rtype}.{name}"
-                        fqn = schema[kind].get(rtype)
+                        owner = others.get(rtype.split("_", 1)[0], schema)
+                        fqn = owner[kind].get(rtype)
                         if fqn is None:
-                            problems.append(f"{where}: no such {kind} type in {schema['provider']}")
+                            problems.append(f"{where}: no such {kind} type in {owner['provider']}")
                             continue
-                        problems += _check_struct(schema, fqn, body, where, top=True)
+                        problems += _check_struct(owner, fqn, body, where, top=True)
         for block in parsed.get("provider", []):
             for pname, body in block.items():
                 counted["provider"] += 1
@@ -286,13 +340,16 @@ def main(argv: list[str] | None = None) -> int:
         if not shutil.which("npm"):
             print("npm is needed once to fetch the provider schema (apt-get install npm)", file=sys.stderr)
             return 1
-        fetch()
+        for provider in PROVIDERS:
+            fetch(provider=provider)
         return 0
-    problems, counted = check(load())
+    others = load_others()
+    problems, counted = check(load(), others=others)
     for problem in problems:
         print(f"   {problem}", file=sys.stderr)
     summary = ", ".join(f"{n} {k}" for k, n in counted.items())
-    print(f"   {summary} checked against {load()['provider']}: {len(problems)} problem(s)")
+    against = ", ".join([load()["provider"], *(o["provider"] for o in others.values())])
+    print(f"   {summary} checked against {against}: {len(problems)} problem(s)")
     return 1 if problems else 0
 
 

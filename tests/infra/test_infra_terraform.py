@@ -233,8 +233,13 @@ def test_autoscaler_can_reach_zero() -> None:
     assert content["single_instance_assignment"] == "${metric.value.assignment}"
     assert "target" not in content
     loc = locals_()
-    assert loc["backlog_metric"] == "pubsub.googleapis.com/subscription/num_undelivered_messages"
-    assert loc["age_metric"] == "pubsub.googleapis.com/subscription/oldest_unacked_message_age"
+    # Every lane of fleet.json has its own Pub/Sub metric in each group (the rule: test_cloud_rules.py).
+    lanes = {lane.name for lane in load_resources(TERRAFORM / "fleet.json").lanes}
+    for by_lane in ("lane_backlog_metric", "lane_stall_metric"):
+        assert set(loc[by_lane]) == lanes, by_lane
+        assert all(str(m).startswith("pubsub.googleapis.com/subscription/") for m in loc[by_lane].values())
+    assert "local.lane_backlog_metric[name]" in loc["spot_policies"]
+    assert "local.lane_stall_metric[name]" in loc["fallback_policies"]
     for name in ("spot_policies", "fallback_policies"):
         # Per-group: every policy selects one pubsub_subscription time series by its id.
         assert 'resource.type = \\"pubsub_subscription\\"' in loc[name], name

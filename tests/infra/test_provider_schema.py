@@ -1,4 +1,4 @@
-"""terraform/ against the google provider's real schema (``@cdktf/provider-google``), and the check itself."""
+"""terraform/ against the providers' schemas (``@cdktf/provider-google``, ``-time``), and the check itself."""
 
 from __future__ import annotations
 
@@ -19,12 +19,33 @@ def schema() -> dict[str, Any]:
     return provider_schema.load()
 
 
-def test_module_and_examples_match_the_provider_schema(schema: dict[str, Any]) -> None:
-    problems, counted = provider_schema.check(schema)
-    print(f"checked {counted} against {schema['provider']} ({schema['package']})")
+@pytest.fixture(scope="module")
+def others() -> dict[str, dict[str, Any]]:
+    provider_schema.fetch(provider=provider_schema.TIME)
+    return provider_schema.load_others()
+
+
+def test_module_and_examples_match_the_provider_schema(
+    schema: dict[str, Any], others: dict[str, dict[str, Any]]
+) -> None:
+    problems, counted = provider_schema.check(schema, others=others)
+    print(f"checked {counted} against {schema['provider']} ({schema['package']}) and {list(others)}")
     assert not problems, "\n".join(problems)
-    assert counted["resource"] >= 35 and counted["data"] == 3 and counted["module"] >= 1
+    assert counted["resource"] >= 35 and counted["data"] == 4 and counted["module"] >= 1
     assert counted["provider"] >= 1
+
+
+def test_time_sleep_is_checked_against_the_time_provider(others: dict[str, dict[str, Any]]) -> None:
+    time = others["time"]
+    assert time["provider"] == "hashicorp/time 0.13.1"
+    sleep = time["structs"][time["resource"]["time_sleep"]]
+    assert {"create_duration", "triggers"} <= set(sleep)
+    # Without the time provider's schema the same resource is an unknown google type.
+    path = TERRAFORM / "monitoring.tf"
+    problems, _ = provider_schema.check(provider_schema.load(), [path])
+    assert any(
+        "time_sleep.created_metrics_usable: no such resource type in hashicorp/google" in p for p in problems
+    )
 
 
 def test_schema_is_the_pinned_provider_and_has_what_the_module_relies_on(schema: dict[str, Any]) -> None:

@@ -227,9 +227,10 @@ DEPLOYED_WORKER_PROCESSES = 1
 
 
 #: Seconds from "the MIG creates a VM" to "its worker pulls" with the Packer image: the simulator's baked
-#: boot timeline (VM + OS 45, docker start 5, Triton model load 30, worker ready 10; docs/capacity.md);
+#: boot timeline (VM + OS 45, first reads of the disk's image blocks 60, docker start 5, worker image pull 15,
+#: engines from the cache 10, Triton model load 30, worker ready 10; docs/capacity.md, docs/deploy.md);
 #: tests/dev/test_capacity.py keeps it equal to ``fleet_simulator.config.BootTimeline().total_s``.
-NEW_VM_READY_S = 90.0
+NEW_VM_READY_S = 175.0
 
 #: Interactive lane: a small assignment, so any interactive backlog brings a VM at the next evaluation and a
 #: flood of them the group; the lane is latency-bound, and its traffic small next to one VM's rate.

@@ -138,6 +138,18 @@ class ModelOutputInvalid(PermanentError):
     code = "MODEL_OUTPUT_INVALID"
 
 
+class TensorOutOfBounds(PermanentError):
+    """A model package's preprocess made a tensor whose free size is outside the bounds it declares."""
+
+    code = "TENSOR_OUT_OF_BOUNDS"
+
+
+class TooManyItems(PermanentError):
+    """A fan-out package's preprocess returned more items for a page than its ``[fan_out] max_items``."""
+
+    code = "TOO_MANY_ITEMS"
+
+
 class ProcessingTimeout(PermanentError):
     """The job ran past the worker's maximum processing time."""
 

@@ -15,7 +15,7 @@ variable "region" {
 }
 
 variable "zones" {
-  description = "Zones of the region that offer the GPU of machine_type (g2-standard-8: NVIDIA L4). List them with `gcloud compute accelerator-types list --filter=\"name=nvidia-l4 AND zone~^REGION-\"`."
+  description = "Zones of the region that offer the GPU of machine_type (g2-standard-8: NVIDIA L4). List them with `gcloud compute accelerator-types list --filter=\"name=nvidia-l4 AND zone~/zones/REGION-\"` (zone is a URL: docs/deploy.md step 2)."
   type        = list(string)
 
   validation {

@@ -9,13 +9,19 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from worker.dev.fleet_simulator.autoscaler import Autoscaler, signal_recommendation
-from worker.dev.fleet_simulator.config import AutoscalerPolicy, Signal
+from worker.dev.fleet_simulator.config import (
+    AGE_METRIC,
+    BACKLOG_BY_REGION_METRIC,
+    BACKLOG_METRIC,
+    AutoscalerPolicy,
+    Signal,
+)
 from worker.dev.fleet_simulator.cron import Cron, ScalingSchedule, ScheduleFloor, schedule_windows
 
 TOKYO_MONDAY = datetime(2025, 6, 2, tzinfo=ZoneInfo("Asia/Tokyo"))
 HOUR = 3600.0
 BATCH = Signal("lane_backlog", 100, "batch")
-INTERACTIVE = Signal("lane_backlog", 10, "interactive")
+INTERACTIVE = Signal("lane_backlog", 10, "interactive", BACKLOG_BY_REGION_METRIC)
 
 
 def _policy(**overrides: object) -> AutoscalerPolicy:
@@ -139,3 +145,30 @@ def test_schedule_keeps_the_floor_when_backlog_is_zero() -> None:
     assert scaler.evaluate(19 * HOUR - 10, {}) == 1
     assert scaler.evaluate(19 * HOUR, {}) == 1
     assert scaler.evaluate(19 * HOUR + 601, {}) == 0
+
+
+def test_a_policy_naming_one_metric_twice_is_refused_like_the_api_does() -> None:
+    # Two lanes on num_undelivered_messages with different filters: the deployment issue 30 fixed.
+    assert BATCH.metric == BACKLOG_METRIC
+    with pytest.raises(ValueError, match="each Cloud Monitoring metric once"):
+        _policy(signals=(Signal("lane_backlog", 10, "interactive"), BATCH))
+    with pytest.raises(ValueError, match="takes 5"):
+        _policy(
+            signals=tuple(
+                Signal("lane_backlog", 1, f"lane{i}", f"custom.googleapis.com/m{i}") for i in range(6)
+            )
+        )
+    assert _policy(signals=(INTERACTIVE, BATCH, Signal("lane_oldest_age", 60, "dlq", AGE_METRIC)))
+
+
+def test_an_age_signal_adds_one_vm_per_assignment_of_age_where_a_count_jumps_at_once() -> None:
+    age = Signal("lane_oldest_age", 175, "batch", AGE_METRIC)
+    scaler = Autoscaler(_policy(signals=(INTERACTIVE, age)))
+    # 100,000 jobs published at once: the count asks for all it needs in one evaluation, the age for one VM
+    # per 175 s the oldest job has waited.
+    assert scaler.raw_recommendation(0.0, {"age:batch": 1.0}) == 1
+    assert scaler.raw_recommendation(0.0, {"age:batch": 175.0}) == 1
+    assert scaler.raw_recommendation(0.0, {"age:batch": 176.0}) == 2
+    assert scaler.raw_recommendation(0.0, {"age:batch": 900.0}) == 6
+    count = Autoscaler(_policy(signals=(INTERACTIVE, Signal("lane_backlog", 35000, "batch"))))
+    assert count.raw_recommendation(0.0, {"backlog:batch": 100_000.0}) == 3

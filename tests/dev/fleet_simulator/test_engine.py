@@ -11,6 +11,7 @@ import pytest
 
 from worker.dev.fleet_simulator import traces
 from worker.dev.fleet_simulator.config import (
+    BACKLOG_BY_REGION_METRIC,
     AutoscalerPolicy,
     BootTimeline,
     Environment,
@@ -20,10 +21,15 @@ from worker.dev.fleet_simulator.config import (
 )
 from worker.dev.fleet_simulator.engine import FleetSimulation, RawResult
 from worker.dev.fleet_simulator.report import summarize
+from worker.dev.fleet_simulator.scenario import RunInputs, run_group_per_lane, run_policy
+from worker.shared.resources import load_resources
 
 LANES = ("interactive", "batch")
 START = datetime(2025, 6, 2, tzinfo=ZoneInfo("UTC"))
-BATCH_SIGNALS = (Signal("lane_backlog", 10, "interactive"), Signal("lane_backlog", 100, "batch"))
+BATCH_SIGNALS = (
+    Signal("lane_backlog", 10, "interactive", BACKLOG_BY_REGION_METRIC),
+    Signal("lane_backlog", 100, "batch"),
+)
 
 
 def _simulate(
@@ -246,3 +252,83 @@ def test_runs_of_jobs_change_nothing_but_the_event_count() -> None:
             np.sort(runs_raw.finish[mine]), np.sort(single_raw.finish[mine]), atol=1e-6
         )
     assert runs_events < single_events
+
+
+def test_the_age_signal_is_the_oldest_unacked_jobs_wait_and_scales_one_vm_per_assignment() -> None:
+    # Given 50,000 batch jobs at t = 100.5 s, a group on the batch lane's oldest age (one VM per 120 s of
+    # age), metrics without delay, 1-minute samples
+    trace = traces.Trace("burst", np.full(50_000, 100.5), np.ones(50_000, np.int8), LANES, 200.0)
+    env = Environment(preemptions_per_vm_hour=0.0, metric_delay_s=(0.0, 0.0))
+    age = Signal("lane_oldest_age", 120.0, "batch")
+    policy = AutoscalerPolicy("age", signals=(age,), max_replicas=10, scale_in_max_replicas=2)
+    raw = _simulate(trace, policy, service=ServiceModel(slots=1, mean_service_s=1.0), environment=env)
+    # Then the samples at 120 s, 180 s, ... see ages 19.5, 79.5, 139.5, ...: 1, 1, 2, 2, 3 VMs asked, so
+    # VMs arrive one step per 120 s of age (a count signal would ask for all 10 at the first sample)
+    t = np.array(raw.series.t)
+    targets = dict(zip(t.tolist(), raw.series.target, strict=True))
+    assert targets[180.0] == 1  # the target evaluated after the 120 s sample (age 19.5 s)
+    assert targets[240.0] == 1  # age 79.5 s
+    assert targets[300.0] == 2  # age 139.5 s
+    assert targets[420.0] == 3  # age 259.5 s
+    assert summarize(raw)["jobs_completed"] == 50_000
+
+
+def test_a_standby_vm_starts_in_the_restart_time_and_the_pool_bills_its_disk_and_its_refill() -> None:
+    # Given one job on an idle group with a pool of one stopped VM; cold boot 175 s, restart 97 s
+    trace = traces.Trace("one", np.array([1000.5]), np.zeros(1, np.int8), LANES, 7200.0)
+    env = Environment(preemptions_per_vm_hour=0.0, metric_delay_s=(0.0, 0.0))
+    base = AutoscalerPolicy("cold", signals=BATCH_SIGNALS, max_replicas=10)
+    service = ServiceModel(slots=1, mean_service_s=1.0, distribution="constant")
+
+    def run(policy: AutoscalerPolicy) -> RawResult:
+        return FleetSimulation(
+            trace,
+            policy,
+            service=service,
+            boot=BootTimeline().with_total(175.0, restart_s=97.0),
+            prices=Prices(),
+            environment=env,
+            redelivery_delay_s={},
+            start=START,
+        ).run()
+
+    cold = run(base)
+    warm = run(AutoscalerPolicy("standby", signals=BATCH_SIGNALS, max_replicas=10, standby_stopped=1))
+    # Then the standby VM serves 175 - 97 = 78 s sooner
+    cold_ttr = float(cold.finish[0] - cold.arrival[0])
+    warm_ttr = float(warm.finish[0] - warm.arrival[0])
+    assert cold_ttr - warm_ttr == pytest.approx(78.0)
+    assert warm.standby_starts == 1 and cold.standby_starts == 0
+    # And the pool holds one stopped VM the whole time except while its replacement boots (175 s)
+    assert warm.stopped_vm_s == pytest.approx(warm.end_s - 175.0)
+    assert cold.stopped_vm_s == 0.0
+    # And the bill adds the refill VM's boot and the stopped disk-hours
+    cold_s, warm_s = summarize(cold), summarize(warm)
+    refill = max(175.0, Prices().billing_minimum_s) * Prices().spot_per_h / 3600
+    disks = warm.stopped_vm_s * Prices().stopped_vm_per_h / 3600
+    served_less = 78.0 * Prices().spot_per_h / 3600  # the served VM is created the same, ready sooner
+    assert warm_s["cost_usd"] == pytest.approx(cold_s["cost_usd"] + refill + disks, abs=0.011 + served_less)
+
+
+def test_one_group_per_lane_runs_each_lane_on_its_own_group_and_adds_the_bills() -> None:
+    resources = load_resources()
+    lanes = tuple(lane.name for lane in resources.lanes)
+    trace = traces.Trace(
+        "two", np.array([1000.5, 5000.5]), np.array([0, 1], np.int8), lanes, 8000.0, "one job per lane"
+    )
+    inputs = RunInputs(
+        ServiceModel(slots=1, mean_service_s=1.0, distribution="constant"),
+        BootTimeline().with_total(175.0),
+        Prices(),
+        Environment(preemptions_per_vm_hour=0.0, metric_delay_s=(0.0, 0.0)),
+        resources,
+        START,
+    )
+    policy = AutoscalerPolicy("per-lane", signals=BATCH_SIGNALS, max_replicas=10)
+    merged = run_group_per_lane(trace, policy, inputs)
+    shared = summarize(run_policy(trace, policy, inputs))
+    assert merged["jobs_completed"] == 2
+    # each lane's job waits for its own group's cold boot, as on the shared group (the group is at zero)
+    for lane in lanes:
+        assert merged["p50_time_to_result_s"][lane] == shared["p50_time_to_result_s"][lane]
+    assert merged["cost_usd"] == pytest.approx(shared["cost_usd"], abs=0.011)

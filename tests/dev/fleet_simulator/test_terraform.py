@@ -79,16 +79,40 @@ def test_missing_default_is_an_error(tmp_path: Path) -> None:
         load_deployed_settings(path)
 
 
-def test_policies_use_every_lane_of_fleet_json(tmp_path: Path) -> None:
+AUTOSCALER_FIXTURE = """
+locals {
+  lane_backlog_metric = {
+    interactive = "pubsub.googleapis.com/subscription/num_unacked_messages_by_region"
+    batch       = "pubsub.googleapis.com/subscription/num_undelivered_messages"
+  }
+}
+"""
+
+
+def test_policies_use_every_lane_of_fleet_json_on_the_metric_autoscaler_tf_gives_it(tmp_path: Path) -> None:
     path = tmp_path / "variables.tf"
     path.write_text(FIXTURE, encoding="utf-8")
+    (tmp_path / "autoscaler.tf").write_text(AUTOSCALER_FIXTURE, encoding="utf-8")
     resources = load_resources()
     policies = build_policies(load_deployed_settings(path), resources, ServiceModel())
     deployed = policies["spot-schedules"]
     assert {s.lane for s in deployed.signals} == {lane.name for lane in resources.lanes}
+    assert {s.lane: s.metric for s in deployed.signals} == {
+        "interactive": "pubsub.googleapis.com/subscription/num_unacked_messages_by_region",
+        "batch": "pubsub.googleapis.com/subscription/num_undelivered_messages",
+    }
     assert deployed.max_replicas == 7 and deployed.scale_in_max_replicas == 3
     assert policies["always-on-on-demand"].min_replicas == 7
     assert not policies["spot-scale-to-zero"].schedules
+
+
+def test_lanes_on_one_metric_are_refused_as_the_autoscaler_api_refuses_them(tmp_path: Path) -> None:
+    """Without a metric per lane (no lane_backlog_metric: every lane on num_undelivered_messages) the
+    deployed policy cannot exist."""
+    path = tmp_path / "variables.tf"
+    path.write_text(FIXTURE, encoding="utf-8")
+    with pytest.raises(ValueError, match="each Cloud Monitoring metric once"):
+        build_policies(load_deployed_settings(path), load_resources(), ServiceModel())
 
 
 @pytest.mark.skipif(not DEFAULT_VARIABLES_PATH.exists(), reason="terraform/variables.tf not in checkout")
@@ -99,3 +123,5 @@ def test_the_real_module_defines_what_the_simulation_reads() -> None:
     assert {lane.name for lane in resources.lanes} <= set(settings.backlog_per_vm)
     assert settings.max_replicas >= 1
     assert all(s.duration_s >= 300 for s in settings.scaling_schedules)
+    metrics = [settings.lane_metrics[lane.name] for lane in resources.lanes]
+    assert len(set(metrics)) == len(metrics), settings.lane_metrics

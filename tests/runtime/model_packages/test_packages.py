@@ -204,12 +204,12 @@ def gate(tmp_path: Path, tolerance: float) -> parity.PrecisionDecision:
         "FP32": package.model_path,
         "FP16": onnx_tools.fp16_graph(package.model_path, tmp_path / "model.fp16.onnx"),
     }
-    reference = onnx_tools.run_graph(package.model_path, package.declaration, examples)
+    reference = parity.StageRun(onnx_tools.run_graph(package.model_path, package.declaration, examples))
     ran: list[str] = []
 
-    def run(precision: str) -> list[onnx_tools.Arrays]:
+    def run(precision: str) -> parity.StageRun:
         ran.append(precision)
-        return onnx_tools.run_graph(graphs[precision], package.declaration, examples)
+        return parity.StageRun(onnx_tools.run_graph(graphs[precision], package.declaration, examples))
 
     decision = parity.choose_precision(("FP16", "FP32"), reference=reference, run=run, tolerance=tolerance)
     assert ran == [c.precision for c in decision.measured]
@@ -237,7 +237,10 @@ def test_no_precision_within_tolerance_fails_loudly() -> None:
     reference = [{"Y": np.array([1.0, 2.0])}]
     with pytest.raises(parity.NoPrecisionWithinTolerance, match=r"FP16 0\.5, FP32 0\.5"):
         parity.choose_precision(
-            ["FP16", "FP32"], reference=reference, run=lambda _p: [{"Y": np.array([1.5, 2.0])}], tolerance=0.1
+            ["FP16", "FP32"],
+            reference=parity.StageRun(reference),
+            run=lambda _p: parity.StageRun([{"Y": np.array([1.5, 2.0])}]),
+            tolerance=0.1,
         )
     with pytest.raises(ValueError, match="shape"):
         parity.max_abs_errors(reference, [{"Y": np.array([1.0])}])

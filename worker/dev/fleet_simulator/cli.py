@@ -17,15 +17,25 @@ import numpy as np
 
 from worker.dev.capacity import DEPLOYED_WORKER_PROCESSES, NEW_VM_READY_S, projection_for
 from worker.dev.fleet_simulator import traces
-from worker.dev.fleet_simulator.config import BootTimeline, Environment, Prices, ServiceModel
+from worker.dev.fleet_simulator.config import (
+    AutoscalerPolicy,
+    BootTimeline,
+    Environment,
+    Prices,
+    ServiceModel,
+)
 from worker.dev.fleet_simulator.cron import ScalingSchedule
-from worker.dev.fleet_simulator.report import plot, policy_table, summarize
+from worker.dev.fleet_simulator.report import boot_table, plot, policy_table, summarize
 from worker.dev.fleet_simulator.scenario import (
     AGREED_DEFAULTS,
+    GROUP_PER_LANE,
     POLICY_NAMES,
+    WHAT_IF_NAMES,
     RunInputs,
     build_policies,
     default_start,
+    first_results_after_idle,
+    run_group_per_lane,
     run_policy,
 )
 from worker.dev.fleet_simulator.terraform import (
@@ -85,7 +95,22 @@ def build_parser() -> argparse.ArgumentParser:
         help="spot-work-seconds: one VM per the work it does in this many seconds (default: a new VM's "
         "ready time, the rule of the deployed batch assignment)",
     )
-    a.add_argument("--policies", default=",".join(POLICY_NAMES), help="comma-separated subset")
+    a.add_argument(
+        "--standby-stopped",
+        type=int,
+        default=1,
+        help="spot-schedules-stopped-standby: stopped VMs in the standby pool (target_stopped_size)",
+    )
+    a.add_argument(
+        "--policies",
+        default=",".join(POLICY_NAMES + WHAT_IF_NAMES),
+        help="comma-separated subset (default: the five policies and the what-ifs)",
+    )
+    a.add_argument(
+        "--no-idle-first-result",
+        action="store_true",
+        help="skip the idle -> first result runs (cold boot vs the standby pool)",
+    )
     e = p.add_argument_group("environment and prices")
     e.add_argument("--preemptions-per-vm-hour", type=float, default=Environment().preemptions_per_vm_hour)
     e.add_argument(
@@ -172,7 +197,8 @@ def _assumptions(settings: DeployedSettings, inputs: RunInputs, trace: traces.Tr
     baked = BootTimeline(b.steps, baked=True).total_s
     unbaked = BootTimeline(b.steps, baked=False).total_s
     lines.append(
-        f"boot: baked image {baked:.0f} s, stock image {unbaked:.0f} s ("
+        f"boot: baked image {baked:.0f} s, stock image {unbaked:.0f} s, standby restart "
+        f"{BootTimeline(b.steps).restart_s:.0f} s ("
         + "; ".join(f"{st.name} {st.seconds_unbaked:.0f}/{st.seconds_baked:.0f} s" for st in b.steps)
         + ")"
     )
@@ -202,6 +228,23 @@ def _assumptions(settings: DeployedSettings, inputs: RunInputs, trace: traces.Tr
     if note:
         lines.append(note)
     return lines
+
+
+def _print_idle_first_results(policies: dict[str, AutoscalerPolicy], inputs: RunInputs) -> None:
+    """Idle -> first result per boot stage, and measured: a cold boot against the standby pool."""
+    print()
+    print(boot_table(inputs.boot, inputs.environment))
+    cold = first_results_after_idle(policies["spot-scale-to-zero"], inputs)
+    standby = first_results_after_idle(
+        replace(policies["spot-schedules-stopped-standby"], name="spot-scale-to-zero-stopped-standby"), inputs
+    )
+    for result in (cold, standby):
+        print(
+            f"idle -> first result, {result.policy}: mean {result.mean_s:.0f} s, p50 "
+            f"{result.percentile_s(50):.0f} s, p95 {result.percentile_s(95):.0f} s "
+            f"over {len(result.seconds)} jobs"
+        )
+    print()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -238,6 +281,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             service,
             always_on_vms=args.always_on_vms,
             work_seconds_target_s=args.work_seconds_target_s,
+            standby_stopped=args.standby_stopped,
         )
         wanted = [name.strip() for name in args.policies.split(",") if name.strip()]
         unknown = [name for name in wanted if name not in policies]
@@ -249,16 +293,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     for line in _assumptions(settings, inputs, trace, note):
         print(line)
+    if not args.no_idle_first_result:
+        _print_idle_first_results(policies, inputs)
     raws, summaries = [], []
     for name in wanted:
         policy = policies[name]
         if args.unbaked:
             policy = replace(policy, baked_image=False)
         began = time.perf_counter()
-        raw = run_policy(trace, policy, inputs)
-        summary = summarize(raw)
+        if name == GROUP_PER_LANE:
+            summary = run_group_per_lane(trace, policy, inputs)
+        else:
+            raw = run_policy(trace, policy, inputs)
+            summary = summarize(raw)
+            raws.append(raw)
         summary["wall_s"] = round(time.perf_counter() - began, 2)
-        raws.append(raw)
         summaries.append(summary)
         print(f"  {name}: {policy.description} [{summary['wall_s']:.1f} s]")
     print()

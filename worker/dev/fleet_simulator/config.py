@@ -101,21 +101,59 @@ class ServiceModel:
 
 @dataclass(frozen=True)
 class BootStep:
-    """One step between 'the MIG creates a VM' and 'the worker pulls its first job'."""
+    """One step between 'the MIG creates a VM' and 'the worker pulls its first job'.
+
+    Three columns: a VM booting the stock image (``unbaked``), a new VM booting the Packer image
+    (``baked``, a cold boot), and a stopped VM of a standby pool started again (``restart``: its disk has
+    the images, the pulled worker image and the blocks already read)."""
 
     name: str
     seconds_unbaked: float
     seconds_baked: float
     source: str
+    seconds_restart: float | None = None  # None: as long as the baked cold boot
+
+    @property
+    def restart_s(self) -> float:
+        return self.seconds_baked if self.seconds_restart is None else self.seconds_restart
 
 
 DEFAULT_BOOT_STEPS: tuple[BootStep, ...] = (
-    BootStep("VM create + guest OS boot", 45, 45, "assumption: typical GPU VM provisioning"),
-    BootStep("NVIDIA driver install", 210, 0, "CONTEXT.md: ~3.5 min, baked into the Packer image"),
-    BootStep("docker engine install/start", 40, 5, "assumption: apt install vs systemd start"),
-    BootStep("container image pull", 210, 0, "CONTEXT.md: ~3.5 min, image pre-pulled by Packer"),
-    BootStep("Triton model load + warm-up", 30, 30, "assumption: TensorRT engine load"),
-    BootStep("worker ready (subscribe, first pull)", 10, 10, "assumption"),
+    BootStep(
+        "VM create (spot capacity found) + guest OS boot",
+        45,
+        45,
+        "estimate: typical GPU VM create and OS boot; a spot stock-out adds unbounded time (not modelled)",
+        40,
+    ),
+    BootStep(
+        "first reads of the image's blocks on the new boot disk",
+        0,
+        60,
+        "estimate: a disk created from an image fetches each block on first read, and the start touches "
+        "~10-20 GB of Triton and worker layers; a standby VM's disk was read when it initialised; the "
+        "stock image pulls its layers instead (next steps)",
+        0,
+    ),
+    BootStep("NVIDIA driver install", 210, 0, "CONTEXT.md: ~3.5 min, baked into the Packer image", 0),
+    BootStep("docker engine install/start", 40, 5, "assumption: apt install vs systemd start", 5),
+    BootStep("Triton container image pull", 210, 0, "CONTEXT.md: ~3.5 min, image pre-pulled by Packer", 0),
+    BootStep(
+        "worker image pull (Artifact Registry)",
+        15,
+        15,
+        "estimate: ~0.5 GB over Private Google Access; already on a standby VM's disk",
+        2,
+    ),
+    BootStep(
+        "model packages + engines from the GCS cache",
+        10,
+        10,
+        "estimate: cache hit; a miss builds and measures each precision for 5-15 min (not in this timeline)",
+        10,
+    ),
+    BootStep("Triton model load + warm-up", 30, 30, "assumption: TensorRT engine load", 30),
+    BootStep("worker ready (subscribe, first pull)", 10, 10, "assumption", 10),
 )
 
 
@@ -130,9 +168,14 @@ class BootTimeline:
     def total_s(self) -> float:
         return sum(s.seconds_baked if self.baked else s.seconds_unbaked for s in self.steps)
 
-    def with_total(self, total_s: float) -> BootTimeline:
+    @property
+    def restart_s(self) -> float:
+        """A stopped standby VM started again (the Packer image, its disk already warm)."""
+        return sum(s.restart_s for s in self.steps)
+
+    def with_total(self, total_s: float, *, restart_s: float | None = None) -> BootTimeline:
         """A single-step timeline of ``total_s`` seconds (for tests and what-ifs)."""
-        return replace(self, steps=(BootStep("boot", total_s, total_s, "override"),))
+        return replace(self, steps=(BootStep("boot", total_s, total_s, "override", restart_s),))
 
 
 @dataclass(frozen=True)
@@ -148,6 +191,8 @@ class Prices:
         "spot prices change up to once a day and run 60-91% below on-demand"
     )
     billing_minimum_s: float = 60.0  # GCE bills a minimum of 1 minute, then per second
+    # A stopped VM bills only its disks: the 100 GB pd-balanced boot disk at ~$0.10/GB-month (730 h)
+    stopped_vm_per_h: float = 100 * 0.10 / 730
 
     @classmethod
     def for_machine(cls, projection: Projection) -> Prices:
@@ -176,22 +221,44 @@ class Environment:
     redelivery_delay_s: dict[str, float] = field(default_factory=dict)  # per lane; else retry_min_backoff
 
 
+BACKLOG_METRIC = "pubsub.googleapis.com/subscription/num_undelivered_messages"
+BACKLOG_BY_REGION_METRIC = "pubsub.googleapis.com/subscription/num_unacked_messages_by_region"
+AGE_METRIC = "pubsub.googleapis.com/subscription/oldest_unacked_message_age"
+AGE_BY_REGION_METRIC = "pubsub.googleapis.com/subscription/oldest_unacked_message_age_by_region"
+WORK_SECONDS_METRIC = "custom.googleapis.com/inference_fleet/work_seconds"  # a what-if, not exported
+
+
 @dataclass(frozen=True)
 class Signal:
     """One autoscaling signal: a per-group metric with ``single_instance_assignment``.
 
-    ``kind`` ``lane_backlog``: ``num_undelivered_messages`` of one lane's subscription.
+    ``kind`` ``lane_backlog``: the messages of one lane's subscription not yet acked (queued + leased +
+    awaiting redelivery), what ``num_undelivered_messages`` and ``num_unacked_messages_by_region`` (summed
+    over regions; one region here) both count.
+    ``kind`` ``lane_oldest_age``: seconds since the oldest of those was published
+    (``oldest_unacked_message_age``), zero when there is none.
     ``kind`` ``work_seconds``: the sum over lanes of undelivered messages x mean service time (seconds of
     slot-time), a custom metric; its assignment is the slot-seconds one VM delivers in the target time.
+    ``metric`` is the Cloud Monitoring metric the signal reads: an autoscaler takes each metric once.
     """
 
-    kind: Literal["lane_backlog", "work_seconds"]
+    kind: Literal["lane_backlog", "lane_oldest_age", "work_seconds"]
     single_instance_assignment: float
     lane: str | None = None
+    metric: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.metric:
+            default = {"lane_backlog": BACKLOG_METRIC, "lane_oldest_age": AGE_METRIC}
+            object.__setattr__(self, "metric", default.get(self.kind, WORK_SECONDS_METRIC))
 
     @property
     def name(self) -> str:
-        return f"backlog:{self.lane}" if self.kind == "lane_backlog" else "work_seconds"
+        if self.kind == "lane_backlog":
+            return f"backlog:{self.lane}"
+        if self.kind == "lane_oldest_age":
+            return f"age:{self.lane}"
+        return "work_seconds"
 
 
 @dataclass(frozen=True)
@@ -210,4 +277,17 @@ class AutoscalerPolicy:
     autoscaling: bool = True  # False: a fixed group of min_replicas VMs
     spot: bool = True
     baked_image: bool = True
+    # target_stopped_size of the MIG's standby pool: stopped VMs (disks kept) started before new ones
+    standby_stopped: int = 0
     description: str = ""
+
+    def __post_init__(self) -> None:
+        metrics = [s.metric for s in self.signals]
+        repeated = sorted({m for m in metrics if metrics.count(m) > 1})
+        if repeated:
+            raise ValueError(
+                f"policy {self.name}: an autoscaler takes each Cloud Monitoring metric once, "
+                f"{repeated} is repeated (cloud.google.com/compute/docs/autoscaler/multiple-signals)"
+            )
+        if len(metrics) > 5:
+            raise ValueError(f"policy {self.name}: {len(metrics)} metric signals, an autoscaler takes 5")

@@ -4,11 +4,15 @@ What happens, in the order the real system does it:
 - jobs are published to their lane's subscription (the trace); a worker slot pulls interactive first;
 - each VM has ``slots`` jobs in progress; a free slot starts the oldest job of the highest-priority lane
   with work (a redelivered job before a fresh one), one job at a time;
-- every ``metric_period_s`` Pub/Sub samples each subscription's ``num_undelivered_messages`` (queued +
-  leased-but-unacked + waiting for redelivery); each sample reaches the autoscaler after a random delay;
+- every ``metric_period_s`` Pub/Sub samples each subscription's unacked messages (queued + leased-but-unacked
+  + waiting for redelivery: ``num_undelivered_messages``, ``num_unacked_messages_by_region``) and, when a
+  signal reads it, the age of the oldest of them; each sample reaches the autoscaler after a random delay;
 - every ``eval_interval_s`` the autoscaler (``autoscaler.Autoscaler``) computes the target size and the
   MIG creates VMs (ready after the boot timeline) or deletes VMs: booting ones first, then idle ones,
-  then the least-loaded; a deleted worker drains for ``scale_in_drain_s``;
+  then the least-loaded; a deleted worker drains for ``scale_in_drain_s``; with a standby pool
+  (``standby_stopped``) a new VM is a stopped one started again (the restart column of the boot timeline)
+  while the pool has one, and the MIG refills the pool with a new VM that boots and stops (billed while it
+  runs; a stopped VM bills its disk);
 - a spot VM is preempted after an exponential lifetime; it drains for 30 s, the MIG recreates it;
 - a draining worker stops pulling and stops when its in-flight jobs finish; jobs still running when the
   drain time runs out are lost and redone from scratch after the lane's retry backoff (counted as redone
@@ -47,7 +51,7 @@ from worker.dev.fleet_simulator.config import (
 from worker.dev.fleet_simulator.cron import ScheduleFloor
 from worker.dev.fleet_simulator.traces import Trace
 
-_READY, _COMPLETE, _PREEMPT, _DRAIN_END, _WAKE, _SAMPLE, _EVAL = range(7)
+_READY, _COMPLETE, _PREEMPT, _DRAIN_END, _WAKE, _SAMPLE, _EVAL, _REFILLED = range(8)
 _BOOTING, _RUNNING, _DRAINING, _GONE = "booting", "running", "draining", "gone"
 _DRAW_BUFFER = 65536
 DEFAULT_EXTRA_S = 2 * 86400.0  # keep simulating this long after the trace to finish the backlog
@@ -82,6 +86,25 @@ class _VM:
 
 
 @dataclass
+class _StandbyPool:
+    """The MIG's stopped VMs: how many now, their stopped seconds so far, and the VMs that refilled it."""
+
+    stopped: int
+    since: float = 0.0
+    stopped_s: float = 0.0
+    starts: int = 0
+    refills: list[tuple[float, float, float, float, bool]] = field(default_factory=list)
+
+    def change(self, t: float, delta: int) -> None:
+        self.stopped_s += self.stopped * (t - self.since)
+        self.since = t
+        self.stopped += delta
+
+    def stopped_s_until(self, end: float) -> float:
+        return self.stopped_s + self.stopped * max(0.0, end - self.since)
+
+
+@dataclass
 class TimeSeries:
     """Per metric sample: time, true backlog per lane, VMs (alive / serving), target size."""
 
@@ -111,6 +134,8 @@ class RawResult:
     vm_ready_times: list[float]
     series: TimeSeries
     prices: Prices
+    stopped_vm_s: float = 0.0  # seconds of stopped standby VMs (billed for their disks)
+    standby_starts: int = 0  # VMs that came from the standby pool
 
 
 class FleetSimulation:
@@ -133,7 +158,9 @@ class FleetSimulation:
         self.trace = trace
         self.policy = policy
         self.service = service
-        self.boot_s = BootTimeline(boot.steps, baked=policy.baked_image).total_s
+        timeline = BootTimeline(boot.steps, baked=policy.baked_image)
+        self.boot_s = timeline.total_s
+        self.restart_s = timeline.restart_s
         self.prices = prices
         self.env = environment
         self.end_limit = trace.horizon_s + extra_s
@@ -170,6 +197,8 @@ class FleetSimulation:
         self.jobs_interrupted = 0
         self.preemptions = 0
         self.vm_ready_times: list[float] = []
+        self.standby = _StandbyPool(policy.standby_stopped)  # initialised before the start
+        self.sample_age = any(sig.kind == "lane_oldest_age" for sig in policy.signals)
         # Autoscaler and metrics
         floor = ScheduleFloor(policy.schedules, start=start, horizon_s=self.end_limit)
         self.autoscaler = Autoscaler(policy, floor)
@@ -201,6 +230,7 @@ class FleetSimulation:
             _COMPLETE: self._on_complete,
             _PREEMPT: self._on_preempt,
             _DRAIN_END: self._on_drain_end,
+            _REFILLED: self._on_refilled,
         }
         # Billing and the figures end at the horizon, or at the last event processed when the backlog
         # outlives it: never at the (later) event that merely told the loop to stop.
@@ -444,7 +474,16 @@ class FleetSimulation:
 
     # ------------------------------------------------------------------ VMs
     def _create_vm(self, t: float, *, ready_now: bool = False) -> _VM:
-        ready_at = t if ready_now else t + self.boot_s
+        boot_s = self.boot_s
+        if self.standby.stopped > 0 and not ready_now:
+            # The MIG starts a stopped VM of the pool, then creates one to take its place, which boots
+            # (billed) and is stopped once initialised.
+            boot_s = self.restart_s
+            self.standby.starts += 1
+            self.standby.change(t, -1)
+            self.standby.refills.append((t, t + self.boot_s, t + self.boot_s, 0.0, self.policy.spot))
+            self._push(t + self.boot_s, _REFILLED)
+        ready_at = t if ready_now else t + boot_s
         vm = _VM(self.next_vm_id, t, self.policy.spot, ready_at, _BOOTING, self.service.slots)
         self.next_vm_id += 1
         self.vms.append(vm)
@@ -454,6 +493,9 @@ class FleetSimulation:
             lifetime = self._rng_preempt.exponential(3600.0 / self.env.preemptions_per_vm_hour)
             self._push(t + lifetime, _PREEMPT, vm)
         return vm
+
+    def _on_refilled(self, t: float, _payload: object) -> None:
+        self.standby.change(t, +1)
 
     def _on_ready(self, t: float, payload: object) -> None:
         vm: _VM = payload  # type: ignore[assignment]
@@ -540,10 +582,30 @@ class FleetSimulation:
                     backlog[run.lane] += 1  # leased and not yet acked
         return backlog
 
+    def _oldest_unacked_age(self, lane: int, t: float) -> float:
+        """Seconds since the oldest job of ``lane`` not yet acked was published (0 without one); ``_backlog``
+        has bound the lane's instants up to ``t``."""
+        oldest = math.inf
+        if self.head[lane] < self._arrived(lane, t):
+            oldest = float(self.lane_arrivals[lane][self.head[lane]])
+        for _, job in self.redo[lane]:
+            oldest = min(oldest, float(self.arrival[job]))
+        for vm in self.vms:
+            for run in vm.runs:
+                if run.lane == lane and run.bound:
+                    # a run's jobs were bound first come first served: its oldest unfinished one is first
+                    i = int(run.finishes.searchsorted(t, side="right"))
+                    if i < run.bound:
+                        oldest = min(oldest, float(self.arrival[run.ids[i]]))
+        return max(0.0, t - oldest) if oldest < math.inf else 0.0
+
     def _on_sample(self, t: float) -> None:
         backlog = self._backlog(t)
         values = {f"backlog:{name}": float(b) for name, b in zip(self.lane_names, backlog, strict=True)}
         values["work_seconds"] = float(sum(backlog)) * self.service.mean_service_s
+        if self.sample_age:
+            for index, name in enumerate(self.lane_names):
+                values[f"age:{name}"] = self._oldest_unacked_age(index, t)
         low, high = self.env.metric_delay_s
         delay = float(self._rng_metric.uniform(low, high)) if high > low else low
         heapq.heappush(self.pending_samples, (t + delay, t, values))
@@ -575,6 +637,8 @@ class FleetSimulation:
             if vm.ended is None:
                 busy += sum(min(end, float(r.finishes[-1])) - float(r.starts[0]) for r in vm.runs if r.active)
             records.append((vm.created, min(vm.ready_at, ended), ended, busy, vm.spot))
+        pool = self.standby
+        records += [(c, min(r, end), min(e, end), b, spot) for c, r, e, b, spot in pool.refills if c <= end]
         return RawResult(
             policy=self.policy,
             trace=self.trace,
@@ -591,4 +655,6 @@ class FleetSimulation:
             vm_ready_times=self.vm_ready_times,
             series=self.series,
             prices=self.prices,
+            stopped_vm_s=pool.stopped_s_until(end),
+            standby_starts=pool.starts,
         )

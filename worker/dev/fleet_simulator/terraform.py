@@ -1,13 +1,14 @@
 """Read the autoscaling policy the Terraform module deploys, so the simulation tests what is deployed.
 
 The module's ``variables.tf`` defines the policy knobs with defaults; this module parses it with
-python-hcl2 and returns those defaults. Lane names come from ``terraform/fleet.json`` via
-``worker.shared.resources.load_resources()``.
+python-hcl2 and returns those defaults, and the Cloud Monitoring metric each lane signals on from the
+``lane_backlog_metric`` local of ``autoscaler.tf`` beside it. Lane names come from ``terraform/fleet.json``
+via ``worker.shared.resources.load_resources()``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ VAR_SCALE_IN_WINDOW = "autoscaler_scale_in_time_window_s"
 VAR_SCHEDULES = "scaling_schedules"
 VAR_MACHINE_TYPE = "machine_type"  # optional; the service rate and prices follow it (worker.dev.capacity)
 DEFAULT_MACHINE_TYPE = "g2-standard-8"
+LOCAL_LANE_METRICS = "lane_backlog_metric"  # in autoscaler.tf
 REQUIRED_VARIABLES = (
     VAR_MAX_REPLICAS,
     VAR_COOLDOWN,
@@ -51,6 +53,8 @@ class DeployedSettings:
     scaling_schedules: tuple[ScalingSchedule, ...]
     source: str
     machine_type: str = DEFAULT_MACHINE_TYPE
+    # lane -> the metric its spot signal reads (autoscaler.tf); lanes not listed read num_undelivered_messages
+    lane_metrics: dict[str, str] = field(default_factory=dict)
 
 
 def variable_defaults(path: Path) -> dict[str, Any]:
@@ -63,6 +67,20 @@ def variable_defaults(path: Path) -> dict[str, Any]:
             if isinstance(body, dict) and "default" in body:
                 defaults[name.strip('"')] = body["default"]
     return defaults
+
+
+def lane_metrics(path: Path) -> dict[str, str]:
+    """The ``lane_backlog_metric`` local of an ``autoscaler.tf`` (empty when the file or local is absent)."""
+    if not path.is_file():
+        return {}
+    options = hcl2.SerializationOptions(strip_string_quotes=True, explicit_blocks=False)
+    with path.open(encoding="utf-8") as handle:
+        parsed = hcl2.load(handle, serialization_options=options)
+    for block in parsed.get("locals", []):
+        mapping = block.get(LOCAL_LANE_METRICS)
+        if isinstance(mapping, dict):
+            return {str(k): str(v) for k, v in mapping.items()}
+    return {}
 
 
 def _schedules(raw: Any) -> tuple[ScalingSchedule, ...]:
@@ -109,4 +127,5 @@ def load_deployed_settings(path: Path | str | None = None) -> DeployedSettings:
         scaling_schedules=_schedules(defaults[VAR_SCHEDULES]),
         source=str(tf_path),
         machine_type=str(defaults.get(VAR_MACHINE_TYPE) or DEFAULT_MACHINE_TYPE).strip('"'),
+        lane_metrics=lane_metrics(tf_path.parent / "autoscaler.tf"),
     )

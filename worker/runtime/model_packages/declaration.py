@@ -40,6 +40,11 @@ is documented in docs/models.md::
     max_abs_error = 0.001
     precisions = ["FP16", "FP32"]
     reference_inputs = ["reference/*.png"]
+
+An input with free sizes (-1) declares its bounds (``min_shape``, ``opt_shape``, ``max_shape``) and may
+declare ``buckets`` (with ``pad_value``); ``[fan_out] max_items`` lets preprocess return several items
+per page; ``[parity.answers.<analysis>]`` judges engine precisions on post-processed answers instead of
+raw tensors (``answers``). docs/models.md "Free sizes", "Fan-out and context" and "Parity".
 """
 
 from __future__ import annotations
@@ -50,17 +55,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
+from worker.runtime.model_packages.answers import AnswerRules, RuleInvalid, parse_rules
+from worker.runtime.model_packages.tensors import Tensor, TensorInvalid, parse_tensor
+
 DECLARATION_FILE: Final = "model.toml"
-#: Triton's names of the tensor types a package may use, with their numpy names.
-DTYPES: Final[dict[str, str]] = {
-    "FP32": "float32",
-    "FP16": "float16",
-    "INT64": "int64",
-    "INT32": "int32",
-    "INT8": "int8",
-    "UINT8": "uint8",
-    "BOOL": "bool",
-}
 #: Image formats a package accepts when its declaration names none.
 DEFAULT_FORMATS: Final = ("PNG", "JPEG", "TIFF", "GIF", "BMP", "WEBP")
 #: The page size (pixels, longer side) when the first input has no two fixed trailing sizes to derive it.
@@ -70,8 +68,10 @@ PAGE_SIZE_RANGE_PX: Final = (16, 8192)
 #: Engine precisions the parity gate can try, fastest first.
 PRECISIONS: Final = ("INT8", "FP16", "TF32", "FP32")
 
+#: ``[fan_out] max_items``: the most items one page may give.
+MAX_FAN_OUT_ITEMS: Final = 100_000
+
 _NAME_RE = re.compile(r"[a-z][a-z0-9_]{0,62}")
-_TENSOR_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_.:-]{0,127}")
 
 
 class PackageInvalid(Exception):
@@ -81,24 +81,6 @@ class PackageInvalid(Exception):
         super().__init__(f"model package {package!r}: {problem}")
         self.package = package
         self.problem = problem
-
-
-@dataclass(frozen=True)
-class Tensor:
-    """One model tensor; ``shape`` excludes the batch axis (-1 = any size)."""
-
-    name: str
-    dtype: str
-    shape: tuple[int, ...]
-
-    @property
-    def numpy_dtype(self) -> str:
-        return DTYPES[self.dtype]
-
-    @property
-    def config_dtype(self) -> str:
-        """As written in a Triton ``config.pbtxt`` (``TYPE_FP32``)."""
-        return f"TYPE_{self.dtype}"
 
 
 @dataclass(frozen=True)
@@ -121,11 +103,17 @@ class InputLimits:
 
 @dataclass(frozen=True)
 class Parity:
-    """The precision gate: candidates fastest first, the tolerance, the reference inputs (globs)."""
+    """The precision gate: candidates fastest first, the rule, the reference inputs (globs).
 
-    max_abs_error: float
+    The rule is either ``max_abs_error`` on every raw output tensor or, when the package declares
+    ``[parity.answers]``, its ``answers`` rules on the post-processed answers (then ``max_abs_error`` is
+    None: the raw error is only recorded).
+    """
+
+    max_abs_error: float | None
     precisions: tuple[str, ...]
     reference_inputs: tuple[str, ...]
+    answers: AnswerRules | None = None
 
 
 @dataclass(frozen=True)
@@ -146,6 +134,13 @@ class Declaration:
     parity: Parity
     #: The size (pixels, a page's longer side) the worker decodes a document's page at for this package.
     page_size_px: int = DEFAULT_PAGE_SIZE_PX
+    #: ``[fan_out] max_items``: preprocess may return 0..max_items items per page and postprocess gets
+    #: the list of their outputs; None: one item per page.
+    max_items: int | None = None
+
+    @property
+    def fan_out(self) -> bool:
+        return self.max_items is not None
 
 
 def read_declaration(folder: Path) -> Declaration:
@@ -174,10 +169,11 @@ def read_declaration(folder: Path) -> Declaration:
         instances=fields.integer(model, "model.instances", default=2, low=1, high=16),
         inputs=inputs,
         outputs=fields.tensors("outputs"),
-        analyses=fields.analyses(),
+        analyses=(analyses := fields.analyses()),
         limits=fields.limits(),
-        parity=fields.parity(),
+        parity=fields.parity(tuple(a.name for a in analyses)),
         page_size_px=fields.page_size_px(inputs[0]),
+        max_items=fields.max_items(),
     )
     _check_consistency(package, folder, declaration)
     return declaration
@@ -194,6 +190,10 @@ def _check_consistency(package: str, folder: Path, d: Declaration) -> None:
         names = [t.name for t in tensors]
         if len(set(names)) != len(names):
             raise PackageInvalid(package, f"{group} name a tensor twice")
+    bucketed = {t.name: len(t.buckets) for t in d.inputs if t.buckets}
+    if len(set(bucketed.values())) > 1:
+        # one bucket index chooses every bucketed input's padded shape (docs/models.md "Buckets")
+        raise PackageInvalid(package, f"inputs with buckets must declare as many each: {bucketed}")
     seen: set[str] = set()
     for analysis in d.analyses:
         if analysis.name in seen:
@@ -255,15 +255,10 @@ class _Fields:
     def tensors(self, key: str) -> tuple[Tensor, ...]:
         out = []
         for index, entry in enumerate(self.array(key)):
-            where = f"{key}[{index}]"
-            name = self.string(entry, f"{where}.name", pattern=_TENSOR_RE)
-            dtype = entry.get("dtype")
-            if dtype not in DTYPES:
-                raise self.fail(f"{where}.dtype must be one of {', '.join(DTYPES)}")
-            shape = entry.get("shape")
-            if not isinstance(shape, list) or not all(type(n) is int and (n > 0 or n == -1) for n in shape):
-                raise self.fail(f"{where}.shape must be a list of positive sizes (or -1)")
-            out.append(Tensor(name, dtype, tuple(shape)))
+            try:
+                out.append(parse_tensor(entry, f"{key}[{index}]", output=key == "outputs"))
+            except TensorInvalid as exc:
+                raise self.fail(str(exc)) from None
         return tuple(out)
 
     def analyses(self) -> tuple[Analysis, ...]:
@@ -301,11 +296,32 @@ class _Fields:
         low, high = PAGE_SIZE_RANGE_PX
         return self.integer(table, "pages.size_px", default=min(max(derived, low), high), low=low, high=high)
 
-    def parity(self) -> Parity:
+    def max_items(self) -> int | None:
+        """``[fan_out] max_items``, or None without a ``[fan_out]`` table."""
+        table = self.raw.get("fan_out")
+        if table is None:
+            return None
+        if not isinstance(table, dict) or "max_items" not in table:
+            raise self.fail("[fan_out] must be a table with max_items")
+        return self.integer(table, "fan_out.max_items", default=0, low=1, high=MAX_FAN_OUT_ITEMS)
+
+    def parity(self, analyses: tuple[str, ...]) -> Parity:
         table = self.table("parity")
+        answers = None
+        if "answers" in table:
+            try:
+                answers = parse_rules(table["answers"], analyses)
+            except RuleInvalid as exc:
+                raise self.fail(str(exc)) from None
         tolerance = table.get("max_abs_error")
-        if not isinstance(tolerance, int | float) or isinstance(tolerance, bool) or not tolerance > 0:
-            raise self.fail("parity.max_abs_error must be a positive number")
+        if answers is not None and tolerance is not None:
+            raise self.fail(
+                "parity declares max_abs_error and [parity.answers]: judge raw tensors or answers, not both"
+            )
+        if answers is None and (
+            not isinstance(tolerance, int | float) or isinstance(tolerance, bool) or not tolerance > 0
+        ):
+            raise self.fail("parity.max_abs_error must be a positive number (or declare [parity.answers])")
         precisions = self.names(table.get("precisions", ["FP16", "FP32"]), "parity.precisions")
         unknown = [p for p in precisions if p not in PRECISIONS]
         if unknown or not precisions:
@@ -314,4 +330,4 @@ class _Fields:
         if not references:
             raise self.fail("parity.reference_inputs must name at least one file or glob")
         ordered = tuple(p for p in PRECISIONS if p in precisions)  # fastest first, whatever the file says
-        return Parity(float(tolerance), ordered, references)
+        return Parity(None if tolerance is None else float(tolerance), ordered, references, answers)

@@ -7,28 +7,47 @@ with ``gsutil`` and ``trtexec``:
   package: name, version, ONNX path, engine cache key, trtexec's min/opt/max shapes. An engine runs only
   on the GPU architecture and TensorRT version it was built from, so the key is the model's digest (sha256
   of its ONNX) x the GPU x the TensorRT version: ``<model>/<digest>/<model>.<gpu>.sm<cc>.trt<x.y>.plan``
-  (the GPU part named as scripts/build_trt_engine names it).
-- ``reference PACKAGE_DIR --out WORK`` runs the package's reference inputs through its preprocess and
-  its ONNX graph (onnxruntime): ``WORK/inputs/<tensor>.bin`` (raw, for ``trtexec --loadInputs``),
-  ``WORK/reference.json``; prints trtexec's ``--shapes``/``--loadInputs`` arguments, one per line.
-- ``decide PACKAGE_DIR --work WORK`` applies ``parity.choose_precision`` to the candidates measured so
-  far (``WORK/<PRECISION>.json``, ``trtexec --exportOutput``): prints ``build <PRECISION> <flags...>``
-  when the next precision (fastest first) has to be built and run, ``chosen <PRECISION>`` with
-  ``WORK/decision.json`` (the provenance uploaded beside the engine) when one is within tolerance, and
-  fails with the measured errors when none is.
+  (the GPU part named as scripts/build_trt_engine names it). The shapes are one optimization profile:
+  batch 1 / ``preferred_batch_size`` / ``max_batch_size`` with each input's declared min / opt / max
+  (docs/models.md "Free sizes").
+- ``reference PACKAGE_DIR --out WORK [--models DIR]`` runs the package's reference inputs through its
+  step as the worker would (the packages it ``needs``, from ``DIR``, default the package's parent folder,
+  run first with their ONNX graphs) and writes what one trtexec run and ``decide`` need: the items of
+  every reference input as one batch, each input padded to one shape that holds them all (the smallest
+  bucket that does, else the largest size: ``items.common_shapes``; reference inputs are taken while
+  their items fit ``max_batch_size``), as ``WORK/inputs/<k>.bin`` (raw, for ``trtexec --loadInputs``),
+  ``WORK/reference.json`` (the ONNX outputs of that batch, a dict per item) and ``WORK/stage.pkl`` (each
+  reference input's params, items' context and shapes, and the reference answers); prints trtexec's
+  ``--shapes``/``--loadInputs`` arguments, one per line.
+- ``decide PACKAGE_DIR --work WORK [--models DIR]`` applies ``parity.choose_precision`` to the candidates
+  measured so far (``WORK/<PRECISION>.json``, ``trtexec --exportOutput``) by the package's rule (raw
+  ``max_abs_error``, or its ``[parity.answers]`` on the answers its postprocess gives from the trtexec
+  outputs): prints ``build <PRECISION> <flags...>`` when the next precision (fastest first) has to be
+  built and run, ``chosen <PRECISION>`` with ``WORK/decision.json`` (the provenance uploaded beside the
+  engine) when one passes, and fails with the measured disagreements when none does.
+
+trtexec reads a tensor name up to the last ``:`` of a spec, or between single quotes: names with other
+characters than letters, digits and ``_`` are quoted (``'x/in.0':1x3x32x32``); the declaration refuses
+the characters trtexec cannot carry (``,`` and ``'``).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import pickle
 import re
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from worker.shared import exit_codes
+
+if TYPE_CHECKING:
+    from worker.runtime.model_packages.chain import StagePage
+    from worker.runtime.model_packages.declaration import Declaration
+    from worker.runtime.model_packages.loader import ModelPackage
 
 #: trtexec flags that build an engine of each declared precision. FP32 turns TF32 off (on by default on
 #: Ampere and newer); INT8 without a calibration cache gets placeholder scales, which the gate rejects.
@@ -39,7 +58,9 @@ TRTEXEC_FLAGS: Final[dict[str, tuple[str, ...]]] = {
     "FP32": ("--noTF32",),
 }
 REFERENCE_FILE: Final = "reference.json"
+STAGE_FILE: Final = "stage.pkl"
 DECISION_FILE: Final = "decision.json"
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9_]+")
 
 
 class CandidateMissing(Exception):
@@ -67,8 +88,30 @@ def cache_key(name: str, digest: str, slug: str) -> str:
     return f"{name}/{digest}/{name}.{slug}.plan"
 
 
-def _shapes(inputs: Sequence[Any], batch: int) -> str:
-    return ",".join(f"{t.name}:{'x'.join(str(n) for n in (batch, *t.shape))}" for t in inputs)
+def spec_name(name: str) -> str:
+    """A tensor name as trtexec's ``--shapes``/``--loadInputs`` specs read it (quoted unless plain)."""
+    return name if _PLAIN_NAME.fullmatch(name) else f"'{name}'"
+
+
+def _spec(batch: int, shapes: Mapping[str, Sequence[int]]) -> str:
+    return ",".join(
+        f"{spec_name(name)}:{'x'.join(str(n) for n in (batch, *dims))}" for name, dims in shapes.items()
+    )
+
+
+def profile(declaration: Declaration) -> tuple[str, str, str]:
+    """trtexec's min / opt / max shapes: batch 1 / preferred / max, each input at its min / opt / max.
+
+    One profile serves every size within the bounds: TensorRT tunes its kernels for ``opt`` and runs any
+    shape between ``min`` and ``max`` with them (docs/models.md "Free sizes" says why not one per bucket).
+    """
+    inputs = declaration.inputs
+    bounds = {t.name: t.bounds for t in inputs if t.bounds is not None}
+    return (
+        _spec(1, {name: b.min for name, b in bounds.items()}),
+        _spec(declaration.preferred_batch_size, {name: b.opt for name, b in bounds.items()}),
+        _spec(declaration.max_batch_size, {name: b.max for name, b in bounds.items()}),
+    )
 
 
 def plan_lines(models_dir: Path, slug: str) -> list[str]:
@@ -78,45 +121,67 @@ def plan_lines(models_dir: Path, slug: str) -> list[str]:
     lines = []
     for package in load_packages(models_dir).packages:
         d = package.declaration
-        dynamic = [t.name for t in d.inputs if -1 in t.shape]
-        if dynamic:
-            raise ValueError(
-                f"{d.name}: inputs {dynamic} have free dimensions; a TensorRT profile needs sizes"
-            )
         fields = (
             d.name,
             d.version,
             str(package.model_path),
             cache_key(d.name, package.model_digest, slug),
-            _shapes(d.inputs, 1),
-            _shapes(d.inputs, d.preferred_batch_size),
-            _shapes(d.inputs, d.max_batch_size),
+            *profile(d),
         )
         lines.append("\t".join(fields))
     return lines
 
 
-def write_reference(package_dir: Path, work: Path) -> list[str]:
-    """The reference inputs as trtexec input files and the ONNX outputs; returns trtexec's arguments."""
+def _reference_pages(package: ModelPackage, pages: Sequence[StagePage]) -> list[StagePage]:
+    """The reference inputs whose items fit one trtexec batch (``max_batch_size``), in order."""
+    limit = package.declaration.max_batch_size
+    taken: list[StagePage] = []
+    count = 0
+    for page in pages:
+        if count + len(page.page.items) > limit:
+            break
+        taken.append(page)
+        count += len(page.page.items)
+    if not taken:
+        first = len(pages[0].page.items) if pages else 0
+        raise ValueError(
+            f"{package.name}: the first reference input gives {first} items, more than max_batch_size "
+            f"{limit}: one trtexec run cannot hold them; choose smaller reference inputs"
+        )
+    if count == 0:
+        raise ValueError(f"{package.name}: the reference inputs give no item: the gate has nothing to run")
+    return taken
+
+
+def write_reference(package_dir: Path, work: Path, models: Path | None = None) -> list[str]:
+    """The reference items as trtexec input files, the ONNX outputs and answers; trtexec's arguments."""
     import numpy as np  # noqa: PLC0415
 
-    from worker.runtime.model_packages import onnx_tools  # noqa: PLC0415
-    from worker.runtime.model_packages.loader import load_package  # noqa: PLC0415
+    from worker.runtime.model_packages import chain, onnx_tools  # noqa: PLC0415
 
-    package = load_package(package_dir)
+    catalog, package = chain.load_chain(package_dir, models)
     d = package.declaration
-    examples = onnx_tools.reference_examples(package)[: d.max_batch_size]
-    outputs = onnx_tools.run_graph(package.model_path, d, examples)
+    infer = onnx_tools.OnnxInfer()
+    every = [
+        chain.stage_page(catalog, package, path, {"page": 1}, infer) for path in package.reference_inputs()
+    ]
+    pages = _reference_pages(package, every)
+    batch = chain.one_batch(package, [item for p in pages for item in p.page.items])
+    count = sum(len(p.page.items) for p in pages)
+    rows = chain.split_rows(infer(package, batch), count)
+    judged = chain.answers_for(package, pages, rows) if d.parity.answers is not None else []
     (work / "inputs").mkdir(parents=True, exist_ok=True)
     loads = []
-    for tensor in d.inputs:
-        path = work / "inputs" / f"{tensor.name}.bin"
-        batch = np.stack([np.asarray(e[tensor.name], dtype=tensor.numpy_dtype) for e in examples])
-        path.write_bytes(np.ascontiguousarray(batch).tobytes())
-        loads.append(f"{tensor.name}:{path}")
-    reference = [{name: np.asarray(v).tolist() for name, v in out.items()} for out in outputs]
+    for index, tensor in enumerate(d.inputs):
+        path = work / "inputs" / f"input{index}.bin"
+        path.write_bytes(np.ascontiguousarray(batch[tensor.name]).tobytes())
+        loads.append(f"{spec_name(tensor.name)}:{path}")
+    reference = [{name: np.asarray(v).tolist() for name, v in row.items()} for row in rows]
     (work / REFERENCE_FILE).write_text(json.dumps(reference), encoding="utf-8")
-    return [f"--shapes={_shapes(d.inputs, len(examples))}", f"--loadInputs={','.join(loads)}"]
+    stage = {"pages": pages, "answers": judged, "inputs": len(every)}
+    (work / STAGE_FILE).write_bytes(pickle.dumps(stage))
+    shapes = {t.name: batch[t.name].shape[1:] for t in d.inputs}
+    return [f"--shapes={_spec(count, shapes)}", f"--loadInputs={','.join(loads)}"]
 
 
 def read_trtexec_outputs(path: Path, examples: int) -> list[dict[str, Any]]:
@@ -134,33 +199,50 @@ def read_trtexec_outputs(path: Path, examples: int) -> list[dict[str, Any]]:
     return per_example
 
 
-def decide(package_dir: Path, work: Path) -> tuple[str, str]:
+def decide(package_dir: Path, work: Path, models: Path | None = None) -> tuple[str, str]:
     """``("build", precision)`` for the next candidate to measure, or ``("chosen", precision)``.
 
     Raises ``parity.NoPrecisionWithinTolerance`` when every declared precision was measured and rejected.
     """
+    import numpy as np  # noqa: PLC0415
+
+    from worker.runtime.model_packages import chain, parity  # noqa: PLC0415
     from worker.runtime.model_packages.declaration import read_declaration  # noqa: PLC0415
-    from worker.runtime.model_packages.parity import choose_precision  # noqa: PLC0415
 
     declaration = read_declaration(package_dir)
-    reference: list[Mapping[str, Any]] = json.loads((work / REFERENCE_FILE).read_text(encoding="utf-8"))
+    rows: list[Mapping[str, Any]] = json.loads((work / REFERENCE_FILE).read_text(encoding="utf-8"))
+    dtypes = {t.name: t.numpy_dtype for t in declaration.outputs}
+    reference_rows = [{n: np.asarray(v, dtype=dtypes.get(n, "float64")) for n, v in r.items()} for r in rows]
+    rules = declaration.parity.answers
+    stage: dict[str, Any] = pickle.loads((work / STAGE_FILE).read_bytes()) if rules is not None else {}
+    pages: list[StagePage] = stage.get("pages", [])
+    package = chain.load_chain(package_dir, models)[1] if rules is not None else None
 
-    def run(precision: str) -> list[dict[str, Any]]:
+    def run(precision: str) -> parity.StageRun:
         candidate = work / f"{precision}.json"
         if not candidate.is_file():
             raise CandidateMissing(precision)
-        return read_trtexec_outputs(candidate, len(reference))
+        got = [
+            {n: v.astype(dtypes.get(n, "float64")) for n, v in row.items()}
+            for row in read_trtexec_outputs(candidate, len(rows))
+        ]
+        if package is None:
+            return parity.StageRun(got)
+        return parity.StageRun(got, chain.answers_for(package, pages, got, candidate=True))
 
     try:
-        decision = choose_precision(
+        decision = parity.choose_precision(
             declaration.parity.precisions,
-            reference=reference,
+            reference=parity.StageRun(reference_rows, stage.get("answers", [])),
             run=run,
             tolerance=declaration.parity.max_abs_error,
+            rules=rules,
         )
     except CandidateMissing as missing:
         return "build", missing.precision
     provenance = {"model": declaration.name, "version": declaration.version, **decision.provenance()}
+    if stage:
+        provenance["reference_inputs"] = {"judged": len(pages), "declared": stage["inputs"]}
     (work / DECISION_FILE).write_text(json.dumps(provenance, indent=2) + "\n", encoding="utf-8")
     return "chosen", decision.chosen
 
@@ -172,8 +254,12 @@ def _plan(args: argparse.Namespace) -> int:
     return exit_codes.OK
 
 
+def _models(args: argparse.Namespace) -> Path | None:
+    return Path(args.models) if args.models else None
+
+
 def _reference(args: argparse.Namespace) -> int:
-    for argument in write_reference(Path(args.package_dir), Path(args.out)):
+    for argument in write_reference(Path(args.package_dir), Path(args.out), _models(args)):
         sys.stdout.write(argument + "\n")
     return exit_codes.OK
 
@@ -182,7 +268,7 @@ def _decide(args: argparse.Namespace) -> int:
     from worker.runtime.model_packages.parity import NoPrecisionWithinTolerance  # noqa: PLC0415
 
     try:
-        action, precision = decide(Path(args.package_dir), Path(args.work))
+        action, precision = decide(Path(args.package_dir), Path(args.work), _models(args))
     except NoPrecisionWithinTolerance as exc:
         sys.stderr.write(f"fleet engine decide: {Path(args.package_dir).name}: {exc}\n")
         return exit_codes.FAILED
@@ -204,8 +290,10 @@ def register(subparsers: Any) -> None:
     reference = steps.add_parser("reference", help="reference inputs for trtexec and ONNX outputs")
     reference.add_argument("package_dir")
     reference.add_argument("--out", required=True)
+    reference.add_argument("--models", help="the packages it needs (default: the package's parent folder)")
     reference.set_defaults(func=_reference)
     choose = steps.add_parser("decide", help="the parity gate over the candidates measured so far")
     choose.add_argument("package_dir")
     choose.add_argument("--work", required=True)
+    choose.add_argument("--models", help="the packages it needs (default: the package's parent folder)")
     choose.set_defaults(func=_decide)

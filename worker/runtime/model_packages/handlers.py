@@ -16,7 +16,7 @@ from __future__ import annotations
 import functools
 import io
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -24,6 +24,7 @@ import numpy as np
 from PIL import Image
 
 from worker.runtime import documents
+from worker.runtime.model_packages import items
 from worker.runtime.model_packages.declaration import Declaration
 from worker.runtime.model_packages.loader import ModelPackage, load_package
 from worker.shared import errors
@@ -108,39 +109,21 @@ def _png_bytes(image: Image.Image) -> bytes:
 
 
 def check_inputs(declaration: Declaration, tensors: object) -> Arrays:
-    """The declared inputs, exactly: a mapping of numpy arrays with the declared dtype and shape."""
-    name = declaration.name
-    if not isinstance(tensors, Mapping):
-        raise errors.ModelPreprocessFailed(
-            f"{name}: preprocess returned {type(tensors).__name__}, not a dict"
-        )
-    wanted = [t.name for t in declaration.inputs]
-    if sorted(tensors) != sorted(wanted):
-        raise errors.ModelPreprocessFailed(
-            f"{name}: preprocess returned {sorted(tensors)}, declared {wanted}"
-        )
-    checked: Arrays = {}
-    for tensor in declaration.inputs:
-        array = tensors[tensor.name]
-        if not isinstance(array, np.ndarray) or array.dtype != np.dtype(tensor.numpy_dtype):
-            kind = getattr(array, "dtype", type(array).__name__)
-            raise errors.ModelPreprocessFailed(
-                f"{name}: input {tensor.name} is {kind}, declared {tensor.dtype} ({tensor.numpy_dtype})"
-            )
-        if len(array.shape) != len(tensor.shape) or any(
-            want not in (-1, got) for want, got in zip(tensor.shape, array.shape, strict=True)
-        ):
-            raise errors.ModelPreprocessFailed(
-                f"{name}: input {tensor.name} has shape {list(array.shape)}, declared {list(tensor.shape)}"
-            )
-        checked[tensor.name] = array
-    return checked
+    """The declared inputs, exactly: a mapping of numpy arrays with the declared dtype, shape and bounds."""
+    return items.check_item(declaration, tensors)
 
 
 def run_postprocess(
-    package: ModelPackage, outputs: Arrays, params: dict[str, Any], analyses: tuple[str, ...]
+    package: ModelPackage,
+    outputs: Arrays | list[Arrays],
+    params: dict[str, Any],
+    analyses: tuple[str, ...],
 ) -> dict[str, Any]:
-    """The outputs of ``analyses`` from the package's postprocess; anything else it returns is dropped."""
+    """The outputs of ``analyses`` from the package's postprocess; anything else it returns is dropped.
+
+    ``outputs``: one item's outputs, or the list of a fan-out package's items' outputs
+    (``items.postprocess_outputs``).
+    """
     try:
         result = package.postprocess(outputs, params)
     except Exception as exc:

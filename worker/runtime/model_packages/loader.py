@@ -5,8 +5,8 @@ defines ``postprocess(outputs: dict[str, numpy.ndarray], params: dict) -> dict``
 outputs, keyed by analysis) and at least one of ``preprocess_page(page: documents.Page, params: dict)``
 (the worker decodes the page at the package's size) or ``preprocess(data: bytes, params: dict)`` (the
 package decodes the bytes itself), each returning one page's input tensors without the batch axis
-(docs/models.md). Everything that can be checked without running the model is checked here, and the
-first problem stops the load with the package named.
+(or an ``items.Prepared``: several items and a context; docs/models.md). Everything that can be checked
+without running the model is checked here, and the first problem stops the load with the package named.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import importlib.machinery
 import importlib.util
 import inspect
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -36,10 +36,13 @@ BUNDLED_MODELS_DIR: Final = Path(__file__).resolve().parents[2] / "models"
 #: Each package's modules are imported under ``<prefix><model name>`` (``_import_handler``).
 PACKAGE_MODULE_PREFIX: Final = "fleet_model_package_"
 
-Preprocess = Callable[[bytes, dict[str, Any]], Mapping[str, Any]]
+#: ``(data, params) -> tensors`` or an ``items.Prepared`` (what the handler returns is checked by
+#: ``items.check_prepared``, so the loader's types stay loose).
+Preprocess = Callable[[bytes, dict[str, Any]], Any]
 #: ``(documents.Page, params) -> tensors`` (typed loosely: the loader does not import the decoders).
-PreprocessPage = Callable[[Any, dict[str, Any]], Mapping[str, Any]]
-Postprocess = Callable[[Mapping[str, Any], dict[str, Any]], dict[str, Any]]
+PreprocessPage = Callable[[Any, dict[str, Any]], Any]
+#: ``(outputs, params) -> answers``: one item's outputs, or the list of a fan-out package's items'.
+Postprocess = Callable[[Any, dict[str, Any]], dict[str, Any]]
 
 
 @dataclass(frozen=True)
@@ -148,9 +151,7 @@ def _forget(package_name: str) -> None:
         del sys.modules[name]
 
 
-def _decoded_page(
-    preprocess_page: PreprocessPage, size_px: int, data: bytes, params: dict[str, Any]
-) -> Mapping[str, Any]:
+def _decoded_page(preprocess_page: PreprocessPage, size_px: int, data: bytes, params: dict[str, Any]) -> Any:
     """A ``preprocess_page`` package fed bytes: the page decoded by the worker, then the handler's."""
     from worker.runtime import documents  # noqa: PLC0415 - the decoders (PIL, PDFium) load on first use
 

@@ -3,7 +3,8 @@
 Copied by ``triton_repository.write_repository(variant="cpu")`` into ``<repo>/<model>/<version>/model.py``
 next to ``model.onnx``; it runs inside tritonserver's python stub (the local stack's ``.venv-triton``), never
 in the worker. Batches arrive as the worker forms them; several requests handed over at once are
-concatenated into one onnxruntime call and split back. ``intra_op_threads`` (config parameter, default 1)
+concatenated into one onnxruntime call per input shape (free sizes: requests of different sizes cannot
+share one) and split back. ``intra_op_threads`` (config parameter, default 1)
 keeps onnxruntime from fighting the worker's preprocessing processes for the cores.
 """
 
@@ -37,21 +38,36 @@ class TritonPythonModel:
         self.input_types = {i.name: i.type for i in self.session.get_inputs()}
 
     def execute(self, requests: list[Any]) -> list[Any]:
+        responses: list[Any] = [None] * len(requests)
         try:
             per_request = [
                 {n: pb_utils.get_input_tensor_by_name(r, n).as_numpy() for n in self.input_names}
                 for r in requests
             ]
-            feed = {
-                name: per_request[0][name]
-                if len(per_request) == 1
-                else np.concatenate([inputs[name] for inputs in per_request])
-                for name in self.input_names
-            }
-            results = self.session.run(self.output_names, feed)
         except Exception as exc:  # answer every request with the error instead of killing the stub
-            error = pb_utils.TritonError(f"{self.name} inference failed: {exc}")
-            return [pb_utils.InferenceResponse(output_tensors=[], error=error) for _ in requests]
+            return [self._error(exc) for _ in requests]
+        groups: dict[tuple[Any, ...], list[int]] = {}
+        for index, inputs in enumerate(per_request):
+            key = tuple(inputs[n].shape[1:] for n in self.input_names)
+            groups.setdefault(key, []).append(index)
+        for indices in groups.values():
+            try:
+                answered = self._run([per_request[i] for i in indices])
+            except Exception as exc:
+                answered = [self._error(exc) for _ in indices]
+            for index, response in zip(indices, answered, strict=True):
+                responses[index] = response
+        return responses
+
+    def _run(self, per_request: list[dict[str, Any]]) -> list[Any]:
+        """Requests of one input shape: one onnxruntime call, split back per request."""
+        feed = {
+            name: per_request[0][name]
+            if len(per_request) == 1
+            else np.concatenate([inputs[name] for inputs in per_request])
+            for name in self.input_names
+        }
+        results = self.session.run(self.output_names, feed)
         responses = []
         offset = 0
         for inputs in per_request:
@@ -64,6 +80,10 @@ class TritonPythonModel:
             ]
             responses.append(pb_utils.InferenceResponse(output_tensors=tensors))
         return responses
+
+    def _error(self, exc: Exception) -> Any:
+        error = pb_utils.TritonError(f"{self.name} inference failed: {exc}")
+        return pb_utils.InferenceResponse(output_tensors=[], error=error)
 
     def finalize(self) -> None:
         self.session = None

@@ -13,8 +13,9 @@ from typing import Any
 
 import numpy as np
 
-from worker.runtime.model_packages.declaration import Declaration, PackageInvalid, Tensor
+from worker.runtime.model_packages.declaration import Declaration, PackageInvalid
 from worker.runtime.model_packages.loader import ModelPackage
+from worker.runtime.model_packages.tensors import Tensor
 
 Arrays = dict[str, np.ndarray[Any, Any]]
 
@@ -68,6 +69,35 @@ def _compare(d: Declaration, kind: str, declared: Sequence[Tensor], actual: Sequ
             raise PackageInvalid(
                 d.name, f"{kind} {tensor.name}: declared shape {list(tensor.shape)}, graph {fixed}"
             )
+        if kind == "input" and any(
+            want == -1 and got != -1 for want, got in zip(tensor.shape, fixed, strict=True)
+        ):
+            # the engine and onnxruntime would refuse every other size than the graph's
+            raise PackageInvalid(
+                d.name,
+                f"input {tensor.name}: declared shape {list(tensor.shape)} has a free dim the graph "
+                f"fixes ({fixed}); declare the graph's size",
+            )
+
+
+class OnnxInfer:
+    """Batches through each package's graph in onnxruntime (CPU), one session per graph, kept.
+
+    ``graphs`` replaces a package's own graph by name (the FP16 candidate of the parity gate on CPU).
+    Called as ``chain.Infer``: ``(package, batch of its inputs) -> its outputs``, batch axis first.
+    """
+
+    def __init__(self, graphs: Mapping[str, Path] | None = None) -> None:
+        self.graphs = dict(graphs or {})
+        self._sessions: dict[Path, Any] = {}
+
+    def __call__(self, package: ModelPackage, batch: Mapping[str, np.ndarray[Any, Any]]) -> Arrays:
+        path = self.graphs.get(package.name, package.model_path)
+        if path not in self._sessions:
+            self._sessions[path] = session(path)
+        names = [t.name for t in package.declaration.outputs]
+        results = self._sessions[path].run(names, dict(batch))
+        return dict(zip(names, results, strict=True))
 
 
 def run_graph(path: Path, declaration: Declaration, examples: Sequence[Mapping[str, Any]]) -> list[Arrays]:
@@ -90,10 +120,20 @@ def reference_examples(package: ModelPackage) -> list[Mapping[str, Any]]:
 
 
 def fp16_graph(source: Path, target: Path) -> Path:
-    """An FP16 copy of the graph, FP32 inputs/outputs kept: the CPU stand-in for a TensorRT FP16 engine."""
+    """An FP16 copy of the graph, FP32 inputs/outputs kept: the CPU stand-in for a TensorRT FP16 engine.
+
+    Unnamed nodes get a name first: the converter names the casts it inserts after the nodes they feed,
+    and two unnamed consumers of one input would give two casts of one name (an invalid graph).
+    """
     import onnx  # noqa: PLC0415 - the models extra
     from onnxconverter_common import float16  # noqa: PLC0415
 
-    model = float16.convert_float_to_float16(onnx.load(str(source)), keep_io_types=True)
+    model = onnx.load(str(source))
+    taken = {node.name for node in model.graph.node}
+    for index, node in enumerate(model.graph.node):
+        if not node.name:
+            node.name = next(n for n in (f"node{index}_{k}" for k in range(len(taken) + 1)) if n not in taken)
+            taken.add(node.name)
+    model = float16.convert_float_to_float16(model, keep_io_types=True)
     onnx.save(model, str(target))
     return target

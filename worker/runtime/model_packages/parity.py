@@ -1,43 +1,91 @@
-"""The precision gate: an engine's precision is the fastest one whose outputs stay within the tolerance.
+"""The precision gate: an engine's precision is the fastest one whose results agree with the ONNX reference.
 
 DeNA measured TensorRT FP16 changing one model's outputs from the 1st-2nd decimal (rejected) and FP32 from
 the 4th-5th (accepted): precision is decided per model, by measurement, never by a default. When an
-engine is built, each candidate precision the package declares (fastest first) is run on the package's
-reference inputs and compared with the ONNX reference outputs; the first within ``max_abs_error`` on
-every output wins. The decision, with every candidate's measured error, goes into the engine's
-provenance and the logs. No candidate within tolerance is an error: the boot fails loudly rather than
-serving wrong numbers.
+engine is built, each candidate precision the package declares (fastest first) is run through the
+package's step on its reference inputs (fed as the worker feeds it: the upstream packages' reference
+answers in ``needs``, its items, its context; ``chain``) and compared with the ONNX (FP32) reference
+by the package's rule:
 
-The decision is pure (``choose_precision``); where the candidate outputs come from is the caller's: on a
-GPU, TensorRT engines built with ``trtexec``; on CPU, in the tests, onnxruntime running an FP16-converted
-graph.
+- ``[parity] max_abs_error``: every raw output within that absolute error (the default rule);
+- ``[parity.answers.<analysis>]``: the post-processed answers agree field by field (``answers``): an
+  FP16 recogniser that moves a probability but no character passes, a detector that loses a box fails.
+
+The first candidate that passes wins. The decision, with every candidate's measured disagreements and
+raw max abs error, goes into the engine's provenance and the logs. No candidate passing is an error:
+the boot fails loudly rather than serving wrong answers.
+
+The decision is pure (``choose_precision``); where the candidate results come from is the caller's: on a
+GPU, TensorRT engines built and run with ``trtexec`` (``engine_build``); on CPU, onnxruntime running an
+FP16-converted graph (``chain.gate_on_cpu``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 import numpy as np
 
+from worker.runtime.model_packages import answers as answer_rules
+from worker.runtime.model_packages.answers import AnswerRules
+
 Outputs = Mapping[str, np.ndarray[Any, Any]]
+#: Precisions with a CPU stand-in for the gate without a GPU: the graph itself, its FP16 conversion.
+CPU_PRECISIONS: Final = ("FP16", "FP32")
 
 
 class NoPrecisionWithinTolerance(Exception):
-    """Every candidate precision's outputs differ from the reference by more than the tolerance."""
+    """Every candidate precision's results disagree with the reference beyond the package's rule."""
 
 
 @dataclass(frozen=True)
-class CandidateError:
-    """How far one precision's outputs were from the reference: the worst absolute error per output."""
+class StageRun:
+    """What one precision gave on the reference inputs: each item's raw outputs, in order, and each
+    reference input's answers (keyed by analysis; empty when the rule judges raw tensors only)."""
+
+    outputs: Sequence[Outputs]
+    answers: Sequence[Mapping[str, Any]] = ()
+
+
+@dataclass(frozen=True)
+class CandidateMeasure:
+    """One precision measured: the worst absolute error per raw output and, under answer rules, what
+    each analysis's fields disagreed on."""
 
     precision: str
     max_abs_error: dict[str, float]
+    accepted: bool
+    answers: dict[str, dict[str, dict[str, Any]]] | None = None
+    disagreements: int = 0
 
     @property
     def worst(self) -> float:
         return max(self.max_abs_error.values(), default=0.0)
+
+    def record(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "precision": self.precision,
+            "accepted": self.accepted,
+            "max_abs_error": self.max_abs_error,
+            "worst": self.worst,
+        }
+        if self.answers is not None:
+            out["disagreements"] = self.disagreements
+            out["answers"] = self.answers
+        return out
+
+    def summary(self) -> str:
+        if self.answers is None:
+            return f"{self.precision} {self.worst:.3g}"
+        where = [
+            f"{analysis}.{name}"
+            for analysis, fields in self.answers.items()
+            for name, measure in fields.items()
+            if measure["disagreements"]
+        ]
+        return f"{self.precision} {self.disagreements} disagreements ({', '.join(where) or 'none'})"
 
 
 @dataclass(frozen=True)
@@ -45,25 +93,30 @@ class PrecisionDecision:
     """The chosen precision and the evidence, as recorded in the engine's provenance."""
 
     chosen: str
-    tolerance: float
-    measured: tuple[CandidateError, ...]
+    tolerance: float | None
+    measured: tuple[CandidateMeasure, ...]
     rejected: tuple[str, ...] = field(default=())
+    rules: AnswerRules | None = None
+    notes: tuple[str, ...] = ()
 
     def provenance(self) -> dict[str, Any]:
         """JSON-able record for the engine cache and the boot log."""
-        return {
+        record: dict[str, Any] = {
             "precision": self.chosen,
+            "rule": "max_abs_error" if self.rules is None else "answers",
             "tolerance_max_abs_error": self.tolerance,
             "rejected": list(self.rejected),
-            "measured": [
-                {"precision": c.precision, "max_abs_error": c.max_abs_error, "worst": c.worst}
-                for c in self.measured
-            ],
+            "measured": [c.record() for c in self.measured],
         }
+        if self.rules is not None:
+            record["answer_rules"] = self.rules.describe()
+        if self.notes:
+            record["notes"] = list(self.notes)
+        return record
 
 
 def max_abs_errors(reference: Sequence[Outputs], candidate: Sequence[Outputs]) -> dict[str, float]:
-    """Per output name, the largest absolute difference over every reference input."""
+    """Per output name, the largest absolute difference over every reference row."""
     if len(reference) != len(candidate):
         raise ValueError(f"{len(candidate)} candidate results for {len(reference)} reference inputs")
     worst: dict[str, float] = {}
@@ -82,27 +135,55 @@ def max_abs_errors(reference: Sequence[Outputs], candidate: Sequence[Outputs]) -
     return worst
 
 
+def measure(
+    precision: str,
+    reference: StageRun,
+    candidate: StageRun,
+    *,
+    tolerance: float | None = None,
+    rules: AnswerRules | None = None,
+) -> CandidateMeasure:
+    """One candidate against the reference by the package's rule (exactly one of ``tolerance``/``rules``)."""
+    raw = max_abs_errors(reference.outputs, candidate.outputs)
+    if tolerance is not None and rules is None:
+        return CandidateMeasure(precision, raw, max(raw.values(), default=0.0) <= tolerance)
+    if rules is not None and tolerance is None:
+        judged = answer_rules.judge(rules, reference.answers, candidate.answers)
+        count = answer_rules.disagreements(judged)
+        records = {a: {name: m.record() for name, m in fields.items()} for a, fields in judged.items()}
+        return CandidateMeasure(precision, raw, count == 0, records, count)
+    raise ValueError("judge by max_abs_error or by answer rules: exactly one")
+
+
 def choose_precision(
     precisions: Sequence[str],
     *,
-    reference: Sequence[Outputs],
-    run: Callable[[str], Sequence[Outputs]],
-    tolerance: float,
+    reference: StageRun,
+    run: Callable[[str], StageRun],
+    tolerance: float | None = None,
+    rules: AnswerRules | None = None,
+    notes: Sequence[str] = (),
 ) -> PrecisionDecision:
-    """Try ``precisions`` in order (fastest first); the first within ``tolerance`` on every output wins.
+    """Try ``precisions`` in order (fastest first); the first the rule accepts wins.
 
-    ``run(precision)`` returns that precision's outputs on the same reference inputs. Candidates after
+    ``run(precision)`` returns that precision's results on the same reference inputs. Candidates after
     the winner are not run (building an engine costs minutes on a GPU).
     """
-    measured: list[CandidateError] = []
+    measured: list[CandidateMeasure] = []
     rejected: list[str] = []
     for precision in precisions:
-        candidate = CandidateError(precision, max_abs_errors(reference, run(precision)))
+        candidate = measure(precision, reference, run(precision), tolerance=tolerance, rules=rules)
         measured.append(candidate)
-        if candidate.worst <= tolerance:
-            return PrecisionDecision(precision, tolerance, tuple(measured), tuple(rejected))
+        if candidate.accepted:
+            return PrecisionDecision(
+                precision, tolerance, tuple(measured), tuple(rejected), rules, tuple(notes)
+            )
         rejected.append(precision)
-    summary = ", ".join(f"{c.precision} {c.worst:.3g}" for c in measured)
+    summary = ", ".join(c.summary() for c in measured)
+    if rules is None:
+        raise NoPrecisionWithinTolerance(
+            f"no precision within max_abs_error {tolerance:g} of the ONNX reference (measured: {summary})"
+        )
     raise NoPrecisionWithinTolerance(
-        f"no precision within max_abs_error {tolerance:g} of the ONNX reference (measured: {summary})"
+        f"no precision gives the ONNX reference's answers by [parity.answers] (measured: {summary})"
     )
