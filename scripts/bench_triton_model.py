@@ -28,14 +28,14 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from worker.dev import drawings  # noqa: E402
-from worker.runtime import model_spec, preprocess  # noqa: E402
+from worker.models.drawing_analyzer import model_spec, preprocessing  # noqa: E402
 
 
 def sample_inputs(count: int) -> np.ndarray:
     """``count`` real preprocessed drawings (seed base 5, half A4 size to prepare quickly)."""
     return np.stack(
         [
-            preprocess.preprocess_bytes(d)
+            preprocessing.preprocess_bytes(d)
             for d, _ in drawings.dataset(count, seed=5, size=(877, 620), fmt="mixed")
         ]
     )

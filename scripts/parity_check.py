@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from worker.dev import drawings  # noqa: E402
-from worker.runtime import abstention, model_spec, preprocess  # noqa: E402
+from worker.models.drawing_analyzer import abstention, model_spec, preprocessing  # noqa: E402
 
 ONNX = model_spec.ONNX_PATH
 #: The GPU repository: ``fleet models repository worker/models --variant gpu --out`` it, then
@@ -48,7 +48,7 @@ def _heldout_item(index: int) -> tuple[np.ndarray, int]:
     data, _ = drawings.render_drawing(
         drawings.dataset_seed(index, seed=drawings.HELDOUT_SEED), label, fmt=fmt
     )
-    return preprocess.preprocess_bytes(data), model_spec.CLASS_NAMES.index(label)
+    return preprocessing.preprocess_bytes(data), model_spec.CLASS_NAMES.index(label)
 
 
 def heldout_set(count: int, workers: int) -> tuple[np.ndarray, np.ndarray]:

@@ -6,7 +6,7 @@ minutes on 2 CPU cores:
 
 1. Generate the training set (``drawings.TRAIN_SEED``) and the fixed held-out set
    (``drawings.HELDOUT_SEED``, ``HELDOUT_COUNT`` drawings at the default A4/150-dpi size, every third one
-   JPEG) through ``worker.runtime.preprocess`` - the same contract the worker uses - and cache the tensors
+   JPEG) through the package's ``preprocessing`` - the same contract the worker uses - and cache the tensors
    under ``build/model-data/`` (uint8, exact: the contract's values are multiples of 1/255).
    Negatives (``drawings.NEGATIVE_KINDS``: blank and near-blank pages, text, parts lists, title-block-only
    sheets, photo-like images, noise, heavily cropped drawings) join the training set as a seventh class,
@@ -17,10 +17,10 @@ minutes on 2 CPU cores:
    clusters each class around one direction).
 3. Export ONNX (opset 17, dynamic batch axis, softmax and L2 normalisation inside the graph) and verify it
    with onnxruntime. Everything after this runs on the exported graph's outputs, as Triton serves them.
-4. Fit the abstention policy (``worker.runtime.abstention``) on a calibration split training never saw
+4. Fit the abstention policy (the package's ``abstention``) on a calibration split training never saw
    (``CALIBRATION_SEED``): temperature by NLL, class prototypes from the training drawings, the prototype
    threshold at the calibration drawings' 1st percentile; write it as ``abstention.json`` next to the model
-   and as the worker package's copy.
+   in the package.
 5. Report held-out class accuracy and embedding recall@1, the model card's abstention figures on the
    evaluation set (``worker.dev.model_card``: drawings and negatives, unseen negative kinds included) and
    its small-sheet answer fractions (the same drawings and negatives at 877 down to 320 px across) into
@@ -55,7 +55,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from worker.dev import drawings, model_card  # noqa: E402
-from worker.runtime import abstention, model_spec, preprocess  # noqa: E402
+from worker.models.drawing_analyzer import abstention, model_spec, preprocessing  # noqa: E402
 
 DEFAULT_OUT = model_spec.PACKAGE_DIR
 CACHE_DIR = ROOT / "build" / "model-data"
@@ -77,7 +77,7 @@ TRAIN_NEGATIVES = 1260
 CALIBRATION_SEED = 5  # seed 4 is the INT8 calibration set (scripts/build_trt_engine)
 CALIBRATION_DRAWINGS = 360
 CALIBRATION_NEGATIVES = 280
-#: Declared thresholds on calibrated probabilities (worker.runtime.abstention): not_a_drawing at or above
+#: Declared thresholds on calibrated probabilities (the package's abstention): not_a_drawing at or above
 #: REJECT_THRESHOLD; unsure when the best part class is below UNSURE_THRESHOLD.
 REJECT_THRESHOLD = 0.5
 UNSURE_THRESHOLD = 0.6
@@ -136,10 +136,10 @@ def _train_item(index: int) -> tuple[np.ndarray, int]:
     seed = drawings.dataset_seed(index, seed=drawings.TRAIN_SEED)
     if index % 3 == 2:  # the JPEG path (DCT-scaled decode) as the worker sees it
         data, _ = drawings.render_drawing(seed, label, size=size, fmt="jpeg")
-        tensor = preprocess.preprocess_bytes(data)
+        tensor = preprocessing.preprocess_bytes(data)
     else:  # PNG is lossless, so decoding it would give back exactly this image
         image, _ = drawings.render_image(seed, label, size=size)
-        tensor = preprocess.image_to_tensor(image)
+        tensor = preprocessing.image_to_tensor(image)
     return _quantise(tensor), model_spec.CLASS_NAMES.index(label)
 
 
@@ -149,7 +149,7 @@ def _heldout_item(index: int) -> tuple[np.ndarray, int]:
     data, _ = drawings.render_drawing(
         drawings.dataset_seed(index, seed=drawings.HELDOUT_SEED), label, fmt=fmt
     )
-    return _quantise(preprocess.preprocess_bytes(data)), model_spec.CLASS_NAMES.index(label)
+    return _quantise(preprocessing.preprocess_bytes(data)), model_spec.CLASS_NAMES.index(label)
 
 
 def _negative_train_item(index: int) -> tuple[np.ndarray, int]:
@@ -158,9 +158,9 @@ def _negative_train_item(index: int) -> tuple[np.ndarray, int]:
     seed = drawings.dataset_seed(index, seed=drawings.TRAIN_SEED)
     if index % 3 == 2:
         data, _ = drawings.render_negative(seed, kind, size=size, fmt="jpeg")
-        return _quantise(preprocess.preprocess_bytes(data)), NOT_A_DRAWING_INDEX
+        return _quantise(preprocessing.preprocess_bytes(data)), NOT_A_DRAWING_INDEX
     image, _ = drawings.render_negative_image(seed, kind, size=size)
-    return _quantise(preprocess.image_to_tensor(image)), NOT_A_DRAWING_INDEX
+    return _quantise(preprocessing.image_to_tensor(image)), NOT_A_DRAWING_INDEX
 
 
 def _small_train_item(index: int) -> tuple[np.ndarray, int]:
@@ -168,7 +168,7 @@ def _small_train_item(index: int) -> tuple[np.ndarray, int]:
     size = SMALL_TRAIN_SIZES[(index // len(model_spec.CLASS_NAMES)) % len(SMALL_TRAIN_SIZES)]
     seed = drawings.dataset_seed(SMALL_INDEX_OFFSET + index, seed=drawings.TRAIN_SEED)
     data, _ = drawings.render_drawing(seed, label, size=size, fmt=_fmt(index))
-    return _quantise(preprocess.preprocess_bytes(data)), model_spec.CLASS_NAMES.index(label)
+    return _quantise(preprocessing.preprocess_bytes(data)), model_spec.CLASS_NAMES.index(label)
 
 
 def _small_negative_train_item(index: int) -> tuple[np.ndarray, int]:
@@ -176,7 +176,7 @@ def _small_negative_train_item(index: int) -> tuple[np.ndarray, int]:
     size = SMALL_TRAIN_SIZES[(index // len(drawings.NEGATIVE_KINDS)) % len(SMALL_TRAIN_SIZES)]
     seed = drawings.dataset_seed(SMALL_INDEX_OFFSET + index, seed=drawings.TRAIN_SEED)
     data, _ = drawings.render_negative(seed, kind, size=size, fmt=_fmt(index))
-    return _quantise(preprocess.preprocess_bytes(data)), NOT_A_DRAWING_INDEX
+    return _quantise(preprocessing.preprocess_bytes(data)), NOT_A_DRAWING_INDEX
 
 
 def _fmt(index: int) -> drawings.Format:
@@ -189,7 +189,7 @@ def _split_drawing(index: int, seed: int) -> tuple[np.ndarray, int]:
     data, _ = drawings.render_drawing(
         drawings.dataset_seed(index, seed=seed), label, size=model_card.EVAL_SIZE, fmt=_fmt(index)
     )
-    return _quantise(preprocess.preprocess_bytes(data)), model_spec.CLASS_NAMES.index(label)
+    return _quantise(preprocessing.preprocess_bytes(data)), model_spec.CLASS_NAMES.index(label)
 
 
 def _split_negative(index: int, seed: int, kinds: tuple[str, ...]) -> tuple[np.ndarray, int]:
@@ -198,7 +198,7 @@ def _split_negative(index: int, seed: int, kinds: tuple[str, ...]) -> tuple[np.n
     data, _ = drawings.render_negative(
         drawings.dataset_seed(index, seed=seed), kind, size=model_card.EVAL_SIZE, fmt=_fmt(index)
     )
-    return _quantise(preprocess.preprocess_bytes(data)), kinds.index(kind)
+    return _quantise(preprocessing.preprocess_bytes(data)), kinds.index(kind)
 
 
 def _calibration_drawing(index: int) -> tuple[np.ndarray, int]:

@@ -15,7 +15,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from worker.dev import drawings
-from worker.runtime import model_spec, preprocess
+from worker.models.drawing_analyzer import model_spec, preprocessing
 
 CALIBRATION_SEED = 4
 CALIBRATION_COUNT = 512
@@ -26,7 +26,7 @@ def load_data() -> Iterator[dict[str, np.ndarray]]:
     """Batches of ``CALIBRATION_BATCH`` preprocessed drawings (mixed PNG/JPEG, default A4 size)."""
     batch: list[np.ndarray] = []
     for data, _ in drawings.dataset(CALIBRATION_COUNT, seed=CALIBRATION_SEED, fmt="mixed"):
-        batch.append(preprocess.preprocess_bytes(data))
+        batch.append(preprocessing.preprocess_bytes(data))
         if len(batch) == CALIBRATION_BATCH:
             yield {model_spec.INPUT.name: np.stack(batch)}
             batch = []

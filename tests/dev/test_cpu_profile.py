@@ -34,7 +34,7 @@ def test_the_json_encoder_s_time_goes_to_the_caller_s_group_not_to_json_alone() 
 def test_code_files_fall_in_their_library_s_group() -> None:
     assert cpu_profile.category("/x/site-packages/grpc/aio/_call.py").startswith("grpc")
     assert cpu_profile.category("/usr/lib/python3.11/asyncio/base_events.py").startswith("asyncio")
-    assert cpu_profile.category("/repo/worker/runtime/intake.py") == "worker code"
+    assert cpu_profile.category("/repo/worker/runtime/intake/settler.py") == "worker code"
     assert cpu_profile.category("/x/site-packages/structlog/_base.py").startswith("logging")
     assert cpu_profile.category("/somewhere/else.py") == cpu_profile.OTHER
 

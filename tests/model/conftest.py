@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from worker.dev import drawings, model_card
-from worker.runtime import model_spec, preprocess
+from worker.models.drawing_analyzer import model_spec, preprocessing
 
 
 @pytest.fixture(scope="session")
@@ -16,7 +16,7 @@ def eval_drawings() -> tuple[np.ndarray, np.ndarray]:
     for data, label in drawings.dataset(
         model_card.EVAL_DRAWINGS, seed=model_card.EVAL_SEED, size=model_card.EVAL_SIZE, fmt="mixed"
     ):
-        tensors.append(preprocess.preprocess_bytes(data))
+        tensors.append(preprocessing.preprocess_bytes(data))
         labels.append(model_spec.CLASS_NAMES.index(label))
     return np.stack(tensors), np.array(labels)
 
@@ -28,6 +28,6 @@ def eval_negatives() -> tuple[np.ndarray, list[str]]:
     for data, kind in drawings.negative_dataset(
         model_card.EVAL_NEGATIVES, seed=model_card.EVAL_SEED, size=model_card.EVAL_SIZE, fmt="mixed"
     ):
-        tensors.append(preprocess.preprocess_bytes(data))
+        tensors.append(preprocessing.preprocess_bytes(data))
         kinds.append(kind)
     return np.stack(tensors), kinds

@@ -1,4 +1,4 @@
-"""The abstention policy as pure functions (worker.runtime.abstention, worker.dev.model_card), no I/O."""
+"""The drawing package's abstention policy as pure functions (and worker.dev.model_card), no I/O."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from worker.dev import model_card
-from worker.runtime import abstention, inference, model_spec
+from worker.models.drawing_analyzer import abstention, answers, model_spec
 from worker.shared import contracts
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -124,7 +124,7 @@ def test_postprocess_answers_in_the_result_schema() -> None:
         (_probs(not_a_drawing=0.99), FAR, "not_a_drawing"),
         (_probs(flange=0.999), FAR, "unsure"),
     ):
-        outputs = inference.postprocess(probs, embedding, ("classify",), decision_policy=POLICY)
+        outputs = answers.answer(probs, embedding, ("classify",), POLICY)
         jsonschema.validate(outputs["classify"], classify_schema)
         assert outputs["classify"]["label"] == label
         assert set(outputs["classify"]["scores"]) == set(model_spec.OUTPUT_CLASSES)

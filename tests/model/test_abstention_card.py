@@ -1,4 +1,4 @@
-"""Issue 23 through the real tritonserver: non-drawings are answered ``not_a_drawing`` or ``unsure``, and
+"""Abstention through the real tritonserver: non-drawings are answered ``not_a_drawing`` or ``unsure``, and
 the model card's abstention figures are reproduced on its evaluation set (240 drawings, 264 negatives)."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from worker.dev import drawings, model_card
-from worker.runtime import abstention, inference, model_spec, preprocess
+from worker.models.drawing_analyzer import abstention, answers, model_spec, preprocessing
 
 pytestmark = pytest.mark.integration
 
@@ -52,27 +52,28 @@ def _infer(client: Any, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def test_the_issue_inputs_are_not_answered_as_part_classes(client: Any) -> None:
-    # Given the four inputs of issue 23 (blank A4, uniform noise, typed text, photo-like), as the worker
-    # preprocesses them
+    # Given the four non-drawings the abstention was built for (blank A4, uniform noise, typed text,
+    # photo-like), as the worker preprocesses them
     inputs = drawings.issue_inputs()
-    x = np.stack([preprocess.preprocess_bytes(data) for data in inputs.values()])
+    x = np.stack([preprocessing.preprocess_bytes(data) for data in inputs.values()])
     # When Triton runs them and the worker's postprocess answers
     probs, embeddings = _infer(client, x)
-    answers = {
-        name: inference.postprocess(p, e, ("classify",))["classify"]
+    policy = abstention.load_policy()
+    answered = {
+        name: answers.answer(p, e, ("classify",), policy)["classify"]
         for name, p, e in zip(inputs, probs, embeddings, strict=True)
     }
-    for name, answer in answers.items():
+    for name, answer in answered.items():
         print(name, answer["label"], answer["confidence"], answer["decision"])
     # Then none is given a part class, and each says what decided it
-    assert {a["label"] for a in answers.values()} <= {model_spec.NOT_A_DRAWING, model_spec.UNSURE}
-    assert all(a["decision"]["by"] in abstention.DECIDED_BY for a in answers.values())
+    assert {a["label"] for a in answered.values()} <= {model_spec.NOT_A_DRAWING, model_spec.UNSURE}
+    assert all(a["decision"]["by"] in abstention.DECIDED_BY for a in answered.values())
 
 
 def test_a_drawing_keeps_its_class_through_the_worker_postprocess(client: Any) -> None:
     data, label = drawings.render_drawing(7, "gear")
-    probs, embeddings = _infer(client, preprocess.preprocess_bytes(data)[None])
-    answer = inference.postprocess(probs[0], embeddings[0], ("classify",))["classify"]
+    probs, embeddings = _infer(client, preprocessing.preprocess_bytes(data)[None])
+    answer = answers.answer(probs[0], embeddings[0], ("classify",), abstention.load_policy())["classify"]
     assert answer["label"] == label
     assert answer["confidence"] >= abstention.load_policy().unsure_threshold
 

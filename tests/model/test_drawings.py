@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from worker.dev import drawings
-from worker.runtime import model_spec, preprocess
+from worker.models.drawing_analyzer import model_spec, preprocessing
 
 
 def test_same_seed_same_bytes() -> None:
@@ -29,7 +29,7 @@ def test_every_class_renders_a_decodable_drawing(part_class: str) -> None:
     assert label == part_class
     image = Image.open(io.BytesIO(data))
     assert image.size == drawings.DEFAULT_SIZE
-    tensor = preprocess.preprocess_bytes(data)
+    tensor = preprocessing.preprocess_bytes(data)
     assert tensor.shape == model_spec.INPUT.shape
     assert 0.01 < float(tensor.mean()) < 0.5  # ink on paper, not blank and not black
 
@@ -54,10 +54,10 @@ def test_dataset_is_balanced_and_deterministic() -> None:
 
 
 def test_reduced_size_is_the_same_picture() -> None:
-    full = preprocess.image_to_tensor(drawings.render_image(11, "flange")[0])
-    half = preprocess.image_to_tensor(drawings.render_image(11, "flange", size=(877, 620))[0])
+    full = preprocessing.image_to_tensor(drawings.render_image(11, "flange")[0])
+    half = preprocessing.image_to_tensor(drawings.render_image(11, "flange", size=(877, 620))[0])
     # Same layout: the ink maps overlap far more than two different drawings do.
-    other = preprocess.image_to_tensor(drawings.render_image(12, "flange", size=(877, 620))[0])
+    other = preprocessing.image_to_tensor(drawings.render_image(12, "flange", size=(877, 620))[0])
     assert (
         np.corrcoef(full.ravel(), half.ravel())[0, 1] > np.corrcoef(half.ravel(), other.ravel())[0, 1] + 0.2
     )
@@ -75,7 +75,7 @@ def test_every_negative_kind_renders_deterministic_decodable_pages(kind: str) ->
     first = drawings.render_negative(5, kind, size=(438, 310), fmt="jpeg")
     assert first == drawings.render_negative(5, kind, size=(438, 310), fmt="jpeg")
     assert first[1] == kind
-    tensor = preprocess.preprocess_bytes(first[0])
+    tensor = preprocessing.preprocess_bytes(first[0])
     assert tensor.shape == model_spec.INPUT.shape
     assert first != drawings.render_negative(6, kind, size=(438, 310), fmt="jpeg")
 
@@ -92,14 +92,14 @@ def test_negative_sets_are_balanced_and_unseen_kinds_stay_out_of_training() -> N
 def test_the_issue_inputs() -> None:
     inputs = drawings.issue_inputs(size=(438, 310))
     assert list(inputs) == ["blank_a4", "uniform_noise", "typed_text", "photo_like"]
-    blank = preprocess.preprocess_bytes(inputs["blank_a4"])
+    blank = preprocessing.preprocess_bytes(inputs["blank_a4"])
     assert float(blank.max()) == 0.0  # all paper
-    noise = preprocess.preprocess_bytes(inputs["uniform_noise"])
+    noise = preprocessing.preprocess_bytes(inputs["uniform_noise"])
     assert 0.4 < float(noise[0, 96].mean()) < 0.6  # a row inside the letterbox, away from the padding
     assert Image.open(io.BytesIO(inputs["photo_like"])).mode == "RGB"
 
 
-# --- annotation symbols (issue 16: the symbol recognizer's ground truth) --------------------------------
+# --- annotation symbols (the symbol recognizer's ground truth) --------------------------------------------
 SMALL = (438, 310)
 
 

@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from worker.runtime import model_spec, preprocess
+from worker.models.drawing_analyzer import model_spec, preprocessing
+from worker.runtime.documents import images
 from worker.shared.errors import ImageTooLarge, ImageUndecodable, InputTooLarge
 
 SHAPE = model_spec.INPUT.shape
@@ -60,8 +61,8 @@ def _assert_tensor(tensor: np.ndarray) -> None:
 # --- good input -------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("fmt", ["PNG", "JPEG", "BMP", "TIFF", "WEBP", "GIF"])
 def test_formats_give_the_same_picture(fmt: str) -> None:
-    reference = preprocess.image_to_tensor(_drawing_like())
-    tensor = preprocess.preprocess_bytes(_encode(_drawing_like(), fmt))
+    reference = preprocessing.image_to_tensor(_drawing_like())
+    tensor = preprocessing.preprocess_bytes(_encode(_drawing_like(), fmt))
     _assert_tensor(tensor)
     assert np.abs(tensor - reference).mean() < 0.02
 
@@ -70,7 +71,7 @@ def test_letterbox_keeps_aspect_and_pads_with_paper() -> None:
     # Given a 2:1 landscape image that is all ink
     data = _encode(Image.new("L", (400, 200), 0), "PNG")
     # When it is preprocessed
-    tensor = preprocess.preprocess_bytes(data)[0]
+    tensor = preprocessing.preprocess_bytes(data)[0]
     # Then the middle half is ink and the top and bottom quarters are paper
     size = model_spec.INPUT_SIZE_PX
     assert tensor[: size // 4 - 1].max() == 0.0
@@ -79,7 +80,7 @@ def test_letterbox_keeps_aspect_and_pads_with_paper() -> None:
 
 
 def test_normalisation_ink_is_one_paper_is_zero() -> None:
-    tensor = preprocess.preprocess_bytes(_encode(_drawing_like((192, 192)), "PNG"))[0]
+    tensor = preprocessing.preprocess_bytes(_encode(_drawing_like((192, 192)), "PNG"))[0]
     assert tensor[0, -1] == 0.0  # paper
     assert tensor[15, 100] == 1.0  # the frame line
     assert tensor[50, 10] == 1.0  # the block
@@ -87,13 +88,13 @@ def test_normalisation_ink_is_one_paper_is_zero() -> None:
 
 def test_rgb_cmyk_and_bilevel_convert_to_the_same_gray() -> None:
     gray = _drawing_like()
-    reference = preprocess.image_to_tensor(gray)
+    reference = preprocessing.image_to_tensor(gray)
     for image, fmt in (
         (gray.convert("RGB"), "PNG"),
         (gray.convert("CMYK"), "JPEG"),
         (gray.convert("1"), "PNG"),
     ):
-        tensor = preprocess.preprocess_bytes(_encode(image, fmt))
+        tensor = preprocessing.preprocess_bytes(_encode(image, fmt))
         _assert_tensor(tensor)
         assert np.abs(tensor - reference).mean() < 0.03, image.mode
 
@@ -103,14 +104,14 @@ def test_sixteen_bit_is_scaled_not_clipped() -> None:
     sixteen = Image.fromarray(gray * 257)  # 0..65535
     data = _encode(sixteen, "PNG")
     assert Image.open(io.BytesIO(data)).mode.startswith("I")
-    tensor = preprocess.preprocess_bytes(data)
-    assert np.abs(tensor - preprocess.image_to_tensor(_drawing_like())).max() <= 1.0 / 255 + 1e-6
+    tensor = preprocessing.preprocess_bytes(data)
+    assert np.abs(tensor - preprocessing.image_to_tensor(_drawing_like())).max() <= 1.0 / 255 + 1e-6
 
 
 def test_float_tiff() -> None:
     gray = np.asarray(_drawing_like(), dtype=np.float32)
-    tensor = preprocess.preprocess_bytes(_encode(Image.fromarray(gray), "TIFF"))
-    assert np.abs(tensor - preprocess.image_to_tensor(_drawing_like())).max() <= 1.0 / 255 + 1e-6
+    tensor = preprocessing.preprocess_bytes(_encode(Image.fromarray(gray), "TIFF"))
+    assert np.abs(tensor - preprocessing.image_to_tensor(_drawing_like())).max() <= 1.0 / 255 + 1e-6
 
 
 @pytest.mark.parametrize("mode", ["RGBA", "LA"])
@@ -118,7 +119,7 @@ def test_alpha_is_composited_onto_white_paper(mode: str) -> None:
     # Given ink where alpha is opaque and black-but-transparent pixels elsewhere
     rgba = Image.new("RGBA", (200, 200), (0, 0, 0, 0))
     rgba.paste((0, 0, 0, 255), (0, 0, 100, 200))
-    tensor = preprocess.preprocess_bytes(_encode(rgba.convert(mode), "PNG"))[0]
+    tensor = preprocessing.preprocess_bytes(_encode(rgba.convert(mode), "PNG"))[0]
     # Then the transparent half is paper, not ink
     assert tensor[:, :90].min() == 1.0
     assert tensor[:, 100:].max() == 0.0
@@ -129,18 +130,18 @@ def test_palette_with_transparency() -> None:
     palette.putpalette([255, 0, 0, 0, 0, 0] + [0] * 762)
     palette.paste(1, (0, 0, 50, 100))
     data = _encode(palette, "PNG", transparency=0)
-    tensor = preprocess.preprocess_bytes(data)[0]
+    tensor = preprocessing.preprocess_bytes(data)[0]
     assert tensor[:, :90].min() == 1.0  # opaque black (the left half, scaled to 192 px)
     assert tensor[:, 100:].max() == 0.0  # transparent red -> paper
 
 
 def test_multi_frame_tiff_and_gif_use_the_first_frame() -> None:
     first, second, third = _drawing_like(), Image.new("L", (300, 200), 0), Image.new("L", (300, 200), 128)
-    reference = preprocess.image_to_tensor(first)
+    reference = preprocessing.image_to_tensor(first)
     for fmt in ("TIFF", "GIF"):
         data = _encode(first, fmt, save_all=True, append_images=[second, third])
         assert getattr(Image.open(io.BytesIO(data)), "n_frames", 1) == 3
-        assert np.abs(preprocess.preprocess_bytes(data) - reference).mean() < 0.02, fmt
+        assert np.abs(preprocessing.preprocess_bytes(data) - reference).mean() < 0.02, fmt
 
 
 def test_camera_mpo_jpeg_uses_the_main_picture() -> None:
@@ -148,8 +149,8 @@ def test_camera_mpo_jpeg_uses_the_main_picture() -> None:
         _drawing_like().convert("RGB"), "MPO", save_all=True, append_images=[Image.new("RGB", (300, 200))]
     )
     assert Image.open(io.BytesIO(data)).format == "MPO"
-    reference = preprocess.image_to_tensor(_drawing_like())
-    assert np.abs(preprocess.preprocess_bytes(data) - reference).mean() < 0.02
+    reference = preprocessing.image_to_tensor(_drawing_like())
+    assert np.abs(preprocessing.preprocess_bytes(data) - reference).mean() < 0.02
 
 
 def test_exif_rotation_is_applied() -> None:
@@ -159,7 +160,7 @@ def test_exif_rotation_is_applied() -> None:
     exif[0x0112] = 6
     data = _encode(image, "JPEG", exif=exif.tobytes())
     # Then the tensor is portrait: ink in the middle columns, paper left and right
-    tensor = preprocess.preprocess_bytes(data)[0]
+    tensor = preprocessing.preprocess_bytes(data)[0]
     size = model_spec.INPUT_SIZE_PX
     assert tensor[:, : size // 4 - 2].max() < 0.05
     assert tensor[:, size // 4 + 2 : 3 * size // 4 - 2].min() > 0.95
@@ -167,15 +168,15 @@ def test_exif_rotation_is_applied() -> None:
 
 def test_large_jpeg_uses_draft_and_matches_png() -> None:
     big = _drawing_like((3000, 2000))
-    from_jpeg = preprocess.preprocess_bytes(_encode(big, "JPEG", quality=92))
-    from_png = preprocess.preprocess_bytes(_encode(big, "PNG"))
+    from_jpeg = preprocessing.preprocess_bytes(_encode(big, "JPEG", quality=92))
+    from_png = preprocessing.preprocess_bytes(_encode(big, "PNG"))
     assert np.abs(from_jpeg - from_png).mean() < 0.02
 
 
 # --- bad input --------------------------------------------------------------------------------------------
 def test_zero_bytes() -> None:
     with pytest.raises(ImageUndecodable, match="empty"):
-        preprocess.preprocess_bytes(b"")
+        preprocessing.preprocess_bytes(b"")
 
 
 @pytest.mark.parametrize(
@@ -183,7 +184,7 @@ def test_zero_bytes() -> None:
 )
 def test_non_image_bytes(data: bytes) -> None:
     with pytest.raises(ImageUndecodable) as info:
-        preprocess.preprocess_bytes(data)
+        preprocessing.preprocess_bytes(data)
     assert info.value.code == "IMAGE_UNDECODABLE"
 
 
@@ -192,18 +193,18 @@ def test_truncated_image(fmt: str) -> None:
     noisy = Image.fromarray(np.random.default_rng(1).integers(0, 255, (300, 400), dtype=np.uint8))
     data = _encode(noisy, fmt)
     with pytest.raises(ImageUndecodable):
-        preprocess.preprocess_bytes(data[: len(data) // 2])
+        preprocessing.preprocess_bytes(data[: len(data) // 2])
 
 
 def test_unsupported_format_is_undecodable() -> None:
     data = _encode(_drawing_like(), "PPM")
     with pytest.raises(ImageUndecodable):
-        preprocess.preprocess_bytes(data)
+        preprocessing.preprocess_bytes(data)
 
 
 def test_byte_limit() -> None:
     with pytest.raises(InputTooLarge):
-        preprocess.preprocess_bytes(b"\0" * (preprocess.MAX_INPUT_BYTES + 1))
+        preprocessing.preprocess_bytes(b"\0" * (images.MAX_INPUT_BYTES + 1))
 
 
 @pytest.mark.parametrize("side", [50_000, 7_000])  # above 2x and above 1x Pillow's MAX_IMAGE_PIXELS
@@ -212,14 +213,14 @@ def test_decompression_bomb_is_refused_from_the_header(side: int) -> None:
     assert len(data) < 200
     started = time.perf_counter()
     with pytest.raises(ImageTooLarge) as info:
-        preprocess.preprocess_bytes(data)
+        preprocessing.preprocess_bytes(data)
     assert time.perf_counter() - started < 1.0
     assert info.value.code == "IMAGE_TOO_LARGE"
 
 
 def test_pillow_limit_is_set_deliberately() -> None:
-    assert Image.MAX_IMAGE_PIXELS == preprocess.MAX_INPUT_PIXELS
-    assert 4961 * 7016 <= preprocess.MAX_INPUT_PIXELS < 50_000 * 50_000
+    assert Image.MAX_IMAGE_PIXELS == images.MAX_INPUT_PIXELS
+    assert 4961 * 7016 <= images.MAX_INPUT_PIXELS < 50_000 * 50_000
 
 
 def test_gif_bomb_header() -> None:
@@ -227,23 +228,23 @@ def test_gif_bomb_header() -> None:
     gif = bytearray(_encode(Image.new("P", (1, 1)), "GIF"))
     gif[6:10] = struct.pack("<HH", 65535, 65535)
     with pytest.raises((ImageTooLarge, ImageUndecodable)):
-        preprocess.preprocess_bytes(bytes(gif))
+        preprocessing.preprocess_bytes(bytes(gif))
 
 
 def test_just_under_the_pixel_limit_decodes() -> None:
     # A long thin strip under the limit is a valid (if odd) drawing, not an error.
-    tensor = preprocess.preprocess_bytes(_encode(Image.new("L", (20_000, 10), 0), "PNG"))
+    tensor = preprocessing.preprocess_bytes(_encode(Image.new("L", (20_000, 10), 0), "PNG"))
     _assert_tensor(tensor)
 
 
 def test_every_allowed_format_opens_in_a_fresh_process(tmp_path: Path) -> None:
     # Image.open(formats=...) needs each plugin registered; a worker process may decode a TIFF before
     # anything else imported Pillow's plugins.
-    for fmt in preprocess.ALLOWED_FORMATS:
+    for fmt in images.ALLOWED_FORMATS:
         (tmp_path / fmt).write_bytes(_encode(_drawing_like().convert("RGB"), fmt))
     code = (
-        "import sys, pathlib; from worker.runtime import preprocess; "
-        "[preprocess.preprocess_bytes(p.read_bytes()) for p in pathlib.Path(sys.argv[1]).iterdir()]"
+        "import sys, pathlib; from worker.models.drawing_analyzer import preprocessing; "
+        "[preprocessing.preprocess_bytes(p.read_bytes()) for p in pathlib.Path(sys.argv[1]).iterdir()]"
     )
     result = subprocess.run(
         [sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, check=False
@@ -255,21 +256,21 @@ def test_every_allowed_format_opens_in_a_fresh_process(tmp_path: Path) -> None:
 @pytest.fixture
 def fast_png_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """Counts the fast path's libpng decodes (one entry per call) while still running them."""
-    assert preprocess._fast_png is not None, "imagecodecs (the worker extra) is not installed"
+    assert images._fast_png is not None, "imagecodecs (the worker extra) is not installed"
     calls: list[int] = []
-    real = preprocess._fast_png.png_decode
+    real = images._fast_png.png_decode
 
     def counting(data: bytes) -> np.ndarray:
         calls.append(len(data))
         pixels: np.ndarray = real(data)
         return pixels
 
-    monkeypatch.setattr(preprocess._fast_png, "png_decode", counting)
+    monkeypatch.setattr(images._fast_png, "png_decode", counting)
     return calls
 
 
-def _pillow_tensor(data: bytes) -> preprocess.Tensor:
-    return preprocess.image_to_tensor(preprocess.decode_image_pillow(data))
+def _pillow_tensor(data: bytes) -> preprocessing.Tensor:
+    return preprocessing.image_to_tensor(images.decode_image_pillow(data, size_px=model_spec.INPUT_SIZE_PX))
 
 
 def _noisy_drawing(mode: str) -> Image.Image:
@@ -282,7 +283,7 @@ def _noisy_drawing(mode: str) -> Image.Image:
 @pytest.mark.parametrize("mode", ["L", "RGB"])
 def test_plain_png_takes_the_fast_path_with_the_same_tensor(mode: str, fast_png_calls: list[int]) -> None:
     data = _encode(_noisy_drawing(mode), "PNG")
-    tensor = preprocess.preprocess_bytes(data)
+    tensor = preprocessing.preprocess_bytes(data)
     assert fast_png_calls == [len(data)]
     np.testing.assert_array_equal(tensor, _pillow_tensor(data))
 
@@ -294,7 +295,7 @@ def test_alpha_png_goes_to_pillow_and_keeps_paper_white(mode: str, fast_png_call
     rgba = Image.new("RGBA", (200, 200), (0, 0, 0, 0))
     rgba.paste((0, 0, 0, 255), (0, 0, 100, 200))
     data = _encode(rgba.convert(mode), "PNG")
-    tensor = preprocess.preprocess_bytes(data)[0]
+    tensor = preprocessing.preprocess_bytes(data)[0]
     assert fast_png_calls == []
     assert tensor[:, 100:].max() == 0.0
 
@@ -304,24 +305,24 @@ def test_palette_and_gray_transparency_go_to_pillow(fast_png_calls: list[int]) -
     palette.putpalette([0, 0, 0, 255, 255, 255] + [0] * 762)
     gray = Image.new("L", (100, 100), 0)
     for data in (_encode(palette, "PNG"), _encode(palette, "PNG", transparency=0)):
-        np.testing.assert_array_equal(preprocess.preprocess_bytes(data), _pillow_tensor(data))
+        np.testing.assert_array_equal(preprocessing.preprocess_bytes(data), _pillow_tensor(data))
     # gray with a tRNS colour: the transparent black is paper
-    assert preprocess.preprocess_bytes(_encode(gray, "PNG", transparency=0)).max() == 0.0
+    assert preprocessing.preprocess_bytes(_encode(gray, "PNG", transparency=0)).max() == 0.0
     assert fast_png_calls == []
 
 
 def test_sixteen_bit_png_goes_to_pillow_and_is_scaled(fast_png_calls: list[int]) -> None:
     data = _encode(Image.fromarray(np.asarray(_drawing_like(), dtype=np.uint16) * 257), "PNG")
-    tensor = preprocess.preprocess_bytes(data)
+    tensor = preprocessing.preprocess_bytes(data)
     assert fast_png_calls == []
-    assert np.abs(tensor - preprocess.image_to_tensor(_drawing_like())).max() <= 1.0 / 255 + 1e-6
+    assert np.abs(tensor - preprocessing.image_to_tensor(_drawing_like())).max() <= 1.0 / 255 + 1e-6
 
 
 def test_exif_rotated_png_goes_to_pillow_and_is_turned_upright(fast_png_calls: list[int]) -> None:
     exif = Image.Exif()
     exif[0x0112] = 6  # rotate 90 degrees clockwise to view
     data = _encode(Image.new("L", (400, 200), 0), "PNG", exif=exif.tobytes())
-    tensor = preprocess.preprocess_bytes(data)[0]
+    tensor = preprocessing.preprocess_bytes(data)[0]
     assert fast_png_calls == []
     size = model_spec.INPUT_SIZE_PX
     assert tensor[:, : size // 4 - 2].max() == 0.0  # portrait: paper left and right
@@ -332,25 +333,25 @@ def test_exif_rotated_jpeg_matches_pillow(fast_png_calls: list[int]) -> None:
     exif = Image.Exif()
     exif[0x0112] = 8
     data = _encode(_drawing_like().convert("RGB"), "JPEG", exif=exif.tobytes())
-    np.testing.assert_array_equal(preprocess.preprocess_bytes(data), _pillow_tensor(data))
+    np.testing.assert_array_equal(preprocessing.preprocess_bytes(data), _pillow_tensor(data))
     assert fast_png_calls == []
 
 
 def test_truncated_png_fails_on_the_fast_path(fast_png_calls: list[int]) -> None:
     data = _encode(_noisy_drawing("L"), "PNG")
     with pytest.raises(ImageUndecodable):
-        preprocess.preprocess_bytes(data[: len(data) // 2])
+        preprocessing.preprocess_bytes(data[: len(data) // 2])
     assert len(fast_png_calls) == 1  # libpng saw it and refused it: no half-decoded image
 
 
 def test_pixel_bomb_png_is_refused_before_libpng(fast_png_calls: list[int]) -> None:
     with pytest.raises(ImageTooLarge):
-        preprocess.preprocess_bytes(_png_with_header(7_000, 7_000))
+        preprocessing.preprocess_bytes(_png_with_header(7_000, 7_000))
     assert fast_png_calls == []
 
 
 def test_without_imagecodecs_every_png_takes_pillow(monkeypatch: pytest.MonkeyPatch) -> None:
     data = _encode(_noisy_drawing("L"), "PNG")
-    expected = preprocess.preprocess_bytes(data)
-    monkeypatch.setattr(preprocess, "_fast_png", None)
-    np.testing.assert_array_equal(preprocess.preprocess_bytes(data), expected)
+    expected = preprocessing.preprocess_bytes(data)
+    monkeypatch.setattr(images, "_fast_png", None)
+    np.testing.assert_array_equal(preprocessing.preprocess_bytes(data), expected)

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from worker.dev import model_card
-from worker.runtime import abstention, model_spec
+from worker.models.drawing_analyzer import abstention, model_spec
 
 ROOT = Path(__file__).resolve().parents[2]
 ONNX = model_spec.PACKAGE_DIR / "model.onnx"

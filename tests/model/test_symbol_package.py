@@ -17,7 +17,7 @@ import pytest
 from PIL import Image, ImageDraw
 
 from worker.dev import drawings, symbol_training
-from worker.runtime import preprocess
+from worker.runtime.documents import images
 from worker.runtime.model_packages import onnx_tools
 from worker.runtime.model_packages.loader import BUNDLED_MODELS_DIR, ModelPackage, load_package
 from worker.shared.errors import ImageUndecodable, InputTooLarge
@@ -32,7 +32,7 @@ def package() -> ModelPackage:
 
 def handler_module() -> Any:
     """The handler as the loader imported it (``load_package`` registers it under this name)."""
-    return sys.modules["fleet_model_package_symbol_recognizer"]
+    return sys.modules["fleet_model_package_symbol_recognizer.handler"]
 
 
 def test_the_package_loads_and_its_declaration_matches_the_graph(package: ModelPackage) -> None:
@@ -126,5 +126,5 @@ def test_the_reduction_keeps_a_thin_stroke_dark(package: ModelPackage) -> None:
     handler: Any = handler_module()
     # When the handler prepares it, then the stroke keeps its ink; the averaging letterbox alone fades it
     kept = float(handler.sheet_tensor(sheet).max())
-    averaged = float(preprocess.image_to_tensor(sheet, size_px=384).max())
+    averaged = float(images.letterbox(sheet, size_px=384).max())
     assert kept > 0.95 and averaged < 0.3, (kept, averaged)

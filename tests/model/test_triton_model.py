@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from worker.runtime import model_spec
+from worker.models.drawing_analyzer import model_spec
 
 pytestmark = pytest.mark.integration
 

@@ -10,7 +10,7 @@ from types import ModuleType
 
 import pytest
 
-from worker.runtime import model_spec
+from worker.models.drawing_analyzer import model_spec
 
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "build_trt_engine"
 

@@ -50,7 +50,7 @@ def test_bench_smoke_prints_the_json_line(tmp_path: Path) -> None:
     assert result["decode_ceiling_jobs_per_s"] > 0
     assert set(result["cpu_ms_per_job"]) >= {"preprocess", "main_process", "triton"}
     assert result["cpu_ms_per_job"]["main_process"] > 0
-    # issue 22: CPU per PDF page next to CPU per PNG, each measured (the PDF's render child counted)
+    # CPU per PDF page next to CPU per PNG, each measured (the PDF's render child counted)
     assert set(result["preprocess_cpu_ms_per_page"]) == {"png", "pdf_raster", "pdf_vector"}
     assert all(ms > 0 for ms in result["preprocess_cpu_ms_per_page"].values())
     assert 0 < result["interactive_idle_p50_ms"] <= result["interactive_idle_p95_ms"]

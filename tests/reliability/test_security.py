@@ -1,4 +1,4 @@
-"""Security properties of the worker (issue 9 item 3), tested from the outside.
+"""Security properties of the worker (docs/security.md), tested from the outside.
 
 - Reads only from the allowed input buckets: jobs naming another existing bucket (a "secrets" bucket, the
   results bucket) are refused with INPUT_NOT_ALLOWED and the object is never read.
@@ -32,7 +32,7 @@ MAX_RSS_GROWTH_MB = 64
 _RSS_PROBE = r"""
 import resource, sys
 from worker.dev import harness
-from worker.runtime import preprocess
+from worker.runtime.documents import images
 from worker.shared.errors import ImageTooLarge, InputTooLarge
 bombs = [harness.png_bomb(40000), harness.png_header_only(1_000_000),
          harness.jpeg_header_claiming(65000), harness.gif_header_claiming(65535)]
@@ -40,7 +40,7 @@ before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 codes = []
 for data in bombs:
     try:
-        preprocess.preprocess_bytes(data)
+        images.decode_input(data, size_px=192)
         codes.append("accepted")
     except (ImageTooLarge, InputTooLarge) as exc:
         codes.append(exc.code)

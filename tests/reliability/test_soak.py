@@ -1,4 +1,4 @@
-"""The small chaos soak (issue 9): >= 500 jobs through 3 workers under every fault kind; lost must be 0.
+"""The small chaos soak: >= 500 jobs through 3 workers under every fault kind; lost must be 0.
 
 It runs ``scripts/chaos`` exactly as ``make chaos`` does (a private stack: its own emulators and
 tritonserver, so killing Triton here disturbs nothing else), only smaller, and reads its last-line JSON.

@@ -15,8 +15,8 @@ from PIL import Image
 
 from worker.dev import drawing_documents as dd
 from worker.dev.drawings import encode, render_image
-from worker.runtime import documents, preprocess
-from worker.runtime.documents import sandbox
+from worker.runtime import documents
+from worker.runtime.documents import images, sandbox
 from worker.shared import errors
 
 SMALL = (420, 297)
@@ -45,7 +45,7 @@ def test_an_image_is_one_page_decoded_as_preprocess_decodes_it(sheets: list[Imag
     assert info == documents.DocumentInfo("image", 1, ((420.0, 297.0),))
     page = documents.decode_page(data, 1, size_px=192)
     assert page.number == 1 and page.image.mode == "L"
-    assert page.image.tobytes() == preprocess.decode_image(data).tobytes()
+    assert page.image.tobytes() == images.decode_image(data, size_px=192).tobytes()
     assert 0.005 < page.ink < 0.2 and not page.blank
 
 
@@ -128,7 +128,7 @@ def test_pdfs_pdfium_opens_despite_their_flaws_are_answered() -> None:
 
 def test_a_tiff_frame_over_the_pixel_limit_is_page_too_large(monkeypatch: pytest.MonkeyPatch) -> None:
     data = dd.multipage_tiff([blank_sheet(), Image.new("L", (800, 600), 255)])
-    monkeypatch.setattr(preprocess, "MAX_INPUT_PIXELS", 200_000)  # 420 x 297 fits, 800 x 600 does not
+    monkeypatch.setattr(images, "MAX_INPUT_PIXELS", 200_000)  # 420 x 297 fits, 800 x 600 does not
     with pytest.raises(errors.PageTooLarge, match="page 2"):
         documents.probe(data)
     with pytest.raises(errors.PageTooLarge, match="page 2"):
@@ -143,7 +143,7 @@ def test_a_single_image_keeps_its_old_errors() -> None:
     buf = io.BytesIO()
     Image.new("L", (8, 8)).save(buf, "PNG")
     with pytest.raises(errors.InputTooLarge):
-        documents.probe(buf.getvalue() + b"\0" * preprocess.MAX_INPUT_BYTES)
+        documents.probe(buf.getvalue() + b"\0" * images.MAX_INPUT_BYTES)
 
 
 def test_nested_forms_are_bounded_and_the_process_lives() -> None:

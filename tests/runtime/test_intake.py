@@ -1,4 +1,4 @@
-"""The Settler and the lease keeper (worker/runtime/intake.py), with a small in-memory JobSource."""
+"""The Settler and the lease keeper (worker/runtime/intake/), with a small in-memory JobSource."""
 
 from __future__ import annotations
 

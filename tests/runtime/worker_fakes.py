@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from worker.runtime import abstention, model_spec
+from worker.models.drawing_analyzer import abstention, model_spec
 from worker.runtime.documents import DocumentInfo
 from worker.runtime.model_packages.catalog import Catalog
 from worker.runtime.model_packages.handlers import Preprocessed

@@ -238,10 +238,6 @@ class FleetClient:
         """
         return self.result_objects.result(job_id)
 
-    def result_outcome(self, job_id: str) -> JobOutcome:
-        """The outcome recorded in the job's result object; status ``pending`` when there is none."""
-        return self.result_objects.outcome(job_id)
-
     def wait(
         self, job_ids: Iterable[str], timeout_s: float, *, on_answer: OutcomeCallback | None = None
     ) -> dict[str, JobOutcome]:

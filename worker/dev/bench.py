@@ -65,7 +65,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--size", default="1754x1240", help="drawing size WxH in pixels (default A4 150 dpi)")
     parser.add_argument("--variants", type=int, default=12, help="distinct input drawings (default 12)")
     parser.add_argument(
-        "--model-repository", help="Triton repository to serve (default model_repository/cpu; GPU: .../gpu)"
+        "--model-repository",
+        help="Triton repository to serve (default: the CPU one generated from the packages; on a GPU VM the "
+        "one `fleet models repository --variant gpu` wrote)",
     )
     parser.add_argument(
         "--profile", action="store_true", help="also profile a worker (all-threads sampler) during e2e"
@@ -193,7 +195,7 @@ def _fleet_phases(fleet: Fleet, args: argparse.Namespace) -> dict[str, Any]:
 
 
 def summarise(phases: dict[str, Any], args: argparse.Namespace, *, batch: int) -> dict[str, Any]:
-    """The report's keys (every one issue 8 lists) from the phases' raw figures."""
+    """The report's keys (docs/performance.md lists them) from the phases' raw figures."""
     raw, e2e, lat, naive, scaling = (phases[k] for k in ("raw", "e2e", "lat", "naive", "scaling"))
     stats = e2e["stats"]
     ceiling, interactive = phases["decode_ceiling"], phases["interactive"]

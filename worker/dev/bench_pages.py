@@ -1,4 +1,4 @@
-"""The bench's page phase (issue 22): CPU per page of the worker's own preprocess call for a PNG, the
+"""The bench's page phase: CPU per page of the worker's own preprocess call for a PNG, the
 same drawing as a one-page raster PDF (Pillow's writer, as a scanner makes them) and a vector PDF page
 (Flate content streams, as CAD exports them).
 

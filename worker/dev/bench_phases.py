@@ -20,7 +20,7 @@ from google.cloud import storage  # type: ignore[attr-defined]  # storage has no
 from worker.dev import drawings, harness
 from worker.dev.devstack.admin_http import AdminClient
 from worker.dev.harness.host import CpuProbe, child_pids
-from worker.runtime import model_spec, preprocess
+from worker.models.drawing_analyzer import model_spec, preprocessing
 from worker.runtime.model_packages import handlers, loader
 from worker.shared import contracts, stats
 
@@ -38,7 +38,7 @@ def raw_triton(grpc_url: str, *, batch: int, seconds: float, concurrency: int) -
     """Images/s Triton serves at ``batch`` with ``concurrency`` requests in flight (tensors prebuilt)."""
     import tritonclient.grpc as grpcclient  # noqa: PLC0415 (heavy; only this phase needs it)
 
-    tensor = preprocess.preprocess_bytes(drawings.render_drawing(1, size=(600, 424))[0])
+    tensor = preprocessing.preprocess_bytes(drawings.render_drawing(1, size=(600, 424))[0])
     data = np.repeat(tensor[np.newaxis, ...], batch, axis=0).astype(np.float32)
     counts = [0] * concurrency
     stop = threading.Event()
@@ -389,8 +389,8 @@ def preprocess_scaling(images: list[bytes], count: int) -> dict[str, float]:
     rates = {}
     for processes in (1, 2):
         with concurrent.futures.ProcessPoolExecutor(processes) as pool:
-            list(pool.map(preprocess.preprocess_bytes, work[: processes * 2]))  # warm the processes
+            list(pool.map(preprocessing.preprocess_bytes, work[: processes * 2]))  # warm the processes
             start = time.monotonic()
-            list(pool.map(preprocess.preprocess_bytes, work, chunksize=1))
+            list(pool.map(preprocessing.preprocess_bytes, work, chunksize=1))
             rates[processes] = count / (time.monotonic() - start)
     return {"1": rates[1], "2": rates[2], "scaling_2x": rates[2] / rates[1]}

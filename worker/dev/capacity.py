@@ -32,7 +32,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from worker.runtime import model_spec
+from worker.models.drawing_analyzer import model_spec
 
 #: MACs of ResNet-50 v1.5 at 224 x 224 (the MLPerf reference network): 4.09 G multiply-accumulates
 #: (He et al. 2015 quote 3.8-4.1 "FLOPs" meaning MACs; torchvision's model card lists 4.09 GFLOPS = MACs).

@@ -1,4 +1,4 @@
-"""Decoders side by side (issue 18): decode + preprocess to the model's tensor on the generator's drawings.
+"""Decoders side by side: decode + preprocess to the drawing model's tensor on the generator's drawings.
 
     .venv/bin/python scripts/decode-bench            # full run (make bench-decode): a table, a JSON line
     .venv/bin/python scripts/decode-bench --quick    # under a minute: one drawing per input, 30 held-out
@@ -30,7 +30,8 @@ from typing import Any
 import numpy as np
 
 from worker.dev import drawings
-from worker.runtime import model_spec, preprocess
+from worker.models.drawing_analyzer import model_spec, preprocessing
+from worker.runtime.documents import images
 
 SIZE = model_spec.INPUT_SIZE_PX
 MODEL_PATH = Path(__file__).resolve().parents[1] / "models" / "drawing_analyzer" / "model.onnx"
@@ -66,11 +67,11 @@ def _target(width: int, height: int) -> tuple[int, int]:
 
 def _letterbox(gray: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
     """A uint8 image already reduced to at most SIZE px -> the model tensor (paper padding, ink = 1)."""
-    canvas = np.full((SIZE, SIZE), preprocess.PAPER_LEVEL, np.uint8)
+    canvas = np.full((SIZE, SIZE), images.PAPER_LEVEL, np.uint8)
     h, w = gray.shape[:2]
     y, x = (SIZE - h) // 2, (SIZE - w) // 2
     canvas[y : y + h, x : x + w] = gray[:SIZE, :SIZE]
-    tensor = (preprocess.PAPER_LEVEL - canvas.astype(np.float32)) * np.float32(1.0 / preprocess.PAPER_LEVEL)
+    tensor = (images.PAPER_LEVEL - canvas.astype(np.float32)) * np.float32(1.0 / images.PAPER_LEVEL)
     return tensor.reshape(1, SIZE, SIZE)
 
 
@@ -90,11 +91,11 @@ def _png_idat(data: bytes) -> tuple[int, int, int, bytes]:
 
 # --- the decoders (each imports its library, so a missing one is an ImportError) -------------------------
 def _pillow() -> Decode:
-    return lambda data: preprocess.image_to_tensor(preprocess.decode_image_pillow(data))
+    return lambda data: preprocessing.image_to_tensor(images.decode_image_pillow(data, size_px=SIZE))
 
 
 def _adopted() -> Decode:
-    return preprocess.preprocess_bytes
+    return preprocessing.preprocess_bytes
 
 
 def _opencv_reduced() -> Decode:
@@ -104,7 +105,7 @@ def _opencv_reduced() -> Decode:
     flags.update({2: cv2.IMREAD_REDUCED_GRAYSCALE_2, 1: cv2.IMREAD_GRAYSCALE})
 
     def decode(data: bytes) -> np.ndarray[Any, Any]:
-        width, height = preprocess._open(data).size  # the header only, as the worker checks it
+        width, height = images._open(data).size  # the header only, as the worker checks it
         factor = next(k for k in (8, 4, 2, 1) if max(width, height) // k >= SIZE)
         gray = cv2.imdecode(np.frombuffer(data, np.uint8), flags[factor])
         if gray is None:
@@ -133,7 +134,7 @@ def _imagecodecs() -> Decode:
     def decode(data: bytes) -> np.ndarray[Any, Any]:
         pixels = imagecodecs.png_decode(data) if data[:4] == b"\x89PNG" else imagecodecs.jpeg8_decode(data)
         image = Image.fromarray(pixels)
-        return preprocess.image_to_tensor(image if pixels.ndim == 2 else image.convert("L"))
+        return preprocessing.image_to_tensor(image if pixels.ndim == 2 else image.convert("L"))
 
     return decode
 
@@ -146,7 +147,7 @@ def _simplejpeg() -> Decode:
         if data[:4] == b"\x89PNG":
             return None
         gray = simplejpeg.decode_jpeg(data, colorspace="GRAY", min_width=SIZE, min_height=SIZE)
-        return preprocess.image_to_tensor(Image.fromarray(gray[:, :, 0]))
+        return preprocessing.image_to_tensor(Image.fromarray(gray[:, :, 0]))
 
     return decode
 
@@ -164,7 +165,7 @@ def _libdeflate_numba() -> Decode:
         if color_type != 0:
             return None
         raw = np.frombuffer(deflate.zlib_decompress(idat, height * (width + 1)), np.uint8)
-        return preprocess.image_to_tensor(Image.fromarray(unfilter_gray8(raw, height, width)))
+        return preprocessing.image_to_tensor(Image.fromarray(unfilter_gray8(raw, height, width)))
 
     return decode
 

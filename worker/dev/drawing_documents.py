@@ -1,4 +1,4 @@
-"""Documents made from generator drawings, and bad ones, for tests and the bench (issue 22).
+"""Documents made from generator drawings, and bad ones, for tests and the bench.
 
 Good documents: ``multipage_tiff`` (one frame per image), ``pdf_from_images`` (raster pages, the way a
 scanner's PDF is: one image per page), ``vector_pdf`` (a hand-written content stream of lines and

@@ -27,7 +27,7 @@ from typing import Final, Literal
 import numpy as np
 from PIL import Image, ImageChops, ImageDraw, ImageFilter, ImageFont
 
-from worker.runtime.model_spec import CLASS_NAMES
+from worker.models.drawing_analyzer.model_spec import CLASS_NAMES
 
 #: Default sheet size in pixels: A4 landscape at 150 dpi. A3 at 300 dpi is (4961, 3508).
 DEFAULT_SIZE: Final = (1754, 1240)

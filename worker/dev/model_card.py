@@ -1,4 +1,4 @@
-"""The model card's abstention figures (issue 23), computed one way by training and by the test.
+"""The model card's abstention figures, computed one way by training and by the test.
 
 ``scripts/train_model.py`` runs the exported ONNX on the evaluation sets and writes :func:`figures` into
 ``model.metrics.json``; ``tests/model/test_abstention_card.py`` regenerates the same sets, runs them
@@ -16,7 +16,7 @@ import numpy as np
 import numpy.typing as npt
 
 from worker.dev import drawings
-from worker.runtime import abstention, model_spec, preprocess
+from worker.models.drawing_analyzer import abstention, model_spec, preprocessing
 
 Array = npt.NDArray[Any]
 #: Bins of the expected calibration error (equal width over [0, 1]).
@@ -205,9 +205,9 @@ def small_sheet_inputs(size: tuple[int, int]) -> tuple[Array, Array, Array, list
         drawings.negative_dataset(SMALL_SHEET_NEGATIVES, seed=SMALL_SHEET_SEED, size=size, fmt="mixed")
     )
     return (
-        np.stack([preprocess.preprocess_bytes(data) for data, _ in drawn]),
+        np.stack([preprocessing.preprocess_bytes(data) for data, _ in drawn]),
         np.array([model_spec.CLASS_NAMES.index(label) for _, label in drawn]),
-        np.stack([preprocess.preprocess_bytes(data) for data, _ in negatives]),
+        np.stack([preprocessing.preprocess_bytes(data) for data, _ in negatives]),
         [kind for _, kind in negatives],
     )
 

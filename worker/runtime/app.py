@@ -15,10 +15,14 @@ import concurrent.futures
 import dataclasses
 import os
 import time
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from worker.runtime.settings import WorkerSettings, describe_options
+from worker.runtime.settings import (
+    BATCH_STORAGE_THREADS,
+    INTERACTIVE_STORAGE_THREADS,
+    WorkerSettings,
+    describe_options,
+)
 from worker.shared import exit_codes
 
 if TYPE_CHECKING:  # the wiring's types; the modules themselves are imported when a command runs
@@ -39,11 +43,9 @@ def _flag(field: str) -> str:
 
 
 def _add_setting_flags(parser: argparse.ArgumentParser) -> None:
-    types = {f.name: f.type for f in dataclasses.fields(WorkerSettings)}
     for option, default in describe_options():
-        kind = str(types[option.field])
         help_text = f"{option.help} [env {option.env}; default {default!r}]"
-        if kind == "bool":
+        if option.kind == "bool":
             parser.add_argument(
                 _flag(option.field),
                 dest=option.field,
@@ -51,19 +53,14 @@ def _add_setting_flags(parser: argparse.ArgumentParser) -> None:
                 default=None,
                 help=help_text,
             )
-        elif kind.startswith("tuple"):
+        else:
             parser.add_argument(
                 _flag(option.field),
                 dest=option.field,
                 default=None,
-                metavar="A,B",
-                type=lambda raw: tuple(p.strip() for p in raw.split(",") if p.strip()),
+                metavar="A,B" if option.kind.startswith("tuple") else None,
+                type=option.parse,
                 help=help_text,
-            )
-        else:
-            converter: Callable[[str], object] = {"int": int, "float": float}.get(kind, str)
-            parser.add_argument(
-                _flag(option.field), dest=option.field, type=converter, default=None, help=help_text
             )
 
 
@@ -191,8 +188,10 @@ async def _build_worker(settings: WorkerSettings, metrics: Metrics, catalog: Cat
         )
         for package in catalog.packages
     }
-    threads = concurrent.futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="gcs")
-    urgent_threads = concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="gcs-urgent")
+    threads = concurrent.futures.ThreadPoolExecutor(BATCH_STORAGE_THREADS, thread_name_prefix="gcs")
+    urgent_threads = concurrent.futures.ThreadPoolExecutor(
+        INTERACTIVE_STORAGE_THREADS, thread_name_prefix="gcs-urgent"
+    )
     channel = intake.pubsub_channel()  # one connection for pulls, acks and notifications
     notifier = _notifier(settings, channel)
     store = _gcs(settings, threads, urgent_threads)
@@ -369,7 +368,7 @@ async def run_dlq_handler(settings: WorkerSettings) -> int:
         _gcs(settings, threads),
         notifier,
         settings=settings,
-        model_name=settings.model_name,
+        model_name="+".join(catalog.by_name),  # as a result no model answered names them
         model_version=lambda: "",
     )
     source = intake.PubSubSource(channel, settings.project, timeout_s=settings.pubsub_timeout_s)

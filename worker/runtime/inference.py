@@ -1,4 +1,4 @@
-"""Triton adapter: readiness, batched inference over gRPC (asyncio client), the drawing model's postprocess.
+"""Triton adapter: readiness, batched inference over gRPC (asyncio client), checked against the package.
 
 Every call carries a timeout. Errors leave already classified (policy.classify_inference_status):
 INVALID_ARGUMENT-like statuses are the request's fault (ModelRejected, permanent); unavailability,
@@ -8,21 +8,18 @@ timeouts and "model not loaded" are InferenceUnavailable (transient). This modul
 from __future__ import annotations
 
 import asyncio
-import functools
 import time
 from typing import Any
 
 import numpy as np
-import numpy.typing as npt
 import tritonclient.grpc.aio as triton_aio
 from tritonclient.grpc import InferInput, InferRequestedOutput
 from tritonclient.utils import InferenceServerException
 
-from worker.runtime import abstention, policy
+from worker.runtime import policy
 from worker.runtime.model_packages.declaration import Declaration, PackageInvalid
 from worker.shared import errors
 
-FloatArray = npt.NDArray[np.float32]
 Arrays = dict[str, np.ndarray[Any, Any]]
 
 
@@ -128,40 +125,3 @@ def check_metadata(declaration: Declaration, metadata: dict[str, Any]) -> None:
             raise PackageInvalid(
                 declaration.name, f"Triton serves {kind} {served}, the package declares {wanted}"
             )
-
-
-@functools.cache
-def default_policy() -> abstention.Policy:
-    """The abstention policy of the served model: the copy shipped in this package (read once)."""
-    return abstention.load_policy()
-
-
-def postprocess(
-    probs: FloatArray,
-    embedding: FloatArray,
-    analyses: tuple[str, ...],
-    *,
-    decision_policy: abstention.Policy | None = None,
-) -> dict[str, Any]:
-    """One job's outputs, limited to the analyses it asked for.
-
-    ``classify`` answers a part class, ``not_a_drawing`` or ``unsure`` (worker.runtime.abstention) with
-    the calibrated confidence, the calibrated ``scores`` of every output class, and the rule, score and
-    threshold that decided.
-    """
-    outputs: dict[str, Any] = {}
-    if "classify" in analyses:
-        decision = abstention.decide(probs, embedding, decision_policy or default_policy())
-        outputs["classify"] = {
-            "label": decision.label,
-            "confidence": round(decision.confidence, 6),
-            "scores": {name: round(value, 6) for name, value in decision.scores.items()},
-            "decision": {
-                "by": decision.decided_by,
-                "score": round(decision.score, 6),
-                "threshold": decision.threshold,
-            },
-        }
-    if "embed" in analyses:
-        outputs["embed"] = {"embedding": np.round(embedding.astype(np.float64), 6).tolist()}
-    return outputs

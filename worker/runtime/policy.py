@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Sequence
 from dataclasses import dataclass
 
-from worker.shared import errors, stats
+from worker.shared import errors
 
 PUBSUB_MIN_ACK_DEADLINE_S = 10
 PUBSUB_MAX_ACK_DEADLINE_S = 600
@@ -50,19 +49,6 @@ def lease_extension_s(*, held_s: float, max_processing_s: float, ack_deadline_s:
         return 0
     wanted = min(float(ack_deadline_s), remaining)
     return int(min(PUBSUB_MAX_ACK_DEADLINE_S, max(PUBSUB_MIN_ACK_DEADLINE_S, math.ceil(wanted))))
-
-
-def ack_deadline_from_latencies(
-    latencies_s: Sequence[float], *, quantile: float = 0.99, floor_s: int = 10, ceiling_s: int = 600
-) -> int:
-    """An ack deadline that covers ``quantile`` of observed job latencies (what pubsub's leaser does).
-
-    With no history, the floor; the result is clamped to Pub/Sub's 10..600 s range.
-    """
-    if not latencies_s:
-        return max(PUBSUB_MIN_ACK_DEADLINE_S, floor_s)
-    wanted = math.ceil(stats.percentile(latencies_s, quantile * 100))
-    return int(min(ceiling_s, PUBSUB_MAX_ACK_DEADLINE_S, max(floor_s, PUBSUB_MIN_ACK_DEADLINE_S, wanted)))
 
 
 def extend_interval_s(*, ack_deadline_s: int) -> float:

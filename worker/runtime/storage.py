@@ -12,8 +12,8 @@ anonymous against the local emulator):
 
 Why not google-cloud-storage on the hot path: it builds every request through ``requests`` with per-call
 environment lookups (netrc, proxies, CA bundle), a fresh invocation id and tracing spans -- ~3.9 ms of CPU
-per job in the worker's profile, half of its "other" CPU (docs/performance.md); these requests cost a
-fraction of that, and a fraction again without urllib3 (``KeepAliveHttp``). Calls are synchronous, on
+per job in the worker's profile, half of its "other" CPU (docs/performance.md); these requests on
+``http.client`` cost a fraction of that (``KeepAliveHttp``). Calls are synchronous, on
 a small fixed thread pool shared by all jobs (never a thread per job). There are no library retries:
 the pipeline owns retry policy (tenacity, bounded), and errors leave this module already classified
 (worker/shared/errors.py).
@@ -30,8 +30,6 @@ import threading
 import urllib.parse
 from typing import Any, Protocol
 
-import urllib3
-
 from worker.runtime import policy
 from worker.runtime.pipeline.ports import InputObject
 from worker.shared import contracts, errors
@@ -46,12 +44,6 @@ _MULTIPART_TYPE = f'multipart/related; boundary="{_BOUNDARY}"'
 _PART_HEAD = f"--{_BOUNDARY}\r\ncontent-type: application/json; charset=UTF-8\r\n\r\n".encode()
 _PART_SEPARATOR = f"\r\n--{_BOUNDARY}\r\ncontent-type: {JSON_CONTENT_TYPE}\r\n\r\n".encode()
 _PART_TAIL = f"\r\n--{_BOUNDARY}--".encode()
-
-
-class Http(Protocol):
-    """What this module needs of ``urllib3.PoolManager`` / ``google.auth``'s ``AuthorizedHttp``."""
-
-    def urlopen(self, method: str, url: str, **kwargs: Any) -> Any: ...
 
 
 def _quote(name: str) -> str:
@@ -73,7 +65,7 @@ class GcsStorage:
 
     def __init__(
         self,
-        http: Http,
+        http: KeepAliveHttp,
         *,
         results_bucket: str,
         results_prefix: str,
@@ -86,7 +78,7 @@ class GcsStorage:
         self._endpoint = api_endpoint.rstrip("/")
         self._results_bucket = results_bucket
         self._prefix = results_prefix
-        self._timeout = urllib3.Timeout(total=timeout_s)
+        self._timeout_s = timeout_s
         self._executor = executor
         # Interactive jobs' calls do not queue behind a backlog's calls on the shared threads.
         self._urgent_executor = urgent_executor or executor
@@ -107,10 +99,8 @@ class GcsStorage:
 
     def _request(self, method: str, url: str, what: str, **kwargs: Any) -> Any:
         try:
-            return self._http.urlopen(
-                method, url, timeout=self._timeout, retries=False, redirect=False, **kwargs
-            )
-        except (urllib3.exceptions.HTTPError, http.client.HTTPException, OSError) as exc:
+            return self._http.urlopen(method, url, timeout=self._timeout_s, **kwargs)
+        except (http.client.HTTPException, OSError) as exc:
             raise errors.StorageUnavailable(f"{what}: {type(exc).__name__}") from exc
         except Exception as exc:  # auth refresh failures and the like: retried, then nacked
             raise errors.StorageUnavailable(f"{what}: {type(exc).__name__}: {str(exc)[:200]}") from exc
@@ -138,7 +128,7 @@ class GcsStorage:
                     return InputObject(b"", contracts.input_digest(b""))
                 raise _classify_status(response.status, "input")
             data = self._read_bounded(response, max_bytes + 1)
-        except (urllib3.exceptions.HTTPError, http.client.HTTPException, OSError) as exc:
+        except (http.client.HTTPException, OSError) as exc:
             raise errors.StorageUnavailable(f"input: {type(exc).__name__}") from exc
         finally:
             response.release_conn()
@@ -211,12 +201,12 @@ class Authorizer(Protocol):
 
 
 class KeepAliveHttp:
-    """``Http`` on ``http.client``: one keep-alive connection per I/O thread to one endpoint.
+    """HTTP on ``http.client``: one keep-alive connection per I/O thread to one endpoint.
 
     Why not urllib3: its ``PoolManager`` parses and re-encodes the URL eight times per job and builds
     each request through several layers; the same GET of a 400 KB input plus the result POST cost
     1.5-2.3 ms of client CPU through it and 0.85 ms through ``http.client`` (sha256 of the input
-    included; docs/performance.md, session 5). A connection the server closed while idle is reopened
+    included; docs/performance.md). A connection the server closed while idle is reopened
     and the request sent once more; a 401 refreshes the credentials and repeats the request once.
     ``timeout`` bounds every socket operation (connect, each read), not the whole request.
     """
@@ -266,22 +256,20 @@ class KeepAliveHttp:
         *,
         headers: dict[str, str] | None = None,
         body: bytes | None = None,
-        timeout: Any = None,
+        timeout: float | None = None,
         preload_content: bool = True,
-        **_urllib3_options: Any,
     ) -> KeepAliveResponse:
-        """``url`` under the endpoint; ``timeout``: seconds or a ``urllib3.Timeout`` (its total)."""
+        """``url`` under the endpoint; ``timeout`` in seconds, for each socket operation."""
         path = url[len(self._endpoint) :] if url.startswith(self._endpoint) else url
-        timeout_s = getattr(timeout, "total", timeout)
         sent = dict(headers or {})
         if self._authorizer is not None:
             self._authorizer.apply(sent)
-        response = self._send(method, path, sent, body, timeout_s)
+        response = self._send(method, path, sent, body, timeout)
         if response.status == 401 and self._authorizer is not None:
             response.close()
             self._authorizer.refresh()
             self._authorizer.apply(sent)
-            response = self._send(method, path, sent, body, timeout_s)
+            response = self._send(method, path, sent, body, timeout)
         if preload_content:
             response.preload()
         return response
@@ -308,7 +296,7 @@ class KeepAliveHttp:
 
 
 class KeepAliveResponse:
-    """The part of urllib3's response this module reads, over an ``http.client`` response."""
+    """What this module reads of a response (status, a bounded body, the rest), over ``http.client``'s."""
 
     def __init__(self, response: http.client.HTTPResponse, owner: KeepAliveHttp) -> None:
         self._response = response
@@ -349,13 +337,15 @@ class _GoogleCredentials:
     """``Authorizer`` from Application Default Credentials (token refreshed before it expires)."""
 
     def __init__(self) -> None:
-        import google.auth  # noqa: PLC0415 (only production workers load credentials)
-        from google.auth.transport.urllib3 import Request  # noqa: PLC0415
+        # Only production workers load credentials; the token refresh goes through requests, which
+        # google-api-core (required by the Pub/Sub and Storage clients) installs.
+        import google.auth  # noqa: PLC0415
+        from google.auth.transport.requests import Request  # noqa: PLC0415
 
         self._credentials, _project = google.auth.default(
             scopes=["https://www.googleapis.com/auth/devstorage.read_write"]
         )
-        self._request = Request(urllib3.PoolManager())  # type: ignore[no-untyped-call]
+        self._request = Request()
         self._lock = threading.Lock()
 
     def apply(self, headers: dict[str, str]) -> None:
@@ -369,7 +359,7 @@ class _GoogleCredentials:
             self._credentials.refresh(self._request)  # type: ignore[no-untyped-call]
 
 
-def http_client(*, emulator_host: str | None) -> tuple[Http, str]:
+def http_client(*, emulator_host: str | None) -> tuple[KeepAliveHttp, str]:
     """(keep-alive HTTP client, API endpoint): anonymous to the emulator, else ``google.auth`` credentials."""
     if emulator_host:
         endpoint = emulator_host if "://" in emulator_host else f"http://{emulator_host}"

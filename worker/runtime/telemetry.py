@@ -316,7 +316,7 @@ class _SeriesBuilder:
         )
 
 
-# --- CPU / memory accounting (issue 8's benchmark reads this) ------------------------------------------
+# --- CPU / memory accounting (the stats file the benchmark reads) ---------------------------------------
 
 
 def process_stats(metrics: Metrics, *, started_monotonic: float) -> dict[str, Any]:

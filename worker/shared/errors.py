@@ -174,7 +174,7 @@ class InvalidNamespace(PermanentError):
     code = "INVALID_NAMESPACE"
 
 
-# --- permanent: documents and pages (issue 22; worker/runtime/documents) -------------------------------
+# --- permanent: documents and pages (worker/runtime/documents) ----------------------------------------
 class InvalidPages(PermanentError):
     """``pages`` is not a non-empty list of unique page numbers >= 1 (at most MAX_PAGES_PER_JOB)."""
 
@@ -276,34 +276,17 @@ class PublishIncomplete(FleetError):
         self.unpublished = unpublished
 
 
-PERMANENT_ERRORS: tuple[type[PermanentError], ...] = (
-    MalformedJob,
-    MessageTooLarge,
-    SchemaInvalid,
-    UnsupportedSchemaVersion,
-    InvalidJobId,
-    UnknownAnalysis,
-    UnknownPriority,
-    DeadlineExceeded,
-    InputUriInvalid,
-    InputNotAllowed,
-    InputNotFound,
-    InputTooLarge,
-    ImageUndecodable,
-    ImageTooLarge,
-    ModelRejected,
-    TensorOutOfBounds,
-    TooManyItems,
-    ProcessingTimeout,
-    DeadLettered,
-    InvalidPages,
-    PageNotFound,
-    TooManyPages,
-    MultiPageInput,
-    DocumentTooLarge,
-    DocumentEncrypted,
-    DocumentEmpty,
-    DocumentUnreadable,
-    PageTooLarge,
-    DocumentTooComplex,
+def error_classes(base: type[FleetError] = FleetError) -> tuple[type[FleetError], ...]:
+    """Every subclass of ``base``, at any depth, that sets a ``code`` of its own (in definition order)."""
+    found: list[type[FleetError]] = []
+    for cls in base.__subclasses__():
+        if "code" in vars(cls):
+            found.append(cls)
+        found.extend(c for c in error_classes(cls) if c not in found)
+    return tuple(found)
+
+
+#: Every permanent error of the contract: derived from the classes above, so a new one cannot be missed.
+PERMANENT_ERRORS: tuple[type[PermanentError], ...] = tuple(
+    cls for cls in error_classes(PermanentError) if issubclass(cls, PermanentError)
 )

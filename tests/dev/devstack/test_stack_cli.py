@@ -32,7 +32,7 @@ EXPECTED_ENV = {
     "FLEET_RESULTS_BUCKET",
     "FLEET_PUBSUB_ADMIN_URL",
     "FLEET_GCS_ADMIN_URL",
-    "FLEET_MODEL_NAME",
+    "FLEET_MODEL_NAMES",  # what tritonserver serves, from the packages (FLEET_MODELS_DIR)
     "FLEET_MODELS_DIR",  # the packages the generated repository came from: the worker loads the same
 }
 

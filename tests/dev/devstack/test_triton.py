@@ -13,15 +13,15 @@ import pytest
 import tritonclient.grpc as triton_grpc
 
 from worker.dev.devstack.tritonserver import TritonServer
-from worker.runtime import model_spec
+from worker.models.drawing_analyzer import model_spec
 
 pytestmark = pytest.mark.integration
 
 
 def test_grpc_inference_against_the_stack_model(stack: Any) -> None:
     client = triton_grpc.InferenceServerClient(stack.env["TRITON_GRPC_URL"])
-    name = stack.env["FLEET_MODEL_NAME"]
-    assert client.is_model_ready(name)
+    name = model_spec.MODEL_NAME
+    assert name in stack.env["FLEET_MODEL_NAMES"].split(",") and client.is_model_ready(name)
     images = np.zeros((2, *model_spec.INPUT.shape), dtype=np.float32)
     images[:, :, 40:150, 90:100] = 1.0
     tensor = triton_grpc.InferInput(model_spec.INPUT.name, list(images.shape), "FP32")

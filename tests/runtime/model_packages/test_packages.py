@@ -3,12 +3,16 @@ Triton configs, and the parity gate on CPU (onnxruntime, an FP16-converted graph
 
 from __future__ import annotations
 
+import concurrent.futures
+import multiprocessing
+import sys
+import textwrap
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from worker.runtime.model_packages import onnx_tools, parity, triton_repository
+from worker.runtime.model_packages import handlers, onnx_tools, parity, triton_repository
 from worker.runtime.model_packages.declaration import PackageInvalid
 from worker.runtime.model_packages.loader import load_package, load_packages
 
@@ -122,6 +126,54 @@ def test_needs_order_the_model_calls(tmp_path: Path) -> None:
     ]
     with pytest.raises(KeyError):
         catalog.plan(["ocr"])
+
+
+#: A handler that keeps its numbers in a module of its own, next to it (as a package of several modules does).
+SIBLING_HANDLER = textwrap.dedent(
+    """
+    import json
+    import numpy as np
+
+    from . import scaling
+
+    def preprocess(data, params):
+        return {"FEATURES": np.asarray(json.loads(data), dtype=np.float32) * scaling.FACTOR}
+
+    def postprocess(outputs, params):
+        return {"tiny_score": {"factor": scaling.FACTOR}}
+    """
+)
+
+
+def _sibling_package(root: Path, factor: float) -> Path:
+    folder = write_package(root, handler=SIBLING_HANDLER)
+    (folder / "scaling.py").write_text(f"FACTOR = {factor}\n", encoding="utf-8")
+    return folder
+
+
+def test_a_handler_imports_the_modules_next_to_it_here_and_in_a_spawned_pool_process(tmp_path: Path) -> None:
+    # Given a package whose handler imports a sibling module relatively
+    folder = _sibling_package(tmp_path / "one", 2.0)
+    # When it is loaded, then the handler is a module of a package made for this model package
+    package = load_package(folder)
+    assert package.preprocess(b"[1, 2, 3, 4]", {})["FEATURES"].tolist() == [2.0, 4.0, 6.0, 8.0]
+    assert package.preprocess.__module__ == "fleet_model_package_tiny.handler"
+    assert sys.modules["fleet_model_package_tiny"].__path__ == [str(folder)]
+    # and a spawned process (as the worker's preprocess pool) imports it again from the folder
+    context = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(1, mp_context=context) as pool:
+        done = pool.submit(handlers.run_preprocess, str(folder), b"[1, 1, 1, 1]", {}).result(timeout=120)
+    assert done.tensors["FEATURES"].tolist() == [2.0, 2.0, 2.0, 2.0]
+
+
+def test_a_second_package_of_the_same_name_gets_its_own_modules(tmp_path: Path) -> None:
+    # Given two folders holding a package of one name, whose sibling modules differ
+    first = load_package(_sibling_package(tmp_path / "one", 2.0))
+    # When the second is loaded after the first
+    second = load_package(_sibling_package(tmp_path / "two", 3.0))
+    # Then each runs with its own sibling module, the second not served the first's from sys.modules
+    assert second.postprocess({}, {}) == {"tiny_score": {"factor": 3.0}}
+    assert first.postprocess({}, {}) == {"tiny_score": {"factor": 2.0}}
 
 
 def test_the_generated_triton_configs_follow_the_declaration(tmp_path: Path) -> None:

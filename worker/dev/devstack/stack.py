@@ -18,7 +18,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,11 +42,13 @@ from worker.dev.devstack.tritonserver import (
     TritonServer,
     stop_process_group,
 )
-from worker.runtime.model_spec import MODEL_NAME
 from worker.shared import environment
 from worker.shared.resources import FleetResources, load_resources
 
 DEFAULT_WORK_DIR = REPO_ROOT / ".devstack"
+#: The models the stack's tritonserver serves, comma-separated (for tools and people: a worker takes its
+#: models from the packages in FLEET_MODELS_DIR).
+MODEL_NAMES_ENV = "FLEET_MODEL_NAMES"
 LOCAL_PROJECT = "local-project"
 HOST = "127.0.0.1"
 EMULATOR_START_TIMEOUT_S = 30.0
@@ -85,6 +87,7 @@ def fleet_env(
     triton_http: str,
     pubsub_admin_url: str,
     gcs_admin_url: str,
+    model_names: Sequence[str],
 ) -> dict[str, str]:
     """Every variable of the shared ``.devstack/env`` contract (names: ``worker.shared.environment``)."""
     return {
@@ -96,7 +99,7 @@ def fleet_env(
         **environment.resource_environment(resources, project),
         environment.PUBSUB_ADMIN_URL: pubsub_admin_url,
         environment.GCS_ADMIN_URL: gcs_admin_url,
-        "FLEET_MODEL_NAME": MODEL_NAME,
+        MODEL_NAMES_ENV: ",".join(model_names),
     }
 
 
@@ -349,6 +352,7 @@ def up(
             triton_http=triton.http_url,
             pubsub_admin_url=pubsub_admin_url,
             gcs_admin_url=storage_url + "/_devstack",
+            model_names=triton.model_names(),
         )
         if triton.models_dir is not None:
             # The worker that sources .devstack/env loads the packages this server was generated from.

@@ -18,7 +18,6 @@ from google.cloud import storage  # type: ignore[attr-defined]  # storage has no
 from worker.dev.harness.gcs_write_log import WRITES_URL
 from worker.dev.harness.processes import REPO_ROOT, with_parent_death_signal
 from worker.dev.harness.stack_env import StackEnv
-from worker.runtime.model_spec import MODEL_NAME
 from worker.shared import environment
 from worker.shared.resources import load_resources
 
@@ -102,7 +101,6 @@ class PrivateStack:
             # Topics and subscriptions are each run's own (RunTopology); the buckets are the fleet's.
             environment.INPUT_BUCKET: buckets[environment.INPUT_BUCKET],
             environment.RESULTS_BUCKET: buckets[environment.RESULTS_BUCKET],
-            "FLEET_MODEL_NAME": MODEL_NAME,
         }
         os.environ.update(self.values)
         client = storage.Client(project=self.project)

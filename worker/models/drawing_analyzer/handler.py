@@ -1,47 +1,41 @@
-"""The drawing analyzer's handler: the worker's own preprocessing and abstention, as a model package.
+"""The drawing analyzer's handler: its preprocessing and its answers, as the worker calls them.
 
-``preprocess`` is ``worker.runtime.preprocess`` (decode, letterbox, the security bounds), and
-``preprocess_page`` its letterbox of a page the worker decoded (``worker.runtime.documents``); ``postprocess``
-is ``worker.runtime.inference.postprocess`` (the classify/embed contract, docs/contracts.md) with the
-abstention policy shipped next to the ONNX (``abstention.json``, written by scripts/train_model.py).
+``preprocess`` decodes and letterboxes image bytes (``preprocessing``), ``preprocess_page`` letterboxes a
+page the worker decoded (``worker.runtime.documents``); ``postprocess`` answers ``classify``/``embed``
+(``answers``, the contract in docs/contracts.md) with the abstention policy next to the ONNX
+(``abstention.json``, written by scripts/train_model.py).
 """
 
 from __future__ import annotations
 
 import functools
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from worker.runtime import abstention, documents
-from worker.runtime import preprocess as image_preprocess
+from worker.runtime import documents
 
-POLICY_PATH = Path(__file__).resolve().parent / abstention.POLICY_FILE
+from . import abstention, answers, model_spec, preprocessing
 
 
 @functools.cache
 def _policy() -> abstention.Policy:
-    return abstention.load_policy(POLICY_PATH)
+    return abstention.load_policy()
 
 
 def preprocess(data: bytes, params: dict[str, Any]) -> dict[str, np.ndarray[Any, Any]]:
     """Image bytes -> ``{"IMAGE": [1, 192, 192] FP32}``; bad input raises the worker's typed errors."""
-    return {"IMAGE": image_preprocess.preprocess_bytes(data)}
+    return {model_spec.INPUT.name: preprocessing.preprocess_bytes(data)}
 
 
 def preprocess_page(page: documents.Page, params: dict[str, Any]) -> dict[str, np.ndarray[Any, Any]]:
     """A page the worker decoded (at 192 px) -> ``{"IMAGE": [1, 192, 192] FP32}``, the same letterbox."""
-    return {"IMAGE": image_preprocess.image_to_tensor(page.image)}
+    return {model_spec.INPUT.name: preprocessing.image_to_tensor(page.image)}
 
 
 def postprocess(outputs: dict[str, np.ndarray[Any, Any]], params: dict[str, Any]) -> dict[str, Any]:
     """``{"classify": {...}, "embed": {...}}``, limited to ``params["analyses"]`` (both when absent)."""
-    # Imported here, not at the top: the preprocess pool's processes import this module and must not
-    # pay for the Triton client that worker.runtime.inference imports.
-    from worker.runtime import inference  # noqa: PLC0415
-
-    analyses = tuple(params.get("analyses") or ("classify", "embed"))
-    return inference.postprocess(
-        outputs["CLASS_PROBS"], outputs["EMBEDDING"], analyses, decision_policy=_policy()
+    analyses = tuple(params.get("analyses") or model_spec.ANALYSES)
+    return answers.answer(
+        outputs[model_spec.OUTPUT_PROBS.name], outputs[model_spec.OUTPUT_EMBEDDING.name], analyses, _policy()
     )

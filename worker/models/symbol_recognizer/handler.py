@@ -1,7 +1,7 @@
 """The symbol recognizer's handler: which annotation symbols a drawing carries (docs/model-card-symbols.md).
 
-``preprocess`` is the worker's own decode (``worker.runtime.preprocess``: the byte and pixel bounds, the
-format allow-list, first frame only, EXIF orientation, grayscale) and letterbox, at this model's 384 px,
+``preprocess`` is the worker's own decode (``worker.runtime.documents.images``: the byte and pixel bounds,
+the format allow-list, first frame only, EXIF orientation, grayscale) and letterbox, at this model's 384 px,
 with one step of its own before the letterbox: an ink-preserving reduction (the darkest pixel of each
 f x f block, f the whole part of the reduction). Symbols are drawn in thin strokes; an averaging
 reduction of a 1 px stroke by 4 leaves a quarter of its ink, so at 384 px it fades into the scan's
@@ -19,8 +19,7 @@ import numpy as np
 from PIL import Image
 
 from worker.runtime import documents
-from worker.runtime import preprocess as image_preprocess
-from worker.shared.errors import ImageUndecodable, InputTooLarge
+from worker.runtime.documents import images
 
 #: The graph's output order (worker.dev.drawings.SYMBOL_NAMES; a model test keeps them equal).
 SYMBOLS: Final = ("surface_finish", "welding", "tolerance_frame", "section_arrow", "datum", "balloon")
@@ -36,11 +35,7 @@ DECIDED: Final = ("tolerance_frame", "section_arrow", "datum")
 
 def preprocess(data: bytes, params: dict[str, Any]) -> dict[str, np.ndarray[Any, Any]]:
     """Image bytes -> ``{"SHEET": [1, 384, 384] FP32}``; bad input raises the worker's typed errors."""
-    if len(data) > image_preprocess.MAX_INPUT_BYTES:
-        raise InputTooLarge(f"input is {len(data)} bytes; the limit is {image_preprocess.MAX_INPUT_BYTES}")
-    if not data:
-        raise ImageUndecodable("input is empty (0 bytes)")
-    return {"SHEET": sheet_tensor(image_preprocess.decode_image(data, size_px=INPUT_SIZE_PX))}
+    return {"SHEET": sheet_tensor(images.decode_input(data, size_px=INPUT_SIZE_PX))}
 
 
 def preprocess_page(page: documents.Page, params: dict[str, Any]) -> dict[str, np.ndarray[Any, Any]]:
@@ -56,7 +51,7 @@ def sheet_tensor(image: Image.Image) -> np.ndarray[Any, Any]:
         height, width = (pixels.shape[0] // factor) * factor, (pixels.shape[1] // factor) * factor
         blocks = pixels[:height, :width].reshape(height // factor, factor, width // factor, factor)
         image = Image.fromarray(np.ascontiguousarray(blocks.min(axis=(1, 3))))
-    return image_preprocess.image_to_tensor(image, size_px=INPUT_SIZE_PX)
+    return images.letterbox(image, size_px=INPUT_SIZE_PX)
 
 
 def postprocess(outputs: dict[str, np.ndarray[Any, Any]], params: dict[str, Any]) -> dict[str, Any]:

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 
 from PIL import Image
 
-from worker.runtime import preprocess
+from worker.runtime.documents import images
 from worker.runtime.documents.limits import (
     BLANK_INK_FRACTION,
     INK_LEVEL,
@@ -37,8 +37,6 @@ from worker.runtime.documents.raster import decode_raster, is_tiff, probe_raster
 from worker.runtime.documents.records import DocumentInfo, Page
 from worker.shared.errors import (
     DocumentTooLarge,
-    ImageUndecodable,
-    InputTooLarge,
     InvalidPages,
     PageNotFound,
     TooManyPages,
@@ -107,7 +105,7 @@ def select_pages(info: DocumentInfo, requested: Sequence[int] | None, *, size_px
 def decode_page(data: bytes, number: int, *, size_px: int) -> Page:
     """Page ``number`` (1-based), upright, mode ``L``, with its ink.
 
-    Images decode through ``preprocess.decode_image`` (its bounds and errors, unchanged); a TIFF page is
+    Images decode through ``images.decode_image`` (its bounds and errors, unchanged); a TIFF page is
     that frame; a PDF page renders grayscale on white so its longer side is ``RENDER_OVERSAMPLE * size_px``.
     """
     _check_bytes(data)
@@ -126,10 +124,7 @@ def ink_fraction(image: Image.Image) -> float:
 
 
 def _check_bytes(data: bytes) -> None:
-    if len(data) > preprocess.MAX_INPUT_BYTES:
-        raise InputTooLarge(f"input is {len(data)} bytes; the limit is {preprocess.MAX_INPUT_BYTES}")
-    if not data:
-        raise ImageUndecodable("input is empty (0 bytes)")
+    images.check_input_bytes(data)
 
 
 def _decoded_pixels(info: DocumentInfo, number: int, *, size_px: int) -> int:

@@ -18,7 +18,7 @@ import re
 import zlib
 from collections.abc import Iterator
 
-from worker.runtime import preprocess
+from worker.runtime.documents import images
 from worker.runtime.documents.limits import MAX_PDF_INFLATED_BYTES
 from worker.shared.errors import DocumentTooComplex
 
@@ -122,7 +122,7 @@ def _ascii_hex(body: bytes) -> bytes:
 def _check_image(header: bytes) -> None:
     dims = dict(_DIMENSION.findall(header))
     width, height = int(dims.get(b"Width", b"0")), int(dims.get(b"Height", b"0"))
-    if width * height > preprocess.MAX_INPUT_PIXELS:
+    if width * height > images.MAX_INPUT_PIXELS:
         raise DocumentTooComplex(
-            f"the PDF holds a {width} x {height} image; the limit is {preprocess.MAX_INPUT_PIXELS} pixels"
+            f"the PDF holds a {width} x {height} image; the limit is {images.MAX_INPUT_PIXELS} pixels"
         )

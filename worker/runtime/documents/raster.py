@@ -1,11 +1,11 @@
 """Raster documents: one-page images (PNG, JPEG, GIF, BMP, WEBP, MPO) and multi-page TIFFs.
 
-A one-page input decodes through ``worker.runtime.preprocess.decode_image`` exactly as before pages
-existed (same format allow-list, bounds and errors: ``IMAGE_TOO_LARGE``, ``IMAGE_UNDECODABLE``), so a
-schema_version 1 job is answered as it always was. A TIFF with several frames is one page per frame: the
-IFDs are walked one at a time (at most ``MAX_DOCUMENT_PAGES`` + 1, so a file of a million tiny IFDs is
-refused without reading them all), each frame's size is read from its IFD before any pixel is decoded,
-and a frame over ``MAX_INPUT_PIXELS`` is ``PAGE_TOO_LARGE``.
+A one-page input decodes through ``worker.runtime.documents.images.decode_image`` (its format allow-list,
+bounds and errors: ``IMAGE_TOO_LARGE``, ``IMAGE_UNDECODABLE``), so a schema_version 1 job, which knows
+nothing of pages, is answered by the same rules as a one-page schema_version 2 job. A TIFF with several
+frames is one page per frame: the IFDs are walked one at a time (at most ``MAX_DOCUMENT_PAGES`` + 1, so a
+file of a million tiny IFDs is refused without reading them all), each frame's size is read from its IFD
+before any pixel is decoded, and a frame over ``MAX_INPUT_PIXELS`` is ``PAGE_TOO_LARGE``.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import warnings
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from worker.runtime import preprocess
+from worker.runtime.documents import images
 from worker.runtime.documents.limits import MAX_DOCUMENT_PAGES
 from worker.runtime.documents.records import DocumentInfo
 from worker.shared.errors import DocumentTooLarge, ImageTooLarge, ImageUndecodable, PageTooLarge
@@ -43,9 +43,9 @@ def probe_raster(data: bytes) -> DocumentInfo:
 
 
 def decode_raster(data: bytes, number: int, *, size_px: int) -> Image.Image:
-    """Page ``number`` (1-based) upright in mode ``L``; page 1 through ``preprocess.decode_image``."""
+    """Page ``number`` (1-based) upright in mode ``L``; page 1 through ``images.decode_image``."""
     if number == 1:
-        return preprocess.decode_image(data, size_px=size_px)
+        return images.decode_image(data, size_px=size_px)
     try:
         with _bomb_warnings_as_errors():
             image = _open(data)
@@ -53,7 +53,7 @@ def decode_raster(data: bytes, number: int, *, size_px: int) -> Image.Image:
             _check_pixels(*image.size, number)
             image.load()
             upright = ImageOps.exif_transpose(image)
-            return preprocess.to_gray(upright)
+            return images.to_gray(upright)
     except (PageTooLarge, ImageUndecodable):
         raise
     except EOFError as exc:
@@ -66,12 +66,12 @@ def decode_raster(data: bytes, number: int, *, size_px: int) -> Image.Image:
 
 def _open(data: bytes) -> Image.Image:
     try:
-        return Image.open(io.BytesIO(data), formats=preprocess.ALLOWED_FORMATS)
+        return Image.open(io.BytesIO(data), formats=images.ALLOWED_FORMATS)
     except UnidentifiedImageError as exc:
-        formats = ", ".join(preprocess.ALLOWED_FORMATS)
+        formats = ", ".join(images.ALLOWED_FORMATS)
         raise ImageUndecodable(f"not an image in a supported format ({formats})") from exc
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageTooLarge(f"image exceeds {preprocess.MAX_INPUT_PIXELS} pixels: {exc}") from exc
+        raise ImageTooLarge(f"image exceeds {images.MAX_INPUT_PIXELS} pixels: {exc}") from exc
     except Exception as exc:
         raise ImageUndecodable(f"cannot read the image header: {type(exc).__name__}: {exc}") from exc
 
@@ -96,16 +96,16 @@ def _check_pixels(width: int, height: int, number: int | None) -> None:
     if width <= 0 or height <= 0:
         raise ImageUndecodable(f"page has an empty size {width}x{height}")
     pixels = width * height
-    if pixels <= preprocess.MAX_INPUT_PIXELS:
+    if pixels <= images.MAX_INPUT_PIXELS:
         return
-    limit = preprocess.MAX_INPUT_PIXELS
+    limit = images.MAX_INPUT_PIXELS
     if number is None:
         raise ImageTooLarge(f"image is {width}x{height} = {pixels} pixels; limit {limit}")
     raise PageTooLarge(f"page {number} is {width}x{height} = {pixels} pixels; the limit is {limit}")
 
 
 class _bomb_warnings_as_errors(warnings.catch_warnings):
-    """Pillow's DecompressionBombWarning as an error, as preprocess does, so both limits agree."""
+    """Pillow's DecompressionBombWarning as an error, as images does, so both limits agree."""
 
     def __enter__(self) -> None:
         super().__enter__()

@@ -142,14 +142,6 @@ class Declaration:
     def fan_out(self) -> bool:
         return self.max_items is not None
 
-    def output(self, name: str) -> Tensor:
-        return next(t for t in self.outputs if t.name == name)
-
-    def outputs_for(self, analyses: tuple[str, ...]) -> tuple[str, ...]:
-        """The output tensor names that ``analyses`` (of this package) read, each once."""
-        wanted = [name for a in self.analyses if a.name in analyses for name in a.outputs]
-        return tuple(dict.fromkeys(wanted))
-
 
 def read_declaration(folder: Path) -> Declaration:
     """Parse and check ``folder/model.toml`` (files it names must exist; tensors are checked later)."""
@@ -285,9 +277,7 @@ class _Fields:
         table = self.raw.get("limits", {})
         if not isinstance(table, dict):
             raise self.fail("[limits] must be a table")
-        formats = self.names(
-            table.get("formats", ["PNG", "JPEG", "TIFF", "GIF", "BMP", "WEBP"]), "limits.formats"
-        )
+        formats = self.names(table.get("formats", list(DEFAULT_FORMATS)), "limits.formats")
         return InputLimits(
             max_input_bytes=self.integer(
                 table, "limits.max_input_bytes", default=32 << 20, low=1, high=1 << 30

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import importlib.machinery
 import importlib.util
 import inspect
 import sys
@@ -32,6 +33,8 @@ from worker.runtime.model_packages.declaration import (
 
 #: The folder of the packages that ship with the worker (FLEET_MODELS_DIR overrides it).
 BUNDLED_MODELS_DIR: Final = Path(__file__).resolve().parents[2] / "models"
+#: Each package's modules are imported under ``<prefix><model name>`` (``_import_handler``).
+PACKAGE_MODULE_PREFIX: Final = "fleet_model_package_"
 
 #: ``(data, params) -> tensors`` or an ``items.Prepared`` (what the handler returns is checked by
 #: ``items.check_prepared``, so the loader's types stay loose).
@@ -112,22 +115,40 @@ def load_package(folder: Path) -> ModelPackage:
 
 
 def _import_handler(folder: Path, declaration: Declaration) -> ModuleType:
-    path = folder / declaration.handler_file
-    name = f"fleet_model_package_{declaration.name}"
-    spec = importlib.util.spec_from_file_location(name, path)
+    """The handler, imported as a module of a Python package made for this model package.
+
+    The package ``fleet_model_package_<name>`` has the folder as its ``__path__``, so a handler imports
+    its sibling modules relatively (``from . import spec``) whether the folder is bundled or a team's. A
+    new load of the same name starts from a fresh package: nothing of an earlier load's folder is reused.
+    The modules stay registered in ``sys.modules``, where dataclasses and pickle look a module up by name;
+    a spawned pool process has none of them and loads the package from its folder (``handlers.package_at``).
+    """
+    package_name = f"{PACKAGE_MODULE_PREFIX}{declaration.name}"
+    _forget(package_name)
+    package_spec = importlib.machinery.ModuleSpec(package_name, None, is_package=True)
+    package_spec.submodule_search_locations = [str(folder)]
+    sys.modules[package_name] = importlib.util.module_from_spec(package_spec)
+    relative = Path(declaration.handler_file).with_suffix("")
+    name = ".".join((package_name, *relative.parts))
+    spec = importlib.util.spec_from_file_location(name, folder / declaration.handler_file)
     if spec is None or spec.loader is None:
         raise PackageInvalid(folder.name, f"{declaration.handler_file} cannot be imported")
     module = importlib.util.module_from_spec(spec)
-    # Registered so that process pools (spawn) can find it by name; see loader.import_for_worker_process.
     sys.modules[name] = module
     try:
         spec.loader.exec_module(module)
     except Exception as exc:
-        del sys.modules[name]
+        _forget(package_name)
         raise PackageInvalid(
             folder.name, f"importing {declaration.handler_file} failed: {type(exc).__name__}: {exc}"
         ) from exc
     return module
+
+
+def _forget(package_name: str) -> None:
+    """Drop a package and its modules from ``sys.modules`` (objects already taken from them live on)."""
+    for name in [m for m in sys.modules if m == package_name or m.startswith(package_name + ".")]:
+        del sys.modules[name]
 
 
 def _decoded_page(preprocess_page: PreprocessPage, size_px: int, data: bytes, params: dict[str, Any]) -> Any:

@@ -17,7 +17,7 @@ One concern per module, in the spirit of python-pubsub's ``subscriber/_protocol/
 
 One asyncio event loop runs everything: a job is a task, not a thread; blocking libraries sit behind
 fixed pools owned by their adapters. Decisions: a job returns ``Ack`` or ``Nack``; the ``Settler`` applies
-them in batches and the ``Leases`` owner renews deadlines while jobs run (worker/runtime/intake.py).
+them in batches and the ``Leases`` owner renews deadlines while jobs run (worker/runtime/intake/).
 
 Import from the modules (``worker.runtime.pipeline.core.Pipeline``): this package imports nothing, so the
 composition root can start the preprocess pool (``preprocessors``) before the gRPC and Pub/Sub imports.

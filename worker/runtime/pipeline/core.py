@@ -4,7 +4,7 @@ Components and their one concern each: ``Puller`` (pulling.py) leases jobs into 
 (dispatcher.py), which runs each through the ``JobRunner`` (job.py): fetch, then the job's plan across
 the ``ModelSet`` (models.py: a ``Batcher`` per model, batching.py), answer through the ``Answerer``
 (answering.py), record the outcome (outcomes.py). The ``Settler`` and ``Leases``
-(worker/runtime/intake.py) apply decisions and renew leases; the ``OutageMonitor`` (outage.py) waits
+(worker/runtime/intake/) apply decisions and renew leases; the ``OutageMonitor`` (outage.py) waits
 out a Triton outage. Each background component has its own
 ``start()``/``close()``; a component that crashes drains the worker with exit code ``INTERNAL``.
 """

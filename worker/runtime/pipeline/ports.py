@@ -1,7 +1,7 @@
 """The pipeline's ports: what it needs of storage, the model, notifications and preprocessing.
 
 ``typing.Protocol`` classes: the real adapters (worker/runtime/storage.py, inference.py, notify.py,
-intake.py) are wired in by ``worker.runtime.app``; unit tests pass small fakes
+intake/) are wired in by ``worker.runtime.app``; unit tests pass small fakes
 (tests/runtime/worker_fakes.py).
 """
 

@@ -1,9 +1,9 @@
-"""The drawing model's answer for one image: a part class, ``not_a_drawing`` or ``unsure`` (issue 23).
+"""The drawing model's answer for one image: a part class, ``not_a_drawing`` or ``unsure``.
 
 Pure functions over the two tensors Triton returns (``CLASS_PROBS`` over ``model_spec.OUTPUT_CLASSES``,
 ``EMBEDDING``) and a :class:`Policy` that training writes as data next to the model
 (``abstention.json``: temperature, thresholds, class prototypes). Nothing here does I/O except
-:func:`load_policy`; no Triton, no Pub/Sub, so it moves with the model when models become packages.
+:func:`load_policy`.
 
 The decision, in order (the first rule that fires decides, and the result names it):
 
@@ -31,7 +31,7 @@ from typing import Any, Final
 import numpy as np
 import numpy.typing as npt
 
-from worker.runtime import model_spec
+from . import model_spec
 
 FloatArray = npt.NDArray[np.float32] | npt.NDArray[np.float64]
 
@@ -42,8 +42,8 @@ BY_CLASS: Final = "class_probability"
 DECIDED_BY: Final = (BY_NOT_A_DRAWING, BY_PROTOTYPE, BY_CLASS)
 #: Probabilities are clipped here before the log so an underflowed 0.0 stays finite.
 _MIN_PROB: Final = 1e-30
-#: The policy's file name in a model package, and the drawing model's policy (its bundled package: the
-#: worker image carries the package, and the handler reads this file next to the ONNX).
+#: The policy's file name in the package, and the policy next to this module (training writes it there,
+#: beside the ONNX it was fitted to).
 POLICY_FILE: Final = "abstention.json"
 PACKAGED_POLICY: Final = model_spec.PACKAGE_DIR / POLICY_FILE
 
@@ -100,7 +100,7 @@ class Policy:
 
 
 def load_policy(path: Path = PACKAGED_POLICY) -> Policy:
-    """Read a policy file (default: the copy shipped in the worker package)."""
+    """Read a policy file (default: the one in this package)."""
     document: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
     return Policy.from_json(document)
 

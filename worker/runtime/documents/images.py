@@ -1,14 +1,11 @@
-"""The one preprocessing contract: image bytes -> the model's input tensor, or a typed error.
+"""Image inputs, for every model package: the decode with its security bounds, and the letterbox.
 
-Decode -> first frame -> EXIF orientation -> grayscale (alpha composited onto white paper) -> letterbox
-into ``INPUT_SIZE_PX`` square (aspect kept, centred, padded with paper) -> normalise to ink = 1.0,
-paper = 0.0, FP32, shape ``model_spec.INPUT.shape``.
-
-The worker (its CPU process pool), ``scripts/train_model.py`` and ``scripts/parity_check.py`` all call
-``preprocess_bytes`` / ``image_to_tensor`` from here, so the model never sees pixels prepared another way.
-Preprocessing runs in the worker's CPU pool rather than in a Triton ensemble: the input is an encoded
-image of up to tens of MB, and decoding it on the GPU VM's CPU next to the fetch keeps Triton's requests
-small (147 KB per image) and lets the worker reject bad input before it costs a GPU slot.
+``decode_input``: encoded bytes -> the first frame, upright, grayscale (mode ``L``; alpha composited onto
+white paper), or a typed error. ``letterbox``: a mode-``L`` image -> a square FP32 tensor (aspect kept,
+centred, padded with paper; ink = 1.0, paper = 0.0), the input both bundled models were trained on; a
+package with another input convention takes the decoded image and makes its own tensor.
+``worker.runtime.documents`` decodes one-page images and a TIFF's first frame through ``decode_image``, so
+every page a package sees went through these bounds.
 
 Bad input never crashes, hangs or allocates without bound: the byte size is checked first
 (``MAX_INPUT_BYTES``), the pixel count is read from the header before any pixel is decoded
@@ -47,7 +44,6 @@ from PIL import (  # the plugins of ALLOWED_FORMATS: Image.open(formats=...) nee
     WebPImagePlugin,  # noqa: F401
 )
 
-from worker.runtime import model_spec
 from worker.shared.errors import ImageTooLarge, ImageUndecodable, InputTooLarge
 
 _fast_png: ModuleType | None
@@ -75,7 +71,6 @@ Image.MAX_IMAGE_PIXELS = MAX_INPUT_PIXELS
 # Truncated files must fail, not decode half-grey (this is Pillow's default; stated on purpose).
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 
-_PNG_SIGNATURE: Final = b"\x89PNG\r\n\x1a\n"
 #: IHDR colour types the fast path decodes (8-bit only): grayscale and truecolour without alpha.
 _PNG_GRAY: Final = 0
 _PNG_RGB: Final = 2
@@ -86,21 +81,25 @@ _ALPHA_MODES: Final = frozenset({"LA", "La", "PA", "RGBA", "RGBa"})
 Tensor = npt.NDArray[np.float32]
 
 
-def preprocess_bytes(data: bytes, *, size_px: int = model_spec.INPUT_SIZE_PX) -> Tensor:
-    """Encoded image bytes -> FP32 tensor of shape ``(1, size_px, size_px)``.
-
-    Raises ``InputTooLarge`` (byte limit), ``ImageTooLarge`` (pixel limit, checked before decoding) or
-    ``ImageUndecodable`` (empty, truncated, not an image, an unsupported format or mode).
-    """
+def check_input_bytes(data: bytes) -> None:
+    """The byte bounds of any input, before anything is parsed: ``InputTooLarge``, or empty -> undecodable."""
     if len(data) > MAX_INPUT_BYTES:
         raise InputTooLarge(f"input is {len(data)} bytes; the limit is {MAX_INPUT_BYTES}")
     if not data:
         raise ImageUndecodable("input is empty (0 bytes)")
-    image = decode_image(data, size_px=size_px)
-    return image_to_tensor(image, size_px=size_px)
 
 
-def decode_image(data: bytes, *, size_px: int = model_spec.INPUT_SIZE_PX) -> Image.Image:
+def decode_input(data: bytes, *, size_px: int) -> Image.Image:
+    """An input's encoded bytes -> its first frame, upright, mode ``L``: ``check_input_bytes``, then decode.
+
+    Raises ``InputTooLarge`` (byte limit), ``ImageTooLarge`` (pixel limit, checked before decoding) or
+    ``ImageUndecodable`` (empty, truncated, not an image, an unsupported format or mode).
+    """
+    check_input_bytes(data)
+    return decode_image(data, size_px=size_px)
+
+
+def decode_image(data: bytes, *, size_px: int) -> Image.Image:
     """Decode the first frame, upright and in mode ``L`` (JPEGs at the smallest DCT scale >= ``size_px``).
 
     Plain 8-bit grayscale/RGB PNGs go through libpng (same pixels as Pillow's decoder, less CPU);
@@ -109,7 +108,7 @@ def decode_image(data: bytes, *, size_px: int = model_spec.INPUT_SIZE_PX) -> Ima
     return _decode(data, size_px=size_px, fast_png=_fast_png is not None)
 
 
-def decode_image_pillow(data: bytes, *, size_px: int = model_spec.INPUT_SIZE_PX) -> Image.Image:
+def decode_image_pillow(data: bytes, *, size_px: int) -> Image.Image:
     """``decode_image`` through Pillow alone: every allowed format and mode (the reference path)."""
     return _decode(data, size_px=size_px, fast_png=False)
 
@@ -138,15 +137,15 @@ def _decode(data: bytes, *, size_px: int, fast_png: bool) -> Image.Image:
         raise ImageUndecodable(f"cannot decode image: {type(exc).__name__}: {exc}") from exc
 
 
-def image_to_tensor(image: Image.Image, *, size_px: int = model_spec.INPUT_SIZE_PX) -> Tensor:
-    """A decoded mode-``L`` image -> letterboxed, normalised FP32 tensor ``(1, size_px, size_px)``."""
+def letterbox(image: Image.Image, *, size_px: int) -> Tensor:
+    """A decoded image -> FP32 ``(1, size_px, size_px)``, aspect kept, centred on paper; ink 1, paper 0."""
     if image.mode != "L":
         image = to_gray(image)
     width, height = image.size
     scale = size_px / max(width, height)
     new_size = (max(1, round(width * scale)), max(1, round(height * scale)))
     if new_size != image.size:
-        # BOX averages every source pixel, so 1-px drawing lines survive as grey instead of vanishing;
+        # BOX averages every source pixel, so 1-px lines survive as grey instead of vanishing;
         # reducing_gap lets Pillow use its fast integer reduce() first on big images.
         image = image.resize(new_size, Image.Resampling.BOX, reducing_gap=2.0)
     canvas = Image.new("L", (size_px, size_px), PAPER_LEVEL)
