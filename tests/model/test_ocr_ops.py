@@ -7,6 +7,7 @@ pipeline on generated drawings (which runs RapidOCR itself: about a second a pag
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -258,3 +259,25 @@ def test_a_page_without_text_has_no_lines(models: dict[str, Path]) -> None:
     ops = ocr_pipeline.OpsPipeline(dict(models))
     read = ops.read(np.full((400, 300), 250, dtype=np.uint8))
     assert read.lines == [] and read.crop_widths == []
+
+
+@pytest.mark.slow
+def test_detection_in_fp16_holds_only_with_its_out_of_range_batchnorm_kept_fp32(
+    models: dict[str, Path], tmp_path: Path
+) -> None:
+    from worker.dev import ocr_eval  # noqa: PLC0415
+    from worker.runtime.model_packages import onnx_tools  # noqa: PLC0415
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the converter warns about every weight it rounds
+        plain = onnx_tools.fp16_graph(models["det"], tmp_path / "det16.onnx")
+        kept = onnx_tools.fp16_graph(models["det"], tmp_path / "det16k.onnx", keep_out_of_range=True)
+    page = np.asarray(drawings.render_text_image(8)[0])
+    reference = ocr_pipeline.OpsPipeline(dict(models), use_cls=True).read(page).lines
+    collapsed = ocr_pipeline.OpsPipeline({**models, "det": plain}, use_cls=True).read(page).lines
+    held = ocr_pipeline.OpsPipeline({**models, "det": kept}, use_cls=True).read(page).lines
+    # A BatchNorm variance of 9.8e7, clamped to 1e4 by the converter, wrecks every box; kept FP32, the
+    # FP16 detector answers (nearly) the FP32 answer
+    assert ocr_eval.agreement(collapsed, reference)[0] == 0
+    agreed, lines = ocr_eval.agreement(held, reference)
+    assert lines > 10 and agreed >= 0.9 * lines
