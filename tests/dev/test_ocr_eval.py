@@ -147,3 +147,32 @@ def test_the_rapidocr_bench_reports_both_layouts(pages: list[ocr_eval.EvalPage])
     for layout in layouts.values():
         assert layout["pages"] == 2 and layout["pages_per_s"] > 0
         assert 0 < layout["latency_ms"]["p50"] <= layout["latency_ms"]["p99"]
+
+
+@pytest.mark.slow
+def test_the_script_probe_names_characters_the_dictionary_lacks() -> None:
+    dejavu = ocr_eval.PROBE_LINES["symbols"][0]
+    report = ocr_eval.script_probe(
+        {"symbols": (dejavu, ("Ø12", "25 ±0.1")), "japanese": ("/nonexistent/font.ttf", ("ねじ",))}
+    )
+    diameter, tolerance = report["symbols"]["lines"]
+    assert (diameter["not_in_dictionary"], tolerance["not_in_dictionary"]) == ("Ø", "")
+    if Path(dejavu).is_file():  # Debian's fonts-dejavu-core: the recogniser reads the Ø as a zero
+        assert diameter["read"] == "012" and tolerance["read"].replace(" ", "") == "25±0.1"
+    assert report["japanese"]["font"].startswith("not installed")
+    assert report["japanese"]["lines"] == [{"text": "ねじ", "not_in_dictionary": "じね"}]
+    assert report["dictionary"] == {"characters": 6623, "kana": "のサシジマ"}
+
+
+@pytest.mark.slow
+def test_padding_every_crop_to_320_is_rapidocrs_answer_on_a_page_of_narrow_crops(
+    pages: list[ocr_eval.EvalPage], models: dict[str, Path]
+) -> None:
+    # Given a page whose crops are all at most 320 wide: RapidOCR pads each of its batches to 320
+    plain = pages[0]
+    assert max(ocr_pipeline.OpsPipeline(dict(models), use_cls=True).read(plain.image).crop_widths) <= 320
+    # When each crop is recognised alone at several widths, then at 320 every answer is RapidOCR's
+    figures = ocr_eval.padding_effect([plain], models, log=lambda _: None)
+    assert figures["320"]["crops"] > 5 and figures["320"]["texts_changed"] == 0
+    assert figures["320"]["max_score_change"] == 0.0
+    assert set(figures) >= {"natural", "next64", "640", "1280", "2560"}

@@ -19,20 +19,21 @@ onnxruntime (``ocr_pipeline``), and reports:
   runtime's buckets must hold).
 
 ``python -m worker.dev.ocr_eval`` (``make ocr-eval``) prints the figures as one JSON document; the
-angle classifier's effect and the FP16 graphs' are separate sections (``--cls``, ``--fp16``).
+angle classifier's effect, the FP16 graphs', the recogniser's answers at other padded widths than
+RapidOCR's, and what it makes of drawing symbols and Japanese are separate sections (``--cls``, ``--fp16``,
+``--padding``, ``script_probe``).
 """
 
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import statistics
 import sys
 import tempfile
 import warnings
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -47,8 +48,10 @@ from worker.dev.drawings import TextLine
 from worker.dev.ocr_pipeline import Line, OpsPipeline, RapidOcrPipeline
 from worker.shared import stats
 
-#: Dataset base of the evaluation drawings (``drawings.dataset_seed``), apart from every training set.
+#: Dataset bases of the evaluation drawings (``drawings.dataset_seed``), apart from every training set:
+#: the drawings as generated, and other drawings with ``extra_text``.
 OCR_EVAL_SEED: Final = 29
+OCR_EVAL_EXTRA_SEED: Final = 30
 #: A predicted line answers a ground-truth line when it covers at least this share of the line's box.
 TRUTH_MIN_COVER: Final = 0.5
 #: Two pipelines agree on a line when the texts are equal and the boxes overlap at least this much.
@@ -70,8 +73,10 @@ class EvalPage:
     truth: tuple[TextLine, ...]
 
 
-def generated_pages(count: int, *, extra_text: bool = False, seed: int = OCR_EVAL_SEED) -> list[EvalPage]:
+def generated_pages(count: int, *, extra_text: bool = False, seed: int | None = None) -> list[EvalPage]:
     """``count`` drawings of the evaluation set, as the generator renders them (A4 at 150 dpi)."""
+    if seed is None:
+        seed = OCR_EVAL_EXTRA_SEED if extra_text else OCR_EVAL_SEED
     pages = []
     for index in range(count):
         drawing_seed = drawings.dataset_seed(index, seed=seed)
@@ -348,20 +353,32 @@ def fp16_effect(
 
     Raw: the largest absolute difference of the detector's probability map (same input) and of the
     recogniser's probabilities (same crops: the FP32 detector's). Answers: lines with the same text and
-    box IoU >= 0.9 as the FP32 answer, for det FP16, rec FP16 and both.
+    box IoU >= 0.9 as the FP32 answer, for det FP16, rec FP16 and both; and with the detector's nodes that
+    read constants beyond FP16's range kept FP32 (``onnx_tools.fp16_graph(keep_out_of_range=True)``).
     """
     from worker.runtime.model_packages import onnx_tools  # noqa: PLC0415 - the models extra
 
     with tempfile.TemporaryDirectory() as scratch, warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the converter warns on every weight it rounds to FP16's range
         half = {k: onnx_tools.fp16_graph(models[k], Path(scratch) / f"{k}16.onnx") for k in ("det", "rec")}
+        det_kept = onnx_tools.fp16_graph(models["det"], Path(scratch) / "det16k.onnx", keep_out_of_range=True)
         base = OpsPipeline(dict(models), use_cls=True, keep_raw=True)
         variants = {
             "det_fp16": OpsPipeline({**models, "det": half["det"]}, use_cls=True, keep_raw=True),
+            "det_fp16_out_of_range_fp32": OpsPipeline(
+                {**models, "det": det_kept}, use_cls=True, keep_raw=True
+            ),
             "rec_fp16": OpsPipeline({**models, "rec": half["rec"]}, use_cls=True, keep_raw=True),
             "both_fp16": OpsPipeline({**models, **half}, use_cls=True, keep_raw=True),
+            "both_fp16_det_out_of_range_fp32": OpsPipeline(
+                {**models, "det": det_kept, "rec": half["rec"]}, use_cls=True, keep_raw=True
+            ),
         }
-        worst = {"det_probability_map": 0.0, "rec_probabilities": 0.0}
+        worst = {
+            "det_probability_map": 0.0,
+            "det_out_of_range_fp32_probability_map": 0.0,
+            "rec_probabilities": 0.0,
+        }
         answers = {name: [0, 0] for name in variants}
         chars = {"rec_fp16_characters_changed": 0}
         for page in pages:
@@ -371,9 +388,13 @@ def fp16_effect(
                 a, n = agreement(got.lines, ref.lines)
                 answers[name][0] += a
                 answers[name][1] += n
-                if name == "det_fp16" and got.probability_map is not None and ref.probability_map is not None:
+                maps = {
+                    "det_fp16": "det_probability_map",
+                    "det_fp16_out_of_range_fp32": "det_out_of_range_fp32_probability_map",
+                }
+                if name in maps and got.probability_map is not None and ref.probability_map is not None:
                     diff = float(np.abs(got.probability_map - ref.probability_map).max())
-                    worst["det_probability_map"] = max(worst["det_probability_map"], diff)
+                    worst[maps[name]] = max(worst[maps[name]], diff)
                 if name == "rec_fp16" and got.rec_outputs and ref.rec_outputs:
                     for x, y in zip(got.rec_outputs, ref.rec_outputs, strict=True):
                         worst["rec_probabilities"] = max(
@@ -392,6 +413,85 @@ def fp16_effect(
     return report
 
 
+def padding_effect(
+    pages: Sequence[EvalPage], models: dict[str, Path], *, log: Callable[[str], None]
+) -> dict[str, Any]:
+    """Each crop recognised alone at several padded widths, against RapidOCR's batches: how many texts
+    change and the largest score change. ``natural``: no padding at all; ``next64``: the smallest
+    multiple of 64 that holds the crop, at least 320 (RapidOCR's narrowest batch)."""
+    pipeline = OpsPipeline(dict(models), use_cls=True)
+    rec = pipeline.rec_ops
+    figures: dict[str, list[Any]] = {}
+    for page in pages:
+        read = pipeline.read(page.image)
+        for crop, (text, score) in zip(read.crops, read.decoded, strict=True):
+            tensor = rec.crop_tensor(crop)
+            natural = int(tensor.shape[2])
+            variants = {"natural": natural, "next64": max(320, -(-natural // 64) * 64)}
+            variants |= {str(w): w for w in (320, 640, 1280, 2560) if w >= natural}
+            for name, width in variants.items():
+                output = pipeline.rec.run(
+                    None, {rec.INPUT_NAME: rec.pad_to_width(tensor, width)[np.newaxis]}
+                )[0]
+                ((got, got_score),) = rec.decode(output)
+                tally = figures.setdefault(name, [0, 0, 0.0])
+                tally[0] += 1
+                tally[1] += got != text
+                tally[2] = max(tally[2], abs(got_score - score))
+                if got != text:
+                    log(f"padding {name} ({width} for {natural}): {text!r} -> {got!r}")
+    return {
+        name: {"crops": n, "texts_changed": changed, "max_score_change": round(worst, 4)}
+        for name, (n, changed, worst) in figures.items()
+    }
+
+
+#: Strings a drawing may carry that the generator's font cannot draw (Ø, the multiplication sign, µ, kana),
+#: by script, with a font that draws them (Debian's fonts-dejavu-core and fonts-ipafont-gothic).
+PROBE_LINES: Final = {
+    "symbols": (
+        "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
+        ("Ø12 H7", "⌀8", "4\u00d7M6", "Ra 1.6 µm", "25 ±0.1", "45°", "Φ12", "R5 MAX"),
+    ),
+    "japanese": (
+        "/usr/share/fonts/opentype/ipafont-gothic/ipag.ttf",
+        ("バリ取りのこと", "ねじ", "シャフト", "めっき", "図面番号", "材質 SS400", "表面処理", "注記"),
+    ),
+}
+#: The probe's text height in pixels: the generator's dimension text at 150 dpi is 12-18 px.
+PROBE_TEXT_PX: Final = 17
+
+
+def script_probe(lines: Mapping[str, tuple[str, tuple[str, ...]]] = PROBE_LINES) -> dict[str, Any]:
+    """Each probe string: the characters the recogniser's dictionary lacks, and what RapidOCR reads when
+    the string is drawn alone on white at drawing size (skipped when the font is not installed)."""
+    from PIL import ImageDraw, ImageFont  # noqa: PLC0415
+
+    known = set(ocr_pipeline.recognition_ops().characters())
+    rapid = RapidOcrPipeline()
+    report: dict[str, Any] = {}
+    for script, (font_path, strings) in lines.items():
+        font = ImageFont.truetype(font_path, PROBE_TEXT_PX) if Path(font_path).is_file() else None
+        entries = []
+        for text in strings:
+            entry: dict[str, Any] = {
+                "text": text,
+                "not_in_dictionary": "".join(sorted(set(text) - known - {" "})),
+            }
+            if font is not None:
+                image = Image.new("L", (480, 72), 255)
+                ImageDraw.Draw(image).text((24, 24), text, fill=0, font=font)
+                entry["read"] = " | ".join(line["text"] for line in rapid.read(np.asarray(image)))
+            entries.append(entry)
+        report[script] = {
+            "font": font_path if font is not None else f"not installed: {font_path}",
+            "lines": entries,
+        }
+    kana = [c for c in known if "\u3040" <= c <= "\u30ff"]
+    report["dictionary"] = {"characters": len(known) - 2, "kana": "".join(sorted(kana))}
+    return report
+
+
 def evaluation_set(plain: int, extra: int) -> list[EvalPage]:
     """The standard set: ``plain`` drawings, ``extra`` with extra text, and the first drawing as a PDF."""
     pages = generated_pages(plain) + generated_pages(extra, extra_text=True)
@@ -404,6 +504,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--extra", type=int, default=12, help="drawings with extra_text")
     parser.add_argument("--cls", type=int, default=6, help="pages for the angle classifier's study (0: skip)")
     parser.add_argument("--fp16", type=int, default=6, help="pages for the FP16 study (0: skip)")
+    parser.add_argument("--padding", type=int, default=6, help="pages for the rec padding study (0: skip)")
+    parser.add_argument("--no-scripts", action="store_true", help="skip the symbols / Japanese probe")
     parser.add_argument("--cache-dir", type=Path, help="the model fetch cache (default: FLEET_MODEL_CACHE)")
     parser.add_argument("--quiet", action="store_true", help="no per-page log on stderr")
     args = parser.parse_args(argv)
@@ -415,15 +517,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     models = ocr_pipeline.fetch_models(args.cache_dir)
     pages = evaluation_set(args.plain, args.extra)
     report: dict[str, Any] = {"evaluation": evaluate(pages, models, log=log)}
-    studied = generated_pages(args.cls // 2) + generated_pages(args.cls - args.cls // 2, extra_text=True)
     if args.cls:
-        report["cls"] = cls_effect(studied, models, log=log)
+        report["cls"] = cls_effect(study_pages(args.cls), models, log=log)
     if args.fp16:
         report["fp16"] = fp16_effect(pages[: args.fp16], models, log=log)
-    out = io.StringIO()
-    json.dump(report, out, sort_keys=True)
-    print(out.getvalue())
+    if args.padding:
+        report["rec_padding"] = padding_effect(study_pages(args.padding), models, log=log)
+    if not args.no_scripts:
+        report["scripts"] = script_probe()
+    print(json.dumps(report, sort_keys=True, ensure_ascii=False))
     return 0
+
+
+def study_pages(count: int) -> list[EvalPage]:
+    """The first ``count`` evaluation drawings, half of them (rounded up) with extra text."""
+    return generated_pages(count // 2) + generated_pages(count - count // 2, extra_text=True)
 
 
 if __name__ == "__main__":  # pragma: no cover

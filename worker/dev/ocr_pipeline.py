@@ -167,6 +167,9 @@ class PageRead:
     #: The detector's graph input (H, W) and the recogniser's inputs' unpadded widths, one per crop.
     detection_hw: tuple[int, int]
     crop_widths: list[int]
+    #: The crops as recognised (turned where the classifier said so) and each one's (text, score).
+    crops: list[Image] = field(default_factory=list)
+    decoded: list[tuple[str, float]] = field(default_factory=list)
     #: Raw outputs, kept only when asked (precision comparisons).
     probability_map: npt.NDArray[np.float32] | None = None
     rec_outputs: list[npt.NDArray[np.float32]] | None = None
@@ -227,6 +230,8 @@ class OpsPipeline:
             lines,
             prepared.tensor.shape[1:],
             [int(rec.natural_width(c)) for c in crops],
+            crops,
+            decoded,
             probabilities if self.keep_raw else None,
             raw if self.keep_raw else None,
         )
