@@ -110,6 +110,12 @@ clean:
 pubsub-fidelity: venv
 	$(PY) -m worker.dev.devstack.system_tests
 
+# OCR on generated drawings: ground-truth recall, agreement with RapidOCR's own pipeline, per-stage CPU,
+# the angle classifier's and FP16's effect (worker/dev/ocr_eval.py); one JSON document, ~10 minutes on 2 cores.
+.PHONY: ocr-eval
+ocr-eval: venv
+	$(PY) -m worker.dev.ocr_eval
+
 # The second bundled model (symbol recognition) from the generator; CPU, 2 threads, a few minutes.
 train-symbols: $(TRAIN_VENV)/.installed
 	$(TRAIN_VENV)/bin/python scripts/train_symbols.py

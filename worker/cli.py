@@ -48,7 +48,11 @@ COMMAND_PARTS: tuple[CommandPart, ...] = (
         hidden_without_extra=True,
     ),
     CommandPart("worker.runtime.model_packages.engine_build", extra="models", requires=("onnxruntime",)),
-    CommandPart("worker.runtime.model_packages.commands", extra="models", requires=("onnxruntime", "onnx")),
+    CommandPart(
+        "worker.runtime.model_packages.commands",
+        extra="models",
+        requires=("onnxruntime", "onnx", "packaging"),
+    ),
 )
 COMMAND_MODULES: tuple[str, ...] = tuple(part.module for part in COMMAND_PARTS)
 

@@ -8,7 +8,7 @@ from collections import Counter
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from worker.dev import drawings
 from worker.models.drawing_analyzer import model_spec, preprocessing
@@ -143,3 +143,84 @@ def test_symbol_dataset_formats_and_unknown_symbol() -> None:
     )
     with pytest.raises(ValueError, match="unknown symbols"):
         drawings.render_symbol_image(1, ("teapot",))
+
+
+# --- text and its ground truth (OCR) --------------------------------------------------------------------
+def _digest(image: Image.Image) -> str:
+    return hashlib.sha256(image.tobytes()).hexdigest()[:16]
+
+
+def test_recording_the_text_changes_no_pixel() -> None:
+    # Digests of the pixels as the generator drew them before it recorded any text (same seeds, sizes):
+    # the other models' training sets and references depend on every one of them.
+    assert [_digest(drawings.render_image(s, size=(877, 620))[0]) for s in range(3)] == [
+        "857454a70a48a26c",
+        "aa2baf0460834b9a",
+        "ca43ccbd3373b329",
+    ]
+    assert _digest(drawings.render_image(7)[0]) == "d5ffd798e7cf1748"
+    assert _digest(drawings.render_symbol_image(8, size=(877, 620))[0]) == "cd23526898a677c5"
+    assert _digest(drawings.render_negative_image(3, "title_block", size=(877, 620))[0]) == "42528b0dcf2ffcf9"
+    image, label, lines = drawings.render_text_image(7)
+    assert _digest(image) == "d5ffd798e7cf1748" and label == drawings.render_image(7)[1] and lines
+
+
+def test_every_text_the_sheet_draws_is_recorded_with_its_kind() -> None:
+    _, _, lines = drawings.render_text_image(5)
+    kinds = Counter(line.kind for line in lines)
+    assert kinds["drawing_number"] == 1 and kinds["scale"] == 1
+    assert kinds["title_block"] in (9, 12)  # 3 or 4 rows of 3 cells
+    assert kinds["dimension"] + kinds["diameter"] >= 2
+    notes = [line.text for line in lines if line.kind == "note"]
+    assert notes and all(text.startswith(f"{i + 1}. ") for i, text in enumerate(notes))
+    assert all(line.angle_deg == 0 for line in lines)
+    assert {line.kind for line in drawings.render_text_image(8, size=(877, 620))[2]} <= {
+        "title_block", "drawing_number", "scale", "note", "dimension", "diameter",
+    }  # fmt: skip
+
+
+def _ink_inside(image: Image.Image, box: tuple[tuple[float, float], ...]) -> float:
+    """Fraction of the box's pixels darker than 128 (mid grey)."""
+    mask = Image.new("1", image.size, 0)
+    ImageDraw.Draw(mask).polygon([(x, y) for x, y in box], fill=1)
+    inside = np.asarray(mask, dtype=bool)
+    return float((np.asarray(image)[inside] < 128).mean()) if inside.any() else 0.0
+
+
+def test_the_boxes_follow_the_scanners_skew() -> None:
+    # Given a drawing the scanner turned by about 1.1 degrees (seed 6)
+    image, _, lines = drawings.render_text_image(6)
+    sheet = drawings._unscanned(6, None, drawings.DEFAULT_SIZE)
+    _, skew = drawings._scan_skewed(sheet.image, sheet.rng)
+    assert abs(skew) > 1.0
+    upright = sheet.canvas.draw.lines  # type: ignore[attr-defined]  # the _TextDraw's record, unskewed
+    # then every recorded box holds ink, and far more than the same boxes before the skew do
+    skewed = [_ink_inside(image, line.box) for line in lines]
+    unskewed = [_ink_inside(image, line.box) for line in upright]
+    assert min(skewed) > 0.05, [(line.text, round(f, 3)) for line, f in zip(lines, skewed, strict=True)]
+    assert sum(skewed) > 2 * sum(unskewed)
+
+
+def test_extra_text_adds_lines_on_the_same_drawing_and_scan() -> None:
+    plain, _, base = drawings.render_text_image(5, size=(877, 620))
+    extra, _, lines = drawings.render_text_image(5, size=(877, 620), extra_text=True)
+    # The drawing's own lines come first, unchanged; 4-8 extra lines follow, some turned 90 degrees
+    assert lines[: len(base)] == base
+    added = lines[len(base) :]
+    assert 4 <= len(added) <= 8 and {line.kind for line in added} <= set(drawings.EXTRA_TEXT_KINDS)
+    full, _, full_lines = drawings.render_text_image(5, extra_text=True)
+    assert any(line.angle_deg == 90 for line in full_lines)
+    assert all(_ink_inside(full, line.box) > 0.1 for line in full_lines)  # A4 at 150 dpi: legible ink
+    # and the pixels differ only inside the extra lines' boxes (a pixel of blur around them)
+    changed = np.asarray(plain, dtype=np.int16) != np.asarray(extra, dtype=np.int16)
+    mask = Image.new("1", plain.size, 0)
+    for line in added:
+        xs, ys = [x for x, _ in line.box], [y for _, y in line.box]
+        ImageDraw.Draw(mask).rectangle((min(xs) - 3, min(ys) - 3, max(xs) + 3, max(ys) + 3), fill=1)
+    assert changed.any() and not (changed & ~np.asarray(mask, dtype=bool)).any()
+
+
+def test_text_drawings_encode_like_drawings() -> None:
+    data, label, lines = drawings.render_text_drawing(7, size=(877, 620), fmt="jpeg")
+    assert (data, label) == drawings.render_drawing(7, size=(877, 620), fmt="jpeg")
+    assert lines == drawings.render_text_image(7, size=(877, 620))[2]

@@ -11,8 +11,15 @@ Geometry is laid out in sheet units (A3 = 420 units wide) and scaled to the requ
 drawing rendered at a reduced ``size`` is the same picture at lower resolution (tests and training use
 that to stay fast). Pillow only.
 
+Every line of text the generator draws (title-block fields, drawing number, scale, notes, dimension
+values, diameters, symbol labels) is recorded as OCR ground truth: its exact string and its box in the
+rendered image's pixels, after the scanner's skew (``render_text_image``). Recording draws nothing, so
+``render_image`` gives the same pixels with or without it; ``extra_text=True`` adds more kinds of text
+(tolerances with ``±``, angles with ``°``, part numbers, thread callouts, text turned 90 degrees) on top.
+
     >>> data, label = render_drawing(7)                     # PNG bytes, 1754 x 1240 (A4 at 150 dpi)
     >>> data, label = render_drawing(7, "gear", fmt="jpeg")
+    >>> image, label, lines = render_text_image(7)          # lines: TextLine(text, kind, box, angle_deg)
 """
 
 from __future__ import annotations
@@ -384,6 +391,70 @@ _BUILDERS: Final[dict[str, Callable[[random.Random], list[View]]]] = {
 assert tuple(_BUILDERS) == CLASS_NAMES, "drawings and model_spec must list the same classes in order"
 
 
+# --- text and its ground truth ------------------------------------------------------------------------------
+Quad = tuple[Point, Point, Point, Point]
+
+
+@dataclass(frozen=True)
+class TextLine:
+    """One line of text on a rendered sheet: the string drawn and where it is.
+
+    ``box``: the text's layout box (Pillow's ``textbbox``: the ink's width, ascender to descender) as four
+    corners in the rendered image's pixels, clockwise from the image-top-left one (the order a text
+    detector's boxes come in); ``angle_deg``: 0 for text read left to right, 90 for text read bottom to
+    top (turned counter-clockwise).
+    """
+
+    text: str
+    kind: str
+    box: Quad
+    angle_deg: int = 0
+
+
+class _TextDraw(ImageDraw.ImageDraw):
+    """An ``ImageDraw`` that records each line of text written through ``write`` (pixels unchanged)."""
+
+    def __init__(self, image: Image.Image) -> None:
+        super().__init__(image)
+        self.lines: list[TextLine] = []
+
+    def record(self, line: TextLine) -> None:
+        self.lines.append(line)
+
+
+def _write(
+    draw: ImageDraw.ImageDraw,
+    at: Point,
+    value: str,
+    *,
+    fill: int,
+    font: ImageFont.FreeTypeFont,
+    kind: str,
+    anchor: str | None = None,
+) -> None:
+    """``draw.text`` that also records the line when ``draw`` keeps ground truth."""
+    if isinstance(draw, _TextDraw):
+        x0, y0, x1, y1 = draw.textbbox(at, value, font=font, anchor=anchor)
+        draw.record(TextLine(value, kind, ((x0, y0), (x1, y0), (x1, y1), (x0, y1))))
+    draw.text(at, value, fill=fill, font=font, anchor=anchor)
+
+
+def _skewed(line: TextLine, angle_deg: float, size: tuple[int, int]) -> TextLine:
+    """``line`` as ``Image.rotate(angle_deg)`` (about the centre, same size) moves it."""
+    if angle_deg == 0.0:
+        return line
+    # Image.rotate fills output point p from source point R (p - c) + c, R the rotation by t = -angle;
+    # a source point q therefore lands at R^T (q - c) + c.
+    t = -math.radians(angle_deg)
+    cos_t, sin_t = math.cos(t), math.sin(t)
+    cx, cy = size[0] / 2, size[1] / 2
+    moved = tuple(
+        (cos_t * (x - cx) - sin_t * (y - cy) + cx, sin_t * (x - cx) + cos_t * (y - cy) + cy)
+        for x, y in line.box
+    )
+    return TextLine(line.text, line.kind, (moved[0], moved[1], moved[2], moved[3]), line.angle_deg)
+
+
 # --- rendering ----------------------------------------------------------------------------------------------
 class _Canvas:
     """Draws primitives of one view, mapping part units -> pixels (scale, 90-degree turns, translation)."""
@@ -475,8 +546,8 @@ class _Canvas:
             fill=self.ink,
         )
 
-    def text(self, at: Point, value: str) -> None:
-        self.draw.text(at, value, fill=self.ink, font=self.font, anchor="mm")
+    def text(self, at: Point, value: str, kind: str) -> None:
+        _write(self.draw, at, value, fill=self.ink, font=self.font, anchor="mm", kind=kind)
 
     def dim(self, d: Dim) -> None:
         a, b = self.px(d.a), self.px(d.b)
@@ -494,7 +565,7 @@ class _Canvas:
         self.arrow(b2, a2)
         value = math.dist(d.a, d.b)
         mid = ((a2[0] + b2[0]) / 2 + nx * 3.0 * self.k, (a2[1] + b2[1]) / 2 + ny * 3.0 * self.k)
-        self.text(mid, f"{value:.1f}" if self.rng.random() < 0.3 else f"{value:.0f}")
+        self.text(mid, f"{value:.1f}" if self.rng.random() < 0.3 else f"{value:.0f}", "dimension")
 
     def diameter(self, d: Diameter) -> None:
         c = self.px(d.c)
@@ -506,7 +577,9 @@ class _Canvas:
         self.draw.line((tip, knee, end), fill=self.ink, width=self.thin)
         self.arrow(tip, knee)
         self.text(
-            (end[0] + math.copysign(6 * self.k, math.cos(a)), end[1] - 2.5 * self.k), f"DIA {2 * d.r:.0f}"
+            (end[0] + math.copysign(6 * self.k, math.cos(a)), end[1] - 2.5 * self.k),
+            f"DIA {2 * d.r:.0f}",
+            "diameter",
         )
 
     def render(self, item: Primitive) -> None:
@@ -553,20 +626,29 @@ def _sheet(
     labels = ("TITLE", "DRAWING NO.", "SCALE", "MATERIAL", "DRAWN", "CHECKED", "DATE", "SHEET")
     for r in range(rows):
         for frac in (0.0, 0.3, 0.62):
-            draw.text(
+            _write(
+                draw,
                 ((x0 + tb_w * frac + 1.5) * k, (y0 + tb_h * r / rows + 1.2) * k),
                 rng.choice(labels),
                 fill=ink,
                 font=small,
+                kind="title_block",
             )
-    draw.text(
+    _write(
+        draw,
         ((x0 + tb_w * 0.33) * k, (y0 + tb_h * 0.5) * k),
         f"DWG-{rng.randint(1000, 99999)}-{rng.choice('ABCDE')}",
         fill=ink,
         font=big,
+        kind="drawing_number",
     )
-    draw.text(
-        ((x0 + tb_w * 0.66) * k, (y0 + tb_h * 0.75) * k), f"1:{rng.choice((1, 2, 5, 10))}", fill=ink, font=big
+    _write(
+        draw,
+        ((x0 + tb_w * 0.66) * k, (y0 + tb_h * 0.75) * k),
+        f"1:{rng.choice((1, 2, 5, 10))}",
+        fill=ink,
+        font=big,
+        kind="scale",
     )
     if rng.random() < 0.8:  # general notes, bottom left
         for i in range(rng.randint(2, 5)):
@@ -581,7 +663,8 @@ def _sheet(
                     "HEAT TREAT 45 HRC",
                 )
             )
-            draw.text(((m + 4) * k, (h_u - m - 6 - 5 * i) * k), f"{i + 1}. {note}", fill=ink, font=small)
+            at = ((m + 4) * k, (h_u - m - 6 - 5 * i) * k)
+            _write(draw, at, f"{i + 1}. {note}", fill=ink, font=small, kind="note")
     if rng.random() < 0.5:  # revision table, top right
         rw, rh = rng.uniform(60, 90), 5.0 * rng.randint(2, 4)
         draw.rectangle(((w_u - m - rw) * k, m * k, (w_u - m) * k, (m + rh) * k), outline=ink, width=thin)
@@ -617,10 +700,17 @@ def _layout(
 
 def _scan(image: Image.Image, rng: random.Random) -> Image.Image:
     """Scanner-like degradation: skew, paper tone, blur, grain and specks."""
+    return _scan_skewed(image, rng)[0]
+
+
+def _scan_skewed(image: Image.Image, rng: random.Random) -> tuple[Image.Image, float]:
+    """``_scan``, also returning the skew it applied (degrees, counter-clockwise; 0 when none)."""
     size = image.size
     k = size[0] / SHEET_UNITS
+    skew = 0.0
     if rng.random() < 0.7:
-        image = image.rotate(rng.uniform(-1.2, 1.2), resample=Image.Resampling.BILINEAR, fillcolor=255)
+        skew = rng.uniform(-1.2, 1.2)
+        image = image.rotate(skew, resample=Image.Resampling.BILINEAR, fillcolor=255)
     if rng.random() < 0.6:
         image = image.filter(ImageFilter.GaussianBlur(rng.uniform(0.3, 0.8) * max(1.0, k / 4)))
     draw = ImageDraw.Draw(image)
@@ -636,7 +726,7 @@ def _scan(image: Image.Image, rng: random.Random) -> Image.Image:
         128 - amp, 128 + amp + 1, size=((size[1] + 1) // 2, (size[0] + 1) // 2), dtype=np.uint8
     )
     grain = Image.fromarray(noise).resize(size, Image.Resampling.NEAREST)
-    return ImageChops.add(image, grain, scale=1.0, offset=-128)
+    return ImageChops.add(image, grain, scale=1.0, offset=-128), skew
 
 
 def render_image(
@@ -668,7 +758,7 @@ def _unscanned(seed: int, part_class: str | None, size: tuple[int, int]) -> _She
     k = width / SHEET_UNITS
     w_u, h_u = SHEET_UNITS, height / k
     image = Image.new("L", size, rng.randint(232, 255))
-    draw = ImageDraw.Draw(image)
+    draw = _TextDraw(image)
     canvas = _Canvas(draw, k, rng, _font(k, rng.uniform(3.0, 4.2)))
     right, bottom = _sheet(draw, k, w_u, h_u, rng=rng, ink=canvas.ink)
     views = _BUILDERS[label](rng)
@@ -699,6 +789,96 @@ def render_drawing(
     """Render one drawing and encode it; returns ``(bytes, class name)``. Same seed, same bytes."""
     image, label = render_image(seed, part_class, size=size)
     return encode(image, fmt, quality=70 + seed % 26), label
+
+
+def render_text_image(
+    seed: int,
+    part_class: str | None = None,
+    *,
+    size: tuple[int, int] = DEFAULT_SIZE,
+    extra_text: bool = False,
+) -> tuple[Image.Image, str, tuple[TextLine, ...]]:
+    """``render_image(seed, part_class)`` with the ground truth of every line of text drawn on it.
+
+    Without ``extra_text`` the image is ``render_image``'s, pixel for pixel. With it, 4-8 more lines
+    (``EXTRA_TEXT_KINDS``; about a third turned 90 degrees) are drawn at free spots of the drawing area
+    before the scan, from a generator of their own, so the drawing and its scan stay the same.
+    """
+    sheet = _unscanned(seed, part_class, size)
+    if extra_text:
+        _place_extra_text(sheet, random.Random(seed ^ _EXTRA_TEXT_SALT))
+    image, skew = _scan_skewed(sheet.image, sheet.rng)
+    draw = sheet.canvas.draw
+    assert isinstance(draw, _TextDraw)
+    return image, sheet.label, tuple(_skewed(line, skew, size) for line in draw.lines)
+
+
+def render_text_drawing(
+    seed: int,
+    part_class: str | None = None,
+    *,
+    size: tuple[int, int] = DEFAULT_SIZE,
+    fmt: Format = "png",
+    extra_text: bool = False,
+) -> tuple[bytes, str, tuple[TextLine, ...]]:
+    """``render_text_image`` encoded as ``render_drawing`` encodes: ``(bytes, class name, text lines)``."""
+    image, label, lines = render_text_image(seed, part_class, size=size, extra_text=extra_text)
+    return encode(image, fmt, quality=70 + seed % 26), label, lines
+
+
+#: What ``extra_text`` adds, by kind: strings with the symbols drawings use (the default font has ``±``
+#: and ``°`` but no ``Ø``, which the OCR dictionary lacks too).
+EXTRA_TEXT_KINDS: Final = ("tolerance", "angle", "radius", "thread", "part_number", "chamfer")
+_EXTRA_TEXT_SALT: Final = 0x7E47_5EED
+
+
+def _extra_string(kind: str, rng: random.Random) -> str:
+    if kind == "tolerance":
+        return f"{rng.uniform(5, 200):.1f} ±{rng.choice(('0.02', '0.05', '0.1', '0.2'))}"
+    if kind == "angle":
+        return f"{rng.choice((15, 30, 45, 60, 90, 120, 135))}°"
+    if kind == "radius":
+        return f"R{rng.randint(1, 40)}"
+    if kind == "thread":
+        return f"{rng.choice((2, 3, 4, 6, 8))}x M{rng.choice((3, 4, 5, 6, 8, 10, 12))}"
+    if kind == "part_number":
+        return f"P/N {rng.randint(1000, 9999)}-{rng.randint(100, 999)}-{rng.randint(1, 99):02d}"
+    return f"CHAMFER {rng.choice(('0.5', '1', '2'))}x45°"
+
+
+def _place_extra_text(sheet: _Sheet, rng: random.Random) -> None:
+    """Draw 4-8 ``EXTRA_TEXT_KINDS`` lines where the unscanned sheet has no ink, recording each."""
+    draw = sheet.canvas.draw
+    assert isinstance(draw, _TextDraw)
+    k, ink = sheet.canvas.k, sheet.canvas.ink
+    paper = int(sheet.image.getpixel((0, 0)))  # type: ignore[arg-type]  # mode L: an int
+    ax0, ay0, ax1, ay1 = sheet.area_px
+    margin = 1.5 * k
+    for _ in range(rng.randint(4, 8)):
+        kind = rng.choice(EXTRA_TEXT_KINDS)
+        value, turned = _extra_string(kind, rng), rng.random() < 0.35
+        font = _font(k, rng.uniform(3.0, 4.2))
+        x0, y0, x1, y1 = font.getbbox(value)
+        left, top, right, bottom = math.floor(x0), math.floor(y0), math.ceil(x1), math.ceil(y1)
+        w, h = (bottom - top, right - left) if turned else (right - left, bottom - top)
+        for _attempt in range(40):
+            x, y = rng.uniform(ax0 + margin, ax1 - margin - w), rng.uniform(ay0 + margin, ay1 - margin - h)
+            window = sheet.image.crop(
+                (int(x - margin), int(y - margin), int(x + w + margin) + 1, int(y + h + margin) + 1)
+            )
+            if int(np.asarray(window).min()) >= paper:  # nothing drawn there yet (extra lines included)
+                break
+        else:
+            continue
+        if not turned:
+            _write(draw, (x - left, y - top), value, fill=ink, font=font, kind=kind)
+            continue
+        mask = Image.new("L", (right - left, bottom - top), 0)
+        ImageDraw.Draw(mask).text((-left, -top), value, fill=255, font=font)
+        px, py = round(x), round(y)
+        sheet.image.paste(ink, (px, py, px + w, py + h), mask.rotate(90, expand=True))
+        corners = ((px, py), (px + w, py), (px + w, py + h), (px, py + h))
+        draw.record(TextLine(value, kind, corners, angle_deg=90))
 
 
 def dataset_labels(count: int, *, seed: int = 0) -> list[str]:
@@ -1042,7 +1222,7 @@ def _filled(canvas: _Canvas, *points: Point) -> None:
 
 
 def _label(canvas: _Canvas, at: Point, value: str) -> None:
-    canvas.text(canvas.px(at), value)
+    canvas.text(canvas.px(at), value, "symbol")
 
 
 def _sym_surface_finish(canvas: _Canvas, rng: random.Random, _: float) -> None:

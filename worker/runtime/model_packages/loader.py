@@ -12,7 +12,6 @@ without running the model is checked here, and the first problem stops the load 
 from __future__ import annotations
 
 import functools
-import hashlib
 import importlib.machinery
 import importlib.util
 import inspect
@@ -30,6 +29,7 @@ from worker.runtime.model_packages.declaration import (
     PackageInvalid,
     read_declaration,
 )
+from worker.runtime.model_packages.sources import file_sha256
 
 #: The folder of the packages that ship with the worker (FLEET_MODELS_DIR overrides it).
 BUNDLED_MODELS_DIR: Final = Path(__file__).resolve().parents[2] / "models"
@@ -83,18 +83,26 @@ class ModelPackage:
 
 def load_packages(directory: Path | str) -> Catalog:
     """Every package in ``directory`` (each sub-folder holding a ``model.toml``), checked together."""
+    return Catalog(tuple(load_package(folder) for folder in package_folders(directory)))
+
+
+def package_folders(directory: Path | str) -> list[Path]:
+    """``directory`` itself when it is a package (holds ``model.toml``), else its sub-folders that are."""
     root = Path(directory)
+    if (root / DECLARATION_FILE).is_file():
+        return [root]
     if not root.is_dir():
         raise PackageInvalid(str(root), "the models directory does not exist")
     folders = sorted(p for p in root.iterdir() if (p / DECLARATION_FILE).is_file())
     if not folders:
         raise PackageInvalid(str(root), f"no model package (a folder with {DECLARATION_FILE}) in it")
-    return Catalog(tuple(load_package(folder) for folder in folders))
+    return folders
 
 
 def load_package(folder: Path) -> ModelPackage:
     """Read one package's declaration and import its handler; raises PackageInvalid."""
     declaration = read_declaration(folder)
+    model_digest = _model_digest(folder, declaration)
     module = _import_handler(folder, declaration)
     preprocess_page = _function(module, "preprocess_page", folder.name, required=False)
     preprocess = _function(module, "preprocess", folder.name, required=preprocess_page is None)
@@ -106,12 +114,31 @@ def load_package(folder: Path) -> ModelPackage:
         declaration=declaration,
         preprocess=preprocess,
         postprocess=postprocess,
-        model_digest=_sha256(folder / declaration.model_file),
+        model_digest=model_digest,
         preprocess_page=preprocess_page,
     )
     if not package.reference_inputs():
         raise PackageInvalid(folder.name, "parity.reference_inputs match no file in the package")
     return package
+
+
+def _model_digest(folder: Path, declaration: Declaration) -> str:
+    """The model file's sha256; a fetched file must be present and be the one its source pins."""
+    path = folder / declaration.model_file
+    source = declaration.source
+    if source is None:
+        return file_sha256(path)
+    fetch = f"fetch it with `fleet models fetch {folder}` (source: {source.describe()})"
+    if not path.is_file():
+        raise PackageInvalid(folder.name, f"model file {declaration.model_file!r} is missing: {fetch}")
+    digest = file_sha256(path)
+    if digest != source.sha256:
+        raise PackageInvalid(
+            folder.name,
+            f"model file {declaration.model_file!r} has sha256 {digest}, its source pins {source.sha256}: "
+            f"{fetch}",
+        )
+    return digest
 
 
 def _import_handler(folder: Path, declaration: Declaration) -> ModuleType:
@@ -139,8 +166,12 @@ def _import_handler(folder: Path, declaration: Declaration) -> ModuleType:
         spec.loader.exec_module(module)
     except Exception as exc:
         _forget(package_name)
+        hint = ""
+        if isinstance(exc, ImportError) and declaration.requirements:
+            listed = ", ".join(declaration.requirements)
+            hint = f" (declared requirements: {listed}; `fleet models check` names a missing one)"
         raise PackageInvalid(
-            folder.name, f"importing {declaration.handler_file} failed: {type(exc).__name__}: {exc}"
+            folder.name, f"importing {declaration.handler_file} failed: {type(exc).__name__}: {exc}{hint}"
         ) from exc
     return module
 
@@ -177,11 +208,3 @@ def _function(module: ModuleType, name: str, package: str, *, required: bool = T
         first = _FIRST_ARGUMENT[name]
         raise PackageInvalid(package, f"{name}() must take two arguments ({name}({first}, params))") from exc
     return function
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import numpy as np
 
@@ -119,11 +119,19 @@ def reference_examples(package: ModelPackage) -> list[Mapping[str, Any]]:
     return [package.preprocess(path.read_bytes(), {}) for path in package.reference_inputs()]
 
 
-def fp16_graph(source: Path, target: Path) -> Path:
+#: onnxconverter-common's default ``max_finite_val``: it clamps any larger constant to this in FP16.
+FP16_CONVERTER_MAX: Final = 1e4
+
+
+def fp16_graph(source: Path, target: Path, *, keep_out_of_range: bool = False) -> Path:
     """An FP16 copy of the graph, FP32 inputs/outputs kept: the CPU stand-in for a TensorRT FP16 engine.
 
     Unnamed nodes get a name first: the converter names the casts it inserts after the nodes they feed,
     and two unnamed consumers of one input would give two casts of one name (an invalid graph).
+    ``keep_out_of_range``: the nodes that read a constant the converter would clamp (beyond
+    ``FP16_CONVERTER_MAX``) stay FP32, with their constants. PP-OCRv4 detection has one: a BatchNorm with
+    a running variance of 9.8e7, clamped to 1e4, collapses the whole FP16 graph; a TensorRT build folds
+    that BatchNorm into its convolution in FP32 instead.
     """
     import onnx  # noqa: PLC0415 - the models extra
     from onnxconverter_common import float16  # noqa: PLC0415
@@ -134,6 +142,33 @@ def fp16_graph(source: Path, target: Path) -> Path:
         if not node.name:
             node.name = next(n for n in (f"node{index}_{k}" for k in range(len(taken) + 1)) if n not in taken)
             taken.add(node.name)
-    model = float16.convert_float_to_float16(model, keep_io_types=True)
+    keep = _nodes_reading_out_of_range_constants(model) if keep_out_of_range else []
+    model = float16.convert_float_to_float16(model, keep_io_types=True, node_block_list=keep or None)
     onnx.save(model, str(target))
     return target
+
+
+def _nodes_reading_out_of_range_constants(model: Any) -> list[str]:
+    """Names of the nodes that read a float constant beyond ``FP16_CONVERTER_MAX`` (naming them if
+    unnamed); such Constant nodes become initializers, which the converter leaves FP32 for kept nodes."""
+    from onnx import numpy_helper  # noqa: PLC0415 - the models extra
+
+    graph = model.graph
+    large = {init.name for init in graph.initializer if _beyond_fp16(numpy_helper.to_array(init))}
+    for node in list(graph.node):
+        if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
+            array = numpy_helper.to_array(node.attribute[0].t)
+            if _beyond_fp16(array):
+                graph.initializer.append(numpy_helper.from_array(array, node.output[0]))
+                graph.node.remove(node)
+                large.add(node.output[0])
+    keep = []
+    for index, node in enumerate(graph.node):
+        if large.intersection(node.input):
+            node.name = node.name or f"fp32_kept_{index}"
+            keep.append(node.name)
+    return keep
+
+
+def _beyond_fp16(array: np.ndarray[Any, Any]) -> bool:
+    return array.dtype == np.float32 and array.size > 0 and float(np.abs(array).max()) > FP16_CONVERTER_MAX
