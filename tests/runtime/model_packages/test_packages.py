@@ -12,6 +12,7 @@ from worker.runtime.model_packages import onnx_tools, parity, triton_repository
 from worker.runtime.model_packages.declaration import PackageInvalid
 from worker.runtime.model_packages.loader import load_package, load_packages
 
+from . import free_size
 from .tiny import HANDLER, declaration, write_package
 
 
@@ -142,6 +143,17 @@ def test_the_generated_triton_configs_follow_the_declaration(tmp_path: Path) -> 
     (folder,) = triton_repository.write_repository([package], tmp_path / "repo", "cpu")
     assert (folder / "1" / "model.onnx").read_bytes() == package.model_path.read_bytes()
     assert (folder / "1" / "model.py").is_file() and (folder / "config.pbtxt").read_text() == cpu
+    assert "model_warmup" in cpu and "batch_size: 8" in cpu
+
+
+def test_a_package_of_free_size_gets_no_warm_up_triton_would_refuse(tmp_path: Path) -> None:
+    # Given a package whose input is the page itself: free height and width
+    package = load_package(free_size.write_package(tmp_path))
+    assert package.declaration.inputs[0].shape == (1, -1, -1)
+    # Then neither config asks Triton for a warm-up (it refuses one without every size), dims stay free
+    for variant in ("cpu", "gpu"):
+        text = triton_repository.config_pbtxt(package.declaration, variant)
+        assert "model_warmup" not in text and "dims: [ 1, -1, -1 ]" in text
 
 
 def gate(tmp_path: Path, tolerance: float) -> parity.PrecisionDecision:

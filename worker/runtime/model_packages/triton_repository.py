@@ -6,7 +6,9 @@
   from the engine cache or builds from the ONNX on that GPU (the parity gate picks its precision).
 
 Both variants: no server-side dynamic batcher (the worker forms batches and sends interactive tensors
-alone), ``instances`` model instances (one stays free for interactive work), warm-up on zero data.
+alone), ``instances`` model instances (one stays free for interactive work), warm-up on zero data. A
+package whose inputs have a free size (``-1``) gets no warm-up: Triton refuses a warm-up sample without
+every size, and any size picked here would be a guess the graph may not accept.
 """
 
 from __future__ import annotations
@@ -47,7 +49,7 @@ def config_pbtxt(declaration: Declaration, variant: Variant) -> str:
         + _tensors("output", d.outputs)
         + f"instance_group [\n  {{\n    count: {d.instances}\n    kind: {kind}\n  }}\n]\n"
         + extra
-        + _warmup(d.inputs, warmup)
+        + ("" if any(-1 in t.shape for t in d.inputs) else _warmup(d.inputs, warmup))
     )
 
 
