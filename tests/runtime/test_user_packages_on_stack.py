@@ -4,6 +4,8 @@ job gets its answer, promptly, whatever the package's shapes, the fleet's packag
 - Free size: the package's input is the page itself (``shape = [1, -1, -1]``), so pages of different sizes
   published together reach one batcher with tensors of different shapes; each job is answered with what
   onnxruntime gives for its own page.
+- No drawing model: ``fleet submit --wait`` without ``--analyses`` against a fleet serving only this package
+  returns as soon as the job is answered, and a re-run of the manifest finds the stored answer.
 
 One private tritonserver serves the bundled drawing model and the test's package
 (tests/runtime/model_packages/served.py); each case has its own run of the fleet's topics and its own
@@ -12,7 +14,11 @@ One private tritonserver serves the bundled drawing model and the test's package
 
 from __future__ import annotations
 
+import json
 import shutil
+import subprocess
+import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -112,3 +118,57 @@ def test_pages_of_different_sizes_published_together_are_each_answered_with_thei
             package_dirs["alone"] / "sizes", free_size.png(image), {"analyses": ["darkness"]}
         )
         served.assert_close(results[key]["outputs"], expected, atol=1e-4)
+
+
+def fleet(
+    env: dict[str, str], *args: str, timeout_s: float
+) -> tuple[subprocess.CompletedProcess[str], float]:
+    """The ``fleet`` CLI as a user runs it, against the run's topics; (the process, seconds it took)."""
+    started = time.monotonic()
+    process = subprocess.run(
+        [sys.executable, "-m", "worker.cli", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout_s + 60,
+        check=False,
+    )
+    return process, time.monotonic() - started
+
+
+@pytest.mark.timeout(400)
+def test_submit_wait_without_analyses_returns_when_a_fleet_without_the_drawing_model_answers(
+    serve: Callable[[str], Run], tmp_path: Path
+) -> None:
+    # Given a fleet serving only the free-size package, and a page and a manifest naming no analyses
+    run = serve("alone")
+    env = {**run.env.process_env(), "FLEET_CLIENT_ID": f"user-{run.run_id}"}
+    env.pop("FLEET_NAMESPACE", None)
+    page_file = tmp_path / "page.png"
+    page_file.write_bytes(free_size.png(free_size.page((300, 200))))
+    manifest = tmp_path / "jobs.jsonl"
+    manifest.write_text(json.dumps({"job_id": run.job_id("manifest"), "input": str(page_file)}) + "\n")
+    # When the user submits the page and waits, without --analyses
+    timeout_s = ANSWER_WITHIN_S
+    submitted, took_s = fleet(
+        env, "submit", "--wait", "--json", "--timeout", f"{timeout_s:g}", str(page_file), timeout_s=timeout_s
+    )
+    # Then the wait ends with the job's answer, not at --timeout
+    assert submitted.returncode == 0, (took_s, submitted.stdout[-2000:], submitted.stderr[-2000:])
+    report = json.loads(submitted.stdout)
+    assert report["summary"] == {"succeeded": 1}, report
+    assert took_s < timeout_s / 2, took_s
+    # When a manifest naming no analyses is submitted and then submitted again
+    first, _ = fleet(
+        env, "submit", "--wait", "--json", "--timeout", f"{timeout_s:g}", str(manifest), timeout_s=timeout_s
+    )
+    again, _ = fleet(
+        env, "submit", "--wait", "--json", "--timeout", f"{timeout_s:g}", str(manifest), timeout_s=timeout_s
+    )
+    # Then the first run is answered and the re-run finds that answer instead of publishing again
+    assert first.returncode == 0, first.stdout[-2000:]
+    assert again.returncode == 0, again.stdout[-2000:]
+    assert json.loads(again.stdout)["already_answered"] == [run.job_id("manifest")]
+    # and the result records the analyses that ran: the fleet's default for this fleet
+    document, _ = run.result("manifest")
+    assert document["analyses"] == ["darkness"]
