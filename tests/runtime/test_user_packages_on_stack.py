@@ -6,6 +6,8 @@ job gets its answer, promptly, whatever the package's shapes, the fleet's packag
   onnxruntime gives for its own page.
 - No drawing model: ``fleet submit --wait`` without ``--analyses`` against a fleet serving only this package
   returns as soon as the job is answered, and a re-run of the manifest finds the stored answer.
+- Blank pages: a uniform grey page is a page to a package that is not the drawing model, alone and in a job
+  that also asks for ``classify``; a white page is blank for both.
 
 One private tritonserver serves the bundled drawing model and the test's package
 (tests/runtime/model_packages/served.py); each case has its own run of the fleet's topics and its own
@@ -29,6 +31,7 @@ from PIL import Image
 
 from worker.dev import harness
 from worker.dev.devstack.tritonserver import TritonServer
+from worker.dev.drawings import render_image
 from worker.runtime.model_packages import loader
 from worker.shared import contracts
 
@@ -172,3 +175,39 @@ def test_submit_wait_without_analyses_returns_when_a_fleet_without_the_drawing_m
     # and the result records the analyses that ran: the fleet's default for this fleet
     document, _ = run.result("manifest")
     assert document["analyses"] == ["darkness"]
+
+
+@pytest.mark.timeout(400)
+def test_a_grey_page_is_analysed_by_a_package_that_is_not_the_drawing_model_alone_and_beside_classify(
+    serve: Callable[[str], Run], stack: Any, storage_client: Any
+) -> None:
+    # Given a uniform mid-grey page, a white page and a drawing
+    drawing, _label = render_image(3, "gear", size=(877, 620))
+    uris = upload_pages(
+        stack,
+        storage_client,
+        {
+            "grey": Image.new("L", (877, 620), 128),
+            "white": Image.new("L", (877, 620), 255),
+            "drawing": drawing,
+        },
+    )
+    # When a fleet serving only the free-size package analyses the grey page
+    alone = serve("alone")
+    grey = answered(alone, [job(alone, "grey", uris["grey"], analyses=["darkness"])])["grey"]
+    # Then it is not blank: the package's output is there
+    assert grey["pages"][0]["blank"] is False, grey["pages"]
+    assert grey["outputs"]["darkness"]["darkness"] == pytest.approx(127 / 255, abs=0.01)
+    # When a fleet with the drawing model analyses each page for classify and the package together
+    both = serve("with_drawing")
+    results = answered(
+        both,
+        [job(both, key, uri, analyses=["classify", "darkness"]) for key, uri in uris.items()],
+    )
+    # Then the grey page and the drawing are analysed by both models, and the white page by neither
+    for key in ("grey", "drawing"):
+        page = results[key]["pages"][0]
+        assert page["blank"] is False and set(page["outputs"]) == {"classify", "darkness"}, (key, page)
+    white = results["white"]["pages"][0]
+    assert white["blank"] is True and white["outputs"] is None, white
+    assert results["grey"]["outputs"]["darkness"] == grey["outputs"]["darkness"]

@@ -399,7 +399,9 @@ class Timeline:
 
 @dataclass(frozen=True, slots=True)
 class PageResult:
-    """One analysed page of a version 2 result: its outputs (None when blank) and its model timings."""
+    """One analysed page of a version 2 result: whether it is blank (paper only) by its measure (``ink``:
+    its content fraction, ``paper``: its paper level; None when not measured), the outputs of the
+    analyses that ran on it (None when none did), and its model timings."""
 
     number: int
     blank: bool
@@ -407,18 +409,22 @@ class PageResult:
     outputs: dict[str, Any] | None
     preprocess_ms: float = 0.0
     inference_ms: float = 0.0
+    paper: int | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        document = {
             "page": self.number,
             "blank": self.blank,
             "ink": None if self.ink is None else round(self.ink, 4),
-            "outputs": None if self.blank else self.outputs,
+            "outputs": self.outputs,
             "timeline": {
                 "preprocess_ms": round(self.preprocess_ms, 1),
                 "inference_ms": round(self.inference_ms, 1),
             },
         }
+        if self.paper is not None:
+            document["paper"] = self.paper
+        return document
 
 
 def build_result(

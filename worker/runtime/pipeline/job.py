@@ -127,7 +127,7 @@ class JobRunner:
                 decision = await self._answer_existing(delivery, job)
                 if decision is not None:
                     return decision
-            ran = await self._run(job, delivery.ack_id, read)
+            ran = await self._run(delivery, job, read)
             return await self._answer(
                 delivery,
                 job,
@@ -156,9 +156,10 @@ class JobRunner:
         if job.deadline is not None and time.time() > job.deadline:
             raise errors.DeadlineExceeded("the job's deadline passed before it ran")
 
-    async def _run(self, job: Job, ack_id: str, read: _InputRead) -> Ran:
+    async def _run(self, delivery: Delivery, job: Job, read: _InputRead) -> Ran:
         self._check_deadline(job)
         interactive = job.priority == contracts.INTERACTIVE
+        ack_id = delivery.ack_id
         if interactive:
             # Interactive reads skip the fetch limit that paces the backlog and use their own threads;
             # no new batch request goes to Triton while this job is on its way there.
@@ -170,16 +171,16 @@ class JobRunner:
                 self._begun.add(ack_id)
                 data, read.sha256 = await self._read_input(job, urgent=False)
 
-        pages = await self._pages(job, data, read, interactive=interactive)
+        pages = await self._pages(delivery, job, data, read, interactive=interactive)
 
-        async def decode(step: Step, data: bytes, params: dict[str, Any]) -> Preprocessed:
+        async def decode(step: Step, data: bytes, params: dict[str, Any], *, measure: bool) -> Preprocessed:
             folder = str(step.package.folder)
             if interactive:  # its own process: no batch queue
-                decoded = await self._p.preprocess(folder, data, params, urgent=True)
+                decoded = await self._p.preprocess(folder, data, params, urgent=True, measure=measure)
             else:
                 await self._gate.yield_to()
                 async with self._batch_decodes:  # paces pages as it paces jobs
-                    decoded = await self._p.preprocess(folder, data, params)
+                    decoded = await self._p.preprocess(folder, data, params, measure=measure)
             self._check_deadline(job)
             return decoded
 
@@ -194,7 +195,9 @@ class JobRunner:
             skip_blank=job.schema_version >= 2,  # a version 1 answer is as it always was
         )
 
-    async def _pages(self, job: Job, data: bytes, read: _InputRead, *, interactive: bool) -> tuple[int, ...]:
+    async def _pages(
+        self, delivery: Delivery, job: Job, data: bytes, read: _InputRead, *, interactive: bool
+    ) -> tuple[int, ...]:
         """The page numbers to analyse; a document that may have several is probed in the pool."""
         if not documents.may_have_pages(data):  # PNG, JPEG, ...: one page, no pool round trip
             read.page_count = 1
