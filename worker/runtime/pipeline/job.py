@@ -28,6 +28,7 @@ from worker.runtime.pipeline.models import ModelSet, Ran
 from worker.runtime.pipeline.outcomes import RETRY, Outcomes
 from worker.runtime.pipeline.ports import InputObject, Ports
 from worker.runtime.pipeline.retries import with_retries
+from worker.runtime.pipeline.watchdog import StageClock
 from worker.runtime.settings import WorkerSettings
 from worker.runtime.telemetry import get_logger
 from worker.shared import contracts, errors
@@ -60,6 +61,7 @@ class JobRunner:
         answerer: Answerer,
         outcomes: Outcomes,
         gate: InteractiveGate,
+        clock: StageClock | None = None,
         fetch_concurrency: int = 8,
     ) -> None:
         self._s = settings
@@ -73,6 +75,7 @@ class JobRunner:
         # batch decodes handed to the pool at once: one queued behind each process, no more
         self._batch_decodes = asyncio.Semaphore(settings.preprocess_processes + 1)
         self._begun: set[str] = set()  # ack ids of jobs that began work (fetching their input)
+        self._clock = clock or StageClock()  # where each job is, for the lease-age watchdog
 
     def has_begun(self, ack_id: str) -> bool:
         """Whether the job began work: a drain lets it finish; one not begun goes back at once."""
@@ -97,6 +100,7 @@ class JobRunner:
             return Nack(delivery.subscription, delivery.ack_id)
         finally:
             self._begun.discard(delivery.ack_id)
+            self._clock.leave(delivery.ack_id)
 
     async def _fail_fast(self, delivery: Delivery, error: errors.PermanentError) -> Decision:
         job = parse(delivery, self._s, self._models.catalog.analyses)
@@ -108,9 +112,14 @@ class JobRunner:
         except (TimeoutError, errors.FleetError):
             return Nack(delivery.subscription, delivery.ack_id)
 
+    def _enter(self, delivery: Delivery, stage: str, job: Job | Rejection | None = None) -> None:
+        job_id = None if job is None else job.job_id
+        self._clock.enter(delivery.ack_id, stage, message_id=delivery.message_id, job_id=job_id)
+
     async def _process(self, delivery: Delivery) -> Decision:
         started = time.time()
         job = parse(delivery, self._s, self._models.catalog.analyses)
+        self._enter(delivery, "fetch", job)
         if job.priority != contracts.INTERACTIVE:
             return await self._process_job(delivery, job, started)
         # Strict priority, bounded: while interactive work is in the worker, batch work starts no new
@@ -174,6 +183,7 @@ class JobRunner:
         pages = await self._pages(delivery, job, data, read, interactive=interactive)
 
         async def decode(step: Step, data: bytes, params: dict[str, Any], *, measure: bool) -> Preprocessed:
+            self._enter(delivery, "preprocess", job)
             folder = str(step.package.folder)
             if interactive:  # its own process: no batch queue
                 decoded = await self._p.preprocess(folder, data, params, urgent=True, measure=measure)
@@ -182,6 +192,7 @@ class JobRunner:
                 async with self._batch_decodes:  # paces pages as it paces jobs
                     decoded = await self._p.preprocess(folder, data, params, measure=measure)
             self._check_deadline(job)
+            self._enter(delivery, "infer", job)  # from here the page's tensors wait for the model
             return decoded
 
         return await self._models.run(
@@ -205,6 +216,7 @@ class JobRunner:
             if past_the_end:
                 raise errors.PageNotFound(f"page {past_the_end[0]} asked; the input has 1 page")
             return (1,)
+        self._enter(delivery, "probe", job)
         if interactive:
             info = await self._p.preprocess.probe(data, urgent=True)
         else:
@@ -253,6 +265,7 @@ class JobRunner:
         page_count: int | None = None,
     ) -> Decision:
         self._begun.add(delivery.ack_id)  # answering: a drain lets it finish
+        self._enter(delivery, "answer", job)
         inference_ms = ran.inference_ms if ran is not None else 0.0
         timeline = timeline_of(
             delivery, started=started, inference_ms=inference_ms, models=ran.timings if ran else None
