@@ -81,6 +81,11 @@ locals {
         { label = "compute us/s", filter = local.triton_metric.compute_us, aligner = "ALIGN_RATE", reducer = "REDUCE_SUM" },
       ]
     },
+    {
+      # The worker's lease-age watchdog (worker/runtime/pipeline/watchdog.py): jobs held in a stage past its budget.
+      title  = "Jobs held past their stage budget, per minute, by stage (worker watchdog)"
+      series = [for st in ["fetch", "probe", "preprocess", "infer", "answer"] : { label = st, filter = "metric.type=\"custom.googleapis.com/inference_fleet/jobs_overdue\" AND metric.labels.stage=\"${st}\" AND resource.type=\"generic_node\"", aligner = "ALIGN_DELTA", reducer = "REDUCE_SUM" }]
+    },
   ]
 
   dashboard = {

@@ -410,3 +410,41 @@ def test_a_stale_notification_of_an_earlier_job_with_the_same_id_is_ignored(
     assert before.status == "pending" and "n-0" in subscriber.acked
     assert (outcome.status, outcome.error_code) == ("failed", "JOB_ID_CONFLICT")
     assert outcome.fingerprint == b.identity.request
+
+
+def test_a_job_naming_no_analyses_is_recognised_whatever_the_fleet_serves() -> None:
+    # Given a job naming no analyses, prepared by a client that cannot know the fleet's packages
+    job = prepare("page-1", "gs://bucket/page.png")
+    # When a worker that serves no drawing model (its default: every analysis it offers) parses it
+    worker_job = contracts.parse_job(
+        contracts.Delivery("", "", "m", job.data, job.attributes, 0.0, 1, 0.0),
+        allowed_buckets=frozenset({"bucket"}),
+        offered_analyses=("darkness",),
+    )
+    assert isinstance(worker_job, contracts.Job) and worker_job.analyses == ("darkness",)
+    # Then the client's identity is the worker's fingerprint: its notification and result answer this job
+    request = contracts.request_fingerprint(worker_job, job.data)
+    assert job.identity.request == request and job.identity.named_by(request)
+    assert job.identity.answered_by({"fingerprint": contracts.fingerprint_body(request, None)})
+
+
+def test_an_answer_of_a_worker_before_fingerprint_version_2_is_recognised() -> None:
+    # Given a job naming no analyses, answered by a worker of the recipe before (notification and result)
+    job = prepare("page-1", "gs://bucket/page.png")
+    old = job.identity.request_v1
+    assert old is not None and old != job.identity.request
+    subscriber = NotifyingSubscriber(
+        [
+            (
+                notification(job, "succeeded")[0] | {"fingerprint": old},
+                {"job_id": job.job_id, "status": "succeeded"},
+            )
+        ]
+    )
+    client = fake_client(subscriber=subscriber, storage=FakeStorage())
+    receipt = client.submit([sdk.JobRequest("page-1", "gs://bucket/page.png")])
+    # Then the wait takes the old worker's notification as this job's answer
+    assert client.wait(receipt.job_ids, timeout_s=2.0)["page-1"].succeeded
+    # and a result it stored (fingerprint version 1) answers the job too
+    stored = {"fingerprint": {"version": 1, "request": old, "input_sha256": None}}
+    assert job.identity.answered_by(stored)

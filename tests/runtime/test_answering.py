@@ -92,3 +92,28 @@ def test_namespaces_keep_two_publishers_job_ids_apart() -> None:
     _, b = answer(answerer, {**body, "input_uri": "gs://inputs/b.png"}, b"shaft", namespace="team-b")
     assert a.status == b.status == "succeeded" and not a.duplicate and not b.duplicate
     assert sorted(store.results) == ["results/team-a/order-1.json", "results/team-b/order-1.json"]
+
+
+def test_a_result_stored_by_a_worker_of_fingerprint_version_1_answers_its_redelivered_job() -> None:
+    # Given a job naming no analyses, whose result a worker before fingerprint version 2 wrote
+    answerer, store, notifier = world()
+    body = {"job_id": "order-1", "input_uri": "gs://inputs/a.png"}
+    d = delivery(body, attempt=2)
+    job = parse(d, SETTINGS)
+    assert isinstance(job, Job) and not job.analyses_named
+    old_request = contracts.request_fingerprint(job, d.data, version=1)
+    assert old_request != contracts.request_fingerprint(job, d.data)
+    fingerprint_v1 = {**contracts.fingerprint_body(old_request, None), "version": 1}
+    old = {"status": "succeeded", "error": None, "fingerprint": fingerprint_v1}
+    store.results["results/order-1.json"] = json.dumps(old).encode()
+    # When it is delivered again to this worker (in flight across the upgrade)
+    answered = asyncio.run(answerer.answer_existing(d, job))
+    # Then the stored result is its answer, not JOB_ID_CONFLICT, and the notification names the job
+    assert answered == ("succeeded", None, True)
+    assert notifier.bodies()[-1]["fingerprint"] == contracts.request_fingerprint(job, d.data)
+
+
+def test_the_result_records_the_default_analyses_the_job_ran() -> None:
+    answerer, store, _ = world()
+    answer(answerer, {"job_id": "order-1", "input_uri": "gs://inputs/a.png"}, b"gear")
+    assert json.loads(store.results["results/order-1.json"])["analyses"] == ["classify", "embed"]

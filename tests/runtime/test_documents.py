@@ -46,7 +46,7 @@ def test_an_image_is_one_page_decoded_as_preprocess_decodes_it(sheets: list[Imag
     page = documents.decode_page(data, 1, size_px=192)
     assert page.number == 1 and page.image.mode == "L"
     assert page.image.tobytes() == images.decode_image(data, size_px=192).tobytes()
-    assert 0.005 < page.ink < 0.2 and not page.blank
+    assert 0.005 < page.measure.content < 0.2 and page.measure.paper >= 200 and not page.blank
 
 
 def test_a_tiff_is_one_page_per_frame_in_order(sheets: list[Image.Image]) -> None:
@@ -152,7 +152,7 @@ def test_nested_forms_are_bounded_and_the_process_lives() -> None:
         with pytest.raises(errors.DocumentTooComplex):
             documents.decode_page(dd.nested_forms_pdf(depth, fan_out), 1, size_px=192)
     page = documents.decode_page(dd.nested_forms_pdf(3, 10), 1, size_px=192)  # 1,000 draws: fine
-    assert page.ink > 0
+    assert page.measure.content > 0  # it drew
 
 
 def test_the_render_sandbox_kills_a_render_past_its_time() -> None:

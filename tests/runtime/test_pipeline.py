@@ -18,7 +18,7 @@ from worker.runtime.pipeline.batching import Batcher
 from worker.runtime.pipeline.core import Pipeline
 from worker.runtime.pipeline.gate import InteractiveGate
 from worker.runtime.pipeline.outage import Health
-from worker.runtime.pipeline.ports import Ports, Preprocessor
+from worker.runtime.pipeline.ports import Model, Ports, Preprocessor
 from worker.runtime.settings import WorkerSettings
 from worker.shared import errors
 
@@ -283,7 +283,7 @@ TENSOR = {"IMAGE": np.zeros((1, 4, 4), dtype=np.float32)}
 
 
 @contextlib.asynccontextmanager
-async def running(model: FakeModel, gate: InteractiveGate | None = None) -> AsyncIterator[Batcher]:
+async def running(model: Model, gate: InteractiveGate | None = None) -> AsyncIterator[Batcher]:
     """A Batcher of 4-tensor requests (1 ms delay, one batch request in flight) running on ``model``."""
     batcher = Batcher(model, Health(), max_size=4, max_delay_ms=1, retries=1, batch_requests=1, gate=gate)
     runner = asyncio.create_task(batcher.run())

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from worker.models.drawing_analyzer import abstention, model_spec
-from worker.runtime.documents import DocumentInfo
+from worker.runtime.documents import DocumentInfo, PageMeasure
 from worker.runtime.model_packages.catalog import Catalog
 from worker.runtime.model_packages.handlers import Preprocessed
 from worker.runtime.model_packages.loader import load_package
@@ -153,28 +153,36 @@ class FakePreprocessor:
     """The drawing package's input without decoding: 4 x 4 pixels, a value the FakeModel reads.
 
     A "document" is TIFF's magic bytes (``PAGED``) followed by one character per page: ``PAGED + b"x.x"``
-    has three pages, the second blank (ink 0.0); any other input is one page with ink 0.05. ``calls``
-    records each decode's (page, urgent) and ``probes`` each probe's urgent flag.
+    has three pages, the second blank (content 0.0 on white paper); any other input is one page with
+    content 0.05. ``calls`` records each decode's (page, urgent), ``measured`` the pages measured and
+    ``probes`` each probe's urgent flag.
     """
 
     def __init__(self) -> None:
         self.calls: list[tuple[int, bool]] = []
+        self.measured: list[int] = []
         self.probes: list[bool] = []
 
     async def __call__(
-        self, package_folder: str, data: bytes, params: dict[str, Any], *, urgent: bool = False
+        self,
+        package_folder: str,
+        data: bytes,
+        params: dict[str, Any],
+        *,
+        urgent: bool = False,
+        measure: bool = True,
     ) -> Preprocessed:
         page = int(params.get("page", 1))
         self.calls.append((page, urgent))
         if data == b"garbage":
             raise errors.ImageUndecodable("not an image")
         value = 2.0 if data == b"poison" else 0.5
-        ink = (
-            0.0
-            if data.startswith(PAGED) and data[len(PAGED) + page - 1 : len(PAGED) + page] == b"."
-            else 0.05
-        )
-        return Preprocessed({"IMAGE": np.full((1, 4, 4), value, dtype=np.float32)}, ink)
+        blank = data.startswith(PAGED) and data[len(PAGED) + page - 1 : len(PAGED) + page] == b"."
+        tensors = {"IMAGE": np.full((1, 4, 4), value, dtype=np.float32)}
+        if not measure:
+            return Preprocessed(tensors, None)
+        self.measured.append(page)
+        return Preprocessed(tensors, PageMeasure(paper=250, content=0.0 if blank else 0.05))
 
     async def probe(self, data: bytes, *, urgent: bool = False) -> DocumentInfo:
         self.probes.append(urgent)

@@ -125,3 +125,66 @@ def test_a_result_with_namespace_and_fingerprint_matches_the_schema() -> None:
     jsonschema.validate(document, contracts.load_schema("result"))
     conflict = errors.JobIdConflict("taken")
     assert conflict.code == "JOB_ID_CONFLICT" and isinstance(conflict, errors.PermanentError)
+
+
+def test_a_job_naming_no_analyses_has_one_fingerprint_whatever_the_fleet_offers() -> None:
+    body = {"job_id": "order-1", "input_uri": "gs://inputs/a.png"}
+    # Given the same message parsed by a fleet with the drawing model, one without it, and a client
+    with_drawing = contracts.parse_job(
+        delivery(body), allowed_buckets=BUCKETS, offered_analyses=("classify", "embed", "symbols")
+    )
+    without = contracts.parse_job(delivery(body), allowed_buckets=BUCKETS, offered_analyses=("darkness",))
+    assert isinstance(with_drawing, Job) and isinstance(without, Job)
+    # Then each resolves its own default, the rule of contracts.default_analyses ...
+    assert with_drawing.analyses == ("classify", "embed") and without.analyses == ("darkness",)
+    assert not with_drawing.analyses_named and not without.analyses_named
+    # ... and the request fingerprint is one: it names the default, not the list
+    assert fingerprint(with_drawing) == fingerprint(without) == fingerprint(job())
+    # while a job naming the same analyses is another request
+    assert fingerprint(job(analyses=["classify", "embed"])) != fingerprint(with_drawing)
+
+
+def test_a_job_naming_its_analyses_has_the_same_fingerprint_under_both_recipes() -> None:
+    named = job(analyses=["embed", "classify"])
+    assert contracts.request_fingerprint(named, b"", version=1) == contracts.request_fingerprint(named, b"")
+    rejected = contracts.parse_job(delivery(b"[]"), allowed_buckets=BUCKETS)
+    assert contracts.request_fingerprint(rejected, b"[]", version=1) == fingerprint(rejected, b"[]")
+
+
+def test_a_result_stored_under_fingerprint_version_1_still_answers_its_job() -> None:
+    # Given a job naming no analyses, answered by a worker of the recipe before (the default resolved)
+    default = job()
+    old = {"fingerprint": {"version": 1, "request": contracts.request_fingerprint(default, b"", version=1)}}
+    new_request = fingerprint(default)
+    old_request = contracts.request_fingerprint(default, b"", version=1)
+    # Then a worker of this recipe, knowing the job's version 1 fingerprint, takes it as the job's answer
+    assert contracts.answers_same_job(old, new_request, None, request_v1=old_request)
+    # but not for another job, nor without that fingerprint (the current one differs)
+    other = contracts.request_fingerprint(job(job_id="order-2"), b"", version=1)
+    assert not contracts.answers_same_job(old, new_request, None, request_v1=other)
+    assert not contracts.answers_same_job(old, new_request, None)
+    # and a result of this recipe is compared with the current fingerprint only
+    assert contracts.answers_same_job(stored(new_request, None), new_request, None, request_v1=old_request)
+    assert not contracts.answers_same_job(
+        stored(old_request, None), new_request, None, request_v1=old_request
+    )
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_the_result_records_the_analyses_that_ran(version: int) -> None:
+    document = contracts.build_result(
+        job_id="order-1",
+        input_uri="gs://inputs/a.png",
+        outputs={"classify": {"label": "gear", "scores": {"gear": 1.0}}},
+        error=None,
+        model={"name": "drawing_analyzer", "version": "1"},
+        timeline=contracts.Timeline(1.0, 2.0, 3.0, 4.0),
+        instance="vm",
+        pid=1,
+        delivery_attempt=1,
+        schema_version=version,
+        page_count=1,
+        analyses=("classify",),
+    )
+    assert document["analyses"] == ["classify"]
+    jsonschema.validate(document, contracts.load_schema("result", version))

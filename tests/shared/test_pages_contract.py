@@ -82,16 +82,17 @@ def test_pages_in_a_v1_job_is_an_unknown_field() -> None:
 
 
 def test_the_fingerprint_of_a_v2_job_covers_its_pages_and_a_v1_recipe_is_unchanged() -> None:
-    def fingerprint(body: dict[str, Any]) -> str:
+    def fingerprint(body: dict[str, Any], version: int = contracts.FINGERPRINT_VERSION) -> str:
         job = parse(body)
         assert isinstance(job, Job)
-        return contracts.request_fingerprint(job, b"")
+        return contracts.request_fingerprint(job, b"", version=version)
 
     assert fingerprint(v2(pages=[1, 3])) == fingerprint(v2(pages=[3, 1]))  # a set
     assert len({fingerprint(v2(pages=[1])), fingerprint(v2(pages=[2])), fingerprint(v2())}) == 3
     v1 = {"job_id": "d-1", "input_uri": "gs://inputs/set.pdf"}
     assert fingerprint(v1) != fingerprint(v2())  # the version is part of the request
-    # the version 1 recipe as it was before pages existed: results stored then still match
+    # a version 1 job's recipe as it was before pages existed (fingerprint version 1, the analyses as
+    # resolved): results stored then still match; the current recipe names the default instead
     recipe: dict[str, object] = {
         "schema_version": 1,
         "namespace": None,
@@ -100,6 +101,9 @@ def test_the_fingerprint_of_a_v2_job_covers_its_pages_and_a_v1_recipe_is_unchang
         "analyses": ["classify", "embed"],
         "params": {},
     }
+    canonical = json.dumps(recipe, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    assert fingerprint(v1, version=1) == contracts.input_digest(canonical.encode())
+    recipe["analyses"] = "default"
     canonical = json.dumps(recipe, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     assert fingerprint(v1) == contracts.input_digest(canonical.encode())
 

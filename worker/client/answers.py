@@ -124,7 +124,7 @@ class Answers:
         """False for a notification that names another request than the job this client submitted under
         that id (a stale one, of an earlier job that used the same job_id): it is acked and ignored."""
         identity = self._identities.get(outcome.job_id)
-        return identity is None or outcome.fingerprint is None or outcome.fingerprint == identity.request
+        return identity is None or outcome.fingerprint is None or identity.named_by(outcome.fingerprint)
 
     def stream(
         self, *, idle_timeout_s: float | None = None, timeout_s: float | None = None

@@ -64,7 +64,11 @@ def _register_submit(subparsers: Any) -> None:
     )
     submit.add_argument("targets", nargs="+", metavar="PATH|gs://…|manifest.jsonl")
     submit.add_argument("--priority", choices=("interactive", "batch"), default="batch")
-    submit.add_argument("--analyses", help="comma list, e.g. classify,embed (default: all the model offers)")
+    submit.add_argument(
+        "--analyses",
+        help="comma list, e.g. classify,embed (default: the fleet's default, "
+        f"{contracts.DEFAULT_ANALYSES_RULE}; a manifest line's own analyses win)",
+    )
     submit.add_argument(
         "--pages",
         help="comma list of the 1-based pages of each document to analyse, e.g. 1,3 (default: every page; "

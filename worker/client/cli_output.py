@@ -162,11 +162,10 @@ def result_lines(result: JobResult) -> list[str]:
 
 
 def _page_parts(page: ResultPage) -> list[str]:
-    """``blank (ink 0.0004)``, or label and confidence, symbols present, embedding size."""
-    if page.blank:
-        return ["blank" + ("" if page.ink is None else f" (ink {page.ink:.4f})")]
+    """``blank (ink 0.0004)`` for a blank page, then label and confidence, symbols present, embedding size
+    of the analyses that ran on it (a blank page's: those of packages that analyse blank pages)."""
+    parts = ["blank" + ("" if page.ink is None else f" (ink {page.ink:.4f})")] if page.blank else []
     outputs = page.outputs or {}
-    parts = []
     classify = outputs.get("classify")
     if isinstance(classify, dict) and "label" in classify:
         confidence = classify.get("confidence", (classify.get("scores") or {}).get(classify["label"]))

@@ -143,7 +143,9 @@ def _prepare_one(
     data = contracts.encode(body)
     job = check_job_message(data, attributes)
     identity = JobIdentity(
-        contracts.request_fingerprint(job, data), None if upload is None else upload.sha256
+        contracts.request_fingerprint(job, data),
+        None if upload is None else upload.sha256,
+        request_v1=contracts.request_fingerprint(job, data, version=1),
     )
     return PreparedJob(request.job_id, data, attributes, upload, identity)
 

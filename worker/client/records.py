@@ -48,18 +48,26 @@ class JobRequest:
 class JobIdentity:
     """What decides one job's answer, as the worker fingerprints it: does a stored result answer this job?
 
-    ``request`` is ``contracts.request_fingerprint`` of the job as the worker parses it; ``input_sha256``
-    is the digest of a local input's bytes (None for a ``gs://`` input the client did not upload). A job
-    id is the caller's choice, so a result at its path may answer another job (another input, options or
-    publisher): the client reports a stored result only when it answers this job.
+    ``request`` is ``contracts.request_fingerprint`` of the job as the worker parses it (``request_v1``:
+    under the recipe before, which results and notifications of workers not yet upgraded carry);
+    ``input_sha256`` is the digest of a local input's bytes (None for a ``gs://`` input the client did not
+    upload). A job id is the caller's choice, so a result at its path may answer another job (another
+    input, options or publisher): the client reports a stored result only when it answers this job.
     """
 
     request: str
     input_sha256: str | None = None
+    request_v1: str | None = None
 
     def answered_by(self, document: dict[str, Any]) -> bool:
         """True when the stored result ``document`` answers this job (the worker's own check)."""
-        return contracts.answers_same_job(document, self.request, self.input_sha256)
+        return contracts.answers_same_job(
+            document, self.request, self.input_sha256, request_v1=self.request_v1
+        )
+
+    def named_by(self, fingerprint: str) -> bool:
+        """True when a notification's request ``fingerprint`` names this job (under either recipe)."""
+        return fingerprint in (self.request, self.request_v1)
 
 
 @dataclass(frozen=True)

@@ -30,9 +30,10 @@ class MultiPageResult(FleetError):
 
 @dataclass(frozen=True)
 class ResultPage:
-    """One analysed page: ``outputs`` is None for a blank page (no model ran on it).
+    """One analysed page: ``outputs`` of the analyses that ran on it, None when none did (a blank page,
+    paper only, goes only to packages that analyse blank pages).
 
-    ``ink`` (the fraction of ink pixels the blank decision used) and ``timeline`` (``preprocess_ms``,
+    ``ink`` (the page's content fraction, the blank measure) and ``timeline`` (``preprocess_ms``,
     ``inference_ms`` summed over the page's models) are None where the result does not say (v1).
     """
 
@@ -86,7 +87,7 @@ class JobResult:
 
     @property
     def outputs(self) -> dict[str, Any] | None:
-        """The outputs of a one-page document (None when not succeeded, or when its one page is blank).
+        """The outputs of a one-page document (None when not succeeded, or when no analysis ran on it).
 
         Raises ``MultiPageResult`` for a succeeded document of more than one page: read ``pages``.
         """

@@ -70,7 +70,8 @@ class PubSubNotifier(IntervalFlusher):
         request = _PublishRequestPb(topic=self._topic, messages=[message for message, _ in batch])
         try:
             response = await self._publish(request, timeout=self._timeout_s)
-        except (grpc.RpcError, OSError) as exc:
+        except Exception as exc:  # anything: an escaped error would end the flusher, leaving every
+            # later publish (and its job) waiting for an answer that never comes
             code = rpc_code(exc) if isinstance(exc, grpc.RpcError) else type(exc).__name__
             failure = errors.PubSubUnavailable(f"publish: {code}")
             for _, future in batch:

@@ -5,7 +5,9 @@ Logs: one JSON object per line with ``severity``, ``message``, ``time`` and whit
 a job cannot reach the logs. ``trace`` becomes Cloud Logging's ``logging.googleapis.com/trace``.
 
 Metrics (custom.googleapis.com/inference_fleet/...): ``jobs_completed`` (by status), ``job_latency_ms``
-(distribution), ``in_flight``, ``busy_fraction``, and the per-group signal ``group/busy_slots`` written
+(distribution), ``in_flight``, ``busy_fraction``, ``jobs_overdue`` (by stage: jobs the lease-age watchdog
+found held in a stage past its budget, worker/runtime/pipeline/watchdog.py), and the per-group signal
+``group/busy_slots`` written
 on a ``generic_node`` resource whose namespace is the instance group, so an autoscaler metric policy with
 ``single_instance_assignment`` can scale the group (to zero) on it.
 """
@@ -55,6 +57,7 @@ LOG_FIELDS = frozenset(
         "stats",
         "duplicate",
         "held",
+        "stage",
     }
 )
 _SEVERITY = {
@@ -151,6 +154,8 @@ class Metrics:
     latency_sum_ms: float = 0.0
     latency_sum_sq: float = 0.0
     in_flight: int = 0
+    #: Jobs held in a stage past its budget (the watchdog), by stage; cumulative.
+    overdue: Counter[str] = field(default_factory=Counter)
     busy_since: float = field(default_factory=time.monotonic)
     _busy_area: float = 0.0
     _busy_mark: float = field(default_factory=time.monotonic)
@@ -179,6 +184,9 @@ class Metrics:
         self.latency_count += 1
         self.latency_sum_ms += latency_ms
         self.latency_sum_sq += latency_ms * latency_ms
+
+    def job_overdue(self, stage: str) -> None:
+        self.overdue[stage] += 1
 
     def set_in_flight(self, value: int) -> None:
         now = time.monotonic()
@@ -251,6 +259,10 @@ class MonitoringExporter:
             for status, count in sorted(m.completed.items())
         ]
         out.append(series("job_latency_ms", "CUMULATIVE", _latency_distribution(m), cumulative=True))
+        out.extend(
+            series("jobs_overdue", "CUMULATIVE", {"int64_value": count}, {"stage": stage}, cumulative=True)
+            for stage, count in sorted(m.overdue.items())
+        )
         out.append(series("in_flight", "GAUGE", {"int64_value": m.in_flight}))
         busy = m.take_busy_fraction()
         out.append(series("busy_fraction", "GAUGE", {"double_value": busy}))

@@ -36,6 +36,13 @@ STATUS_SUCCEEDED = "succeeded"
 STATUS_FAILED = "failed"
 STATUS_EXPIRED = "expired"
 DEFAULT_ANALYSES: tuple[str, ...] = ("classify", "embed")
+#: What a job that names no ``analyses`` asks for (docs/contracts.md, ``fleet submit --help``); the rule
+#: itself is ``default_analyses``. Its request fingerprint names ``DEFAULT_ANALYSES_NAME``, not the list,
+#: so a client can recognise its answer whatever packages the fleet serves.
+DEFAULT_ANALYSES_RULE = (
+    "classify and embed where the fleet serves the drawing model, else every analysis its models offer"
+)
+DEFAULT_ANALYSES_NAME = "default"
 MAX_CLIENT_ATTRIBUTES = 32
 MAX_ERROR_MESSAGE_CHARS = 500
 # Attributes the worker sets itself on a notification; a client attribute of the same name is not echoed.
@@ -49,8 +56,10 @@ NAMESPACE_ATTRIBUTE = "namespace"
 #: Results of messages that cannot have a result at their job's path: no usable job_id, or a job_id whose
 #: result answers another job (JOB_ID_CONFLICT). Keyed by message id, so never shared.
 REJECTED_FOLDER = "_rejected"
-#: Version of the fingerprint recipe; a stored result with another version is compared by request only.
-FINGERPRINT_VERSION = 1
+#: Version of the fingerprint recipe. 2: a job that names no analyses is fingerprinted as asking for
+#: ``DEFAULT_ANALYSES_NAME``; 1 had the analyses the worker resolved them to (``answers_same_job`` still
+#: reads results stored under 1).
+FINGERPRINT_VERSION = 2
 
 _JOB_ID_RE = re.compile(r"[A-Za-z0-9._-]{1,128}")
 _NAMESPACE_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
@@ -88,6 +97,8 @@ class Job:
     schema_version: int = SCHEMA_VERSION
     #: The 1-based page numbers to analyse (v2 only); None: every page of the document.
     pages: tuple[int, ...] | None = None
+    #: False when the message named no ``analyses``: ``analyses`` is then the fleet's default.
+    analyses_named: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,17 +121,21 @@ def valid_namespace(value: object) -> bool:
     return isinstance(value, str) and _NAMESPACE_RE.fullmatch(value) is not None
 
 
+def default_analyses(offered: tuple[str, ...]) -> tuple[str, ...]:
+    """What a job naming no analyses asks for, of ``offered`` (``DEFAULT_ANALYSES_RULE``)."""
+    return DEFAULT_ANALYSES if set(DEFAULT_ANALYSES) <= set(offered) else offered
+
+
 def parse_job(
     delivery: Delivery,
     *,
     allowed_buckets: frozenset[str],
     offered_analyses: tuple[str, ...] = DEFAULT_ANALYSES,
     max_message_bytes: int = 64 * 1024,
-    default_analyses: tuple[str, ...] | None = None,
 ) -> Job | Rejection:
     """Validate a job message; every failure maps to one stable error code (worker/shared/errors.py).
 
-    A job without ``analyses`` asks for ``default_analyses`` (default: every offered analysis).
+    A job without ``analyses`` asks for ``default_analyses(offered_analyses)``.
     """
     priority = _lane_priority(delivery.attributes)
     namespace = delivery.attributes.get(NAMESPACE_ATTRIBUTE)
@@ -135,7 +150,7 @@ def parse_job(
     version = body.get("schema_version", SCHEMA_VERSION)
     salvaged_version = version if type(version) is int and version in SUPPORTED_SCHEMA_VERSIONS else 1
     try:
-        job = _parse_body(body, allowed_buckets, offered_analyses, default_analyses)
+        job = _parse_body(body, allowed_buckets, offered_analyses)
     except errors.PermanentError as exc:
         return Rejection(exc, salvaged, priority, namespace, schema_version=salvaged_version)
     return job if namespace is None else replace(job, namespace=namespace)
@@ -158,12 +173,7 @@ def _parse_envelope(delivery: Delivery, namespace: str | None, max_message_bytes
     return body
 
 
-def _parse_body(
-    body: dict[str, Any],
-    allowed_buckets: frozenset[str],
-    offered: tuple[str, ...],
-    default: tuple[str, ...] | None = None,
-) -> Job:
+def _parse_body(body: dict[str, Any], allowed_buckets: frozenset[str], offered: tuple[str, ...]) -> Job:
     version = body.get("schema_version", SCHEMA_VERSION)
     if type(version) is not int or version not in SUPPORTED_SCHEMA_VERSIONS:
         raise errors.UnsupportedSchemaVersion(
@@ -188,11 +198,12 @@ def _parse_body(
         input_bucket=bucket,
         input_object=obj,
         priority=priority,
-        analyses=_parse_analyses(body.get("analyses"), offered, default),
+        analyses=_parse_analyses(body.get("analyses"), offered),
         deadline=_parse_deadline(body.get("deadline")),
         params=_parse_params(body.get("params")),
         schema_version=version,
         pages=_parse_pages(body.get("pages")),
+        analyses_named=body.get("analyses") is not None,
     )
 
 
@@ -210,11 +221,9 @@ def _parse_input_uri(value: object, allowed_buckets: frozenset[str]) -> tuple[st
     return bucket, obj, value
 
 
-def _parse_analyses(
-    value: object, offered: tuple[str, ...], default: tuple[str, ...] | None = None
-) -> tuple[str, ...]:
+def _parse_analyses(value: object, offered: tuple[str, ...]) -> tuple[str, ...]:
     if value is None:
-        return offered if default is None else default
+        return default_analyses(offered)
     if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
         raise errors.SchemaInvalid("analyses must be a non-empty list of strings")
     unknown = [v for v in value if v not in offered]
@@ -294,13 +303,15 @@ def rejected_object_name(prefix: str, message_id: str) -> str:
 # --- fingerprints: does a stored result answer this job? ---------------------------------------------
 
 
-def request_fingerprint(job: Job | Rejection, data: bytes) -> str:
+def request_fingerprint(job: Job | Rejection, data: bytes, *, version: int = FINGERPRINT_VERSION) -> str:
     """Digest of what decides a job's answer, apart from the input's bytes.
 
-    For a valid job: schema version, namespace, job_id, input_uri, analyses and params (not priority or
-    deadline: they decide when, not what), and for a version 2 job its ``pages`` (sorted; null for every
-    page). For a rejected message: its raw data, since that is what was answered. The input's bytes
-    enter separately (``input_sha256``) because they are known only after the read.
+    For a valid job: schema version, namespace, job_id, input_uri, analyses as sent (sorted;
+    ``DEFAULT_ANALYSES_NAME`` when it named none) and params (not priority or deadline: they decide when,
+    not what), and for a version 2 job its ``pages`` (sorted; null for every page). For a rejected
+    message: its raw data, since that is what was answered. The input's bytes enter separately
+    (``input_sha256``) because they are known only after the read. ``version=1`` gives the recipe before
+    this one (the analyses as resolved), to read results stored under it.
     """
     if isinstance(job, Rejection):
         recipe: dict[str, Any] = {"rejected": hashlib.sha256(data).hexdigest(), "namespace": job.namespace}
@@ -310,7 +321,8 @@ def request_fingerprint(job: Job | Rejection, data: bytes) -> str:
             "namespace": job.namespace,
             "job_id": job.job_id,
             "input_uri": job.input_uri,
-            "analyses": sorted(job.analyses),  # a set: the order a client or worker resolves does not matter
+            # a set: the order a client or worker lists them in does not matter
+            "analyses": sorted(job.analyses) if job.analyses_named or version < 2 else DEFAULT_ANALYSES_NAME,
             "params": job.params,
         }
         if job.schema_version >= 2:  # a version 1 job's recipe is as it always was
@@ -328,17 +340,22 @@ def fingerprint_body(request: str, input_sha256: str | None) -> dict[str, Any]:
     return {"version": FINGERPRINT_VERSION, "request": request, "input_sha256": input_sha256}
 
 
-def answers_same_job(stored: dict[str, Any], request: str, input_sha256: str | None) -> bool:
+def answers_same_job(
+    stored: dict[str, Any], request: str, input_sha256: str | None, *, request_v1: str | None = None
+) -> bool:
     """Whether a stored result answers the job with this fingerprint (the idempotency-key check).
 
     The requests must match; the inputs must match where both are known (a result written before the
-    input was read, e.g. a failure or a dead-letter answer, has none). A result written by a worker that
+    input was read, e.g. a failure or a dead-letter answer, has none). A result stored under fingerprint
+    version 1 (a worker before this recipe; jobs in flight across an upgrade) is compared with
+    ``request_v1``, the job's fingerprint under that recipe, when given. A result written by a worker that
     predates fingerprints has none at all: it is taken as this job's, as before.
     """
     fingerprint = stored.get("fingerprint")
     if not isinstance(fingerprint, dict):
         return True
-    if fingerprint.get("request") != request:
+    expected = request_v1 if fingerprint.get("version") == 1 and request_v1 is not None else request
+    if fingerprint.get("request") != expected:
         return False
     stored_input = fingerprint.get("input_sha256")
     return stored_input is None or input_sha256 is None or stored_input == input_sha256
@@ -382,7 +399,9 @@ class Timeline:
 
 @dataclass(frozen=True, slots=True)
 class PageResult:
-    """One analysed page of a version 2 result: its outputs (None when blank) and its model timings."""
+    """One analysed page of a version 2 result: whether it is blank (paper only) by its measure (``ink``:
+    its content fraction, ``paper``: its paper level; None when not measured), the outputs of the
+    analyses that ran on it (None when none did), and its model timings."""
 
     number: int
     blank: bool
@@ -390,18 +409,22 @@ class PageResult:
     outputs: dict[str, Any] | None
     preprocess_ms: float = 0.0
     inference_ms: float = 0.0
+    paper: int | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        document = {
             "page": self.number,
             "blank": self.blank,
             "ink": None if self.ink is None else round(self.ink, 4),
-            "outputs": None if self.blank else self.outputs,
+            "outputs": self.outputs,
             "timeline": {
                 "preprocess_ms": round(self.preprocess_ms, 1),
                 "inference_ms": round(self.inference_ms, 1),
             },
         }
+        if self.paper is not None:
+            document["paper"] = self.paper
+        return document
 
 
 def build_result(
@@ -420,12 +443,15 @@ def build_result(
     schema_version: int = SCHEMA_VERSION,
     page_count: int | None = None,
     pages: tuple[PageResult, ...] = (),
+    analyses: tuple[str, ...] | None = None,
 ) -> dict[str, Any]:
     """The result object's JSON document (docs/contracts.md; worker/shared/schemas/result.v<N>.json).
 
     Version 1: ``outputs`` as given, plus ``page_count`` when known. Version 2: ``page_count`` (null
     when the document was not read), ``pages`` (the analysed pages, [] for a failed job) and
     ``outputs`` = the one page's outputs for a one-page document, null for a document of several pages.
+    Both: ``analyses``, the analyses the job ran as the worker resolved them (absent for a message
+    rejected before they were known).
     """
     succeeded = error is None
     if schema_version >= 2:
@@ -447,6 +473,8 @@ def build_result(
         document["pages"] = [page.to_json() for page in sorted(pages, key=_page_number)] if succeeded else []
     elif page_count is not None:
         document["page_count"] = page_count
+    if analyses is not None:
+        document["analyses"] = list(analyses)
     if namespace is not None:
         document["namespace"] = namespace
     if fingerprint is not None:

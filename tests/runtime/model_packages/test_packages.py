@@ -16,6 +16,7 @@ from worker.runtime.model_packages import handlers, onnx_tools, parity, triton_r
 from worker.runtime.model_packages.declaration import PackageInvalid
 from worker.runtime.model_packages.loader import load_package, load_packages
 
+from . import free_size
 from .tiny import HANDLER, declaration, write_package
 
 
@@ -194,6 +195,20 @@ def test_the_generated_triton_configs_follow_the_declaration(tmp_path: Path) -> 
     (folder,) = triton_repository.write_repository([package], tmp_path / "repo", "cpu")
     assert (folder / "1" / "model.onnx").read_bytes() == package.model_path.read_bytes()
     assert (folder / "1" / "model.py").is_file() and (folder / "config.pbtxt").read_text() == cpu
+    assert "model_warmup" in cpu and "batch_size: 8" in cpu
+
+
+def test_a_package_of_free_size_warms_up_at_a_size_it_declares(tmp_path: Path) -> None:
+    # Given a package whose input is the page itself: free height and width, bounded by the declaration
+    package = load_package(free_size.write_package(tmp_path))
+    assert package.declaration.inputs[0].shape == (1, -1, -1)
+    # Then both configs keep the dims free and warm up at the declared opt_shape (default: max_shape),
+    # never with -1 dims, which Triton refuses ('warmup setting expects all variable-size dimensions')
+    side = free_size.SIDE_PX
+    for variant in ("cpu", "gpu"):
+        text = triton_repository.config_pbtxt(package.declaration, variant)
+        assert "dims: [ 1, -1, -1 ]" in text
+        assert text.count("model_warmup") == 1 and f"dims: [ 1, {side}, {side} ]" in text
 
 
 def gate(tmp_path: Path, tolerance: float) -> parity.PrecisionDecision:

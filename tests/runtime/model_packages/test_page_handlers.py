@@ -19,7 +19,7 @@ from .tiny import declaration, write_package
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
-#: A page handler: FEATURES = (page number, ink, decoded width, decoded height).
+#: A page handler: FEATURES = (page number, content, decoded width, decoded height).
 PAGE_HANDLER = textwrap.dedent(
     """
     import numpy as np
@@ -27,7 +27,8 @@ PAGE_HANDLER = textwrap.dedent(
     def preprocess_page(page, params):
         assert params["page"] == page.number
         width, height = page.image.size
-        return {"FEATURES": np.asarray([page.number, page.ink, width, height], dtype=np.float32)}
+        content = page.measure.content
+        return {"FEATURES": np.asarray([page.number, content, width, height], dtype=np.float32)}
 
     def postprocess(outputs, params):
         return {"tiny_score": {"label": "low", "scores": outputs["SCORES"].tolist()}}
@@ -70,8 +71,11 @@ def test_a_package_with_only_preprocess_page_gets_each_page_decoded_at_its_size(
     blank = handlers.run_preprocess(str(folder), document, {"page": 1})
     drawn = handlers.run_preprocess(str(folder), document, {"page": 2})
     assert blank.tensors["FEATURES"][0] == 1.0 and drawn.tensors["FEATURES"][0] == 2.0
-    assert blank.ink == 0.0 and drawn.ink is not None and drawn.ink > 0.01
-    assert float(drawn.tensors["FEATURES"][1]) == pytest.approx(drawn.ink)
+    assert blank.measure is not None and blank.measure.blank and blank.measure.content == 0.0
+    assert drawn.measure is not None and not drawn.measure.blank and drawn.measure.content > 0.01
+    assert float(drawn.tensors["FEATURES"][1]) == pytest.approx(drawn.measure.content)
+    # and a decode not asked to measure the page returns none (the handler may still read it)
+    assert handlers.run_preprocess(str(folder), document, {"page": 2}, measure=False).measure is None
     # and the bytes entry point the tools use (parity, fleet models check) decodes the same page
     via_bytes = package.preprocess(document, {"page": 2})
     assert list(via_bytes["FEATURES"]) == list(drawn.tensors["FEATURES"])
@@ -83,11 +87,11 @@ def test_a_bytes_package_gets_a_one_page_inputs_own_bytes_and_a_pages_png_otherw
     single = png(sheet(ink=True))
     own = handlers.run_preprocess(str(folder), single, {"page": 1})
     assert list(own.tensors["FEATURES"]) == [1.0, float(len(single)), 1.0, 0.0]
-    assert own.ink is None  # no page decoded here: never taken as blank
+    assert own.measure is None  # no page decoded here: never taken as blank
     document = drawing_documents.multipage_tiff([sheet(ink=True), sheet(ink=False)])
     second = handlers.run_preprocess(str(folder), document, {"page": 2})
     assert second.tensors["FEATURES"][0] == 1.0 and second.tensors["FEATURES"][2] == 2.0
-    assert second.ink == 0.0
+    assert second.measure is not None and second.measure.blank
 
 
 def test_a_handler_without_either_preprocess_is_refused_naming_the_package(tmp_path: Path) -> None:

@@ -3,9 +3,10 @@
 The worker's pool probes a document (``probe``: page count and page sizes from headers / the page tree,
 no pixel decoded, every bound checked), picks the pages to analyse (``select_pages``: the job's ``pages``
 or every page, the page-count and pixel budgets) and decodes them one by one (``decode_page``: a mode
-``L`` page and its ink, from which ``Page.blank`` follows). ``may_have_pages`` is the cheap magic-bytes
-test the main process may run. Every bad document is a typed permanent error (worker.shared.errors);
-the limits and their reasons are in ``limits`` and docs/security.md "Input documents".
+``L`` page whose ``measure``, its paper level and content, says whether it is blank; ``blank``).
+``may_have_pages`` is the cheap magic-bytes test the main process may run. Every bad document is a typed
+permanent error (worker.shared.errors); the limits and their reasons are in ``limits`` and
+docs/security.md "Input documents".
 
     >>> info = probe(data)
     >>> for number in select_pages(info, job.pages, size_px=192):
@@ -19,12 +20,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from PIL import Image
-
 from worker.runtime.documents import images
+from worker.runtime.documents.blank import BLANK_CONTENT_FRACTION, PageMeasure, measure_page
 from worker.runtime.documents.limits import (
-    BLANK_INK_FRACTION,
-    INK_LEVEL,
     MAX_DOCUMENT_PAGES,
     MAX_DOCUMENT_PIXELS,
     MAX_PAGES_PER_JOB,
@@ -43,8 +41,7 @@ from worker.shared.errors import (
 )
 
 __all__ = [
-    "BLANK_INK_FRACTION",
-    "INK_LEVEL",
+    "BLANK_CONTENT_FRACTION",
     "MAX_DOCUMENT_PAGES",
     "MAX_DOCUMENT_PIXELS",
     "MAX_PAGES_PER_JOB",
@@ -53,9 +50,10 @@ __all__ = [
     "RENDER_OVERSAMPLE",
     "DocumentInfo",
     "Page",
+    "PageMeasure",
     "decode_page",
-    "ink_fraction",
     "may_have_pages",
+    "measure_page",
     "probe",
     "select_pages",
 ]
@@ -103,7 +101,7 @@ def select_pages(info: DocumentInfo, requested: Sequence[int] | None, *, size_px
 
 
 def decode_page(data: bytes, number: int, *, size_px: int) -> Page:
-    """Page ``number`` (1-based), upright, mode ``L``, with its ink.
+    """Page ``number`` (1-based), upright, mode ``L`` (its blank measure is taken when first read).
 
     Images decode through ``images.decode_image`` (its bounds and errors, unchanged); a TIFF page is
     that frame; a PDF page renders grayscale on white so its longer side is ``RENDER_OVERSAMPLE * size_px``.
@@ -113,14 +111,7 @@ def decode_page(data: bytes, number: int, *, size_px: int) -> Page:
         image = render_pdf_page(data, number, size_px=size_px)
     else:
         image = decode_raster(data, number, size_px=size_px)
-    return Page(number=number, image=image, ink=ink_fraction(image))
-
-
-def ink_fraction(image: Image.Image) -> float:
-    """Fraction of a mode ``L`` image's pixels darker than ``INK_LEVEL`` (rounded to 6 places)."""
-    # Pillow's histogram counts in C without a copy: ~1 ms for an A4 150-dpi page, a numpy compare ~4 ms.
-    histogram = (image if image.mode == "L" else image.convert("L")).histogram()
-    return round(sum(histogram[:INK_LEVEL]) / max(1, image.width * image.height), 6)
+    return Page(number=number, image=image)
 
 
 def _check_bytes(data: bytes) -> None:

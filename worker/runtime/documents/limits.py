@@ -25,13 +25,6 @@ MAX_PDF_PAGE_POINTS: Final = 14_400.0
 #: in a PDF: drawing model 24/24 labels agree at 1, 2, 4 and 6 (mean tensor difference least at 4,
 #: 0.0052); symbol model's decided sets agree 23/24 at 4, 22/24 at 2 (docs/security.md).
 RENDER_OVERSAMPLE: Final = 4
-#: A pixel is ink when darker than this level (0 black .. 255 white): below the darkest paper tone the
-#: drawing generator and real scanners give (~190 with lighting gradients and grain) and above line ink.
-INK_LEVEL: Final = 128
-#: A page is blank when less than this fraction of its pixels are ink. From data: 120 generator drawings
-#: (6 classes, PNG/JPEG) have ink >= 0.0070; 200 scanner-like blank pages (grain, specks, page numbers,
-#: JPEG q40-89, also through a PDF) <= 0.0024. 0.004 is ~1.7x inside each side (geometric mean).
-BLANK_INK_FRACTION: Final = 0.004
 #: Most bytes a PDF's non-image streams may decompress to, summed over the file (content streams, forms,
 #: fonts, object streams): PDFium inflates a content stream whole before parsing it.
 MAX_PDF_INFLATED_BYTES: Final = 256 * 1024 * 1024

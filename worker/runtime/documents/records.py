@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 from PIL import Image
 
-from worker.runtime.documents.limits import BLANK_INK_FRACTION
+from worker.runtime.documents.blank import PageMeasure, measure_page
 
 
 @dataclass(frozen=True, slots=True)
@@ -19,16 +20,19 @@ class DocumentInfo:
     page_sizes: tuple[tuple[float, float], ...]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class Page:
-    """One decoded page: upright, mode ``L`` (paper white), with its measured ink."""
+    """One decoded page: upright, mode ``L`` (paper white). Its blank measure is taken when first read."""
 
     number: int  # 1-based
     image: Image.Image
-    #: Fraction of the page's pixels darker than ``INK_LEVEL``.
-    ink: float
+
+    @functools.cached_property
+    def measure(self) -> PageMeasure:
+        """Its paper level and content (``documents.blank``), measured once; ~2 ms for an A4 scan."""
+        return measure_page(self.image)
 
     @property
     def blank(self) -> bool:
-        """Too little ink to hold a drawing (``ink < BLANK_INK_FRACTION``): no model needs to see it."""
-        return self.ink < BLANK_INK_FRACTION
+        """Paper only (``PageMeasure.blank``): a package that skips blank pages does not see it."""
+        return self.measure.blank

@@ -42,6 +42,7 @@ is documented in docs/models.md::
 
     [pages]                       # optional: the size a document's page is decoded at for this package
     size_px = 192                 # default: the larger of the first input's last two sizes
+    blank = "skip"                # "skip" (default) or "analyse": whether it sees blank pages
 
     [parity]                      # the engine precision is the fastest within this tolerance
     max_abs_error = 0.001
@@ -72,6 +73,9 @@ DEFAULT_FORMATS: Final = ("PNG", "JPEG", "TIFF", "GIF", "BMP", "WEBP")
 DEFAULT_PAGE_SIZE_PX: Final = 1024
 #: Bounds of ``[pages] size_px``.
 PAGE_SIZE_RANGE_PX: Final = (16, 8192)
+#: ``[pages] blank``: a package skips blank pages (no tensor of one reaches it) or analyses them too.
+BLANK_SKIP: Final = "skip"
+BLANK_ANALYSE: Final = "analyse"
 #: Engine precisions the parity gate can try, fastest first.
 PRECISIONS: Final = ("INT8", "FP16", "TF32", "FP32")
 
@@ -161,6 +165,8 @@ class Declaration:
     analyses: tuple[Analysis, ...]
     limits: InputLimits
     parity: Parity
+    #: ``[pages] blank``: ``BLANK_SKIP`` (blank pages never reach it) or ``BLANK_ANALYSE``.
+    blank_pages: str = BLANK_SKIP
     #: The size (pixels, a page's longer side) the worker decodes a document's page at for this package.
     page_size_px: int = DEFAULT_PAGE_SIZE_PX
     #: ``[fan_out] max_items``: preprocess may return 0..max_items items per page and postprocess gets
@@ -205,6 +211,7 @@ def read_declaration(folder: Path) -> Declaration:
         analyses=(analyses := fields.analyses()),
         limits=fields.limits(),
         parity=fields.parity(tuple(a.name for a in analyses)),
+        blank_pages=fields.blank_pages(),
         page_size_px=fields.page_size_px(inputs[0]),
         max_items=fields.max_items(),
         source=fields.source(model),
@@ -323,6 +330,14 @@ class _Fields:
             max_pixels=self.integer(table, "limits.max_pixels", default=40_000_000, low=1, high=1 << 31),
             formats=tuple(f.upper() for f in formats),
         )
+
+    def blank_pages(self) -> str:
+        """``[pages] blank``: ``"skip"`` (default) or ``"analyse"``."""
+        table = self.raw.get("pages", {})
+        value = table.get("blank", BLANK_SKIP) if isinstance(table, dict) else BLANK_SKIP
+        if value not in (BLANK_SKIP, BLANK_ANALYSE):
+            raise self.fail(f'pages.blank must be "{BLANK_SKIP}" or "{BLANK_ANALYSE}"')
+        return str(value)
 
     def page_size_px(self, first_input: Tensor) -> int:
         """``[pages] size_px``, else the larger of the first input's last two sizes (its image side)."""

@@ -4,11 +4,12 @@
 spawned process imports the package from its folder on first use (cached per process), decodes the page
 (``documents.decode_page`` at the package's page size) for a ``preprocess_page`` handler, and checks the
 tensors against the declaration there, so a wrong shape or dtype never reaches a batch; it returns them
-with the page's ink (the blank decision). ``probe`` is the pool's ``documents.probe``: parsing an
-untrusted document's structure runs there, never in the event loop's process. ``run_postprocess``
-runs in the worker's event loop and checks that the outputs are JSON and answer every asked analysis.
-A handler that misbehaves gets a permanent error code for the job (``MODEL_PREPROCESS_FAILED`` /
-``MODEL_OUTPUT_INVALID``); the worker's own typed errors (``IMAGE_UNDECODABLE`` ...) keep their code.
+with the page's blank measure when asked (``documents.blank``: one package's decode measures a page).
+``probe`` is the pool's ``documents.probe``: parsing an untrusted document's structure runs there, never
+in the event loop's process. ``run_postprocess`` runs in the worker's event loop and checks that the
+outputs are JSON and answer every asked analysis. A handler that misbehaves gets a permanent error code
+for the job (``MODEL_PREPROCESS_FAILED`` / ``MODEL_OUTPUT_INVALID``); the worker's own typed errors
+(``IMAGE_UNDECODABLE`` ...) keep their code.
 """
 
 from __future__ import annotations
@@ -45,14 +46,14 @@ def warm(folders: tuple[str, ...]) -> None:
 
 
 class Preprocessed(NamedTuple):
-    """One page's input tensors for one package, and the page's ink as decoded for it.
+    """One page's input tensors for one package, and the page's blank measure when it was asked for.
 
-    ``ink`` is None when no page was decoded: a ``preprocess`` package reading a one-page input's
-    bytes itself (such a page is never taken as blank).
+    ``measure`` is None when not asked, or when no page was decoded: a ``preprocess`` package reading a
+    one-page input's bytes itself (such a page is never taken as blank).
     """
 
     tensors: Arrays
-    ink: float | None
+    measure: documents.PageMeasure | None
 
 
 def probe(data: bytes) -> documents.DocumentInfo:
@@ -60,8 +61,9 @@ def probe(data: bytes) -> documents.DocumentInfo:
     return documents.probe(data)
 
 
-def run_preprocess(folder: str, data: bytes, params: dict[str, Any]) -> Preprocessed:
-    """Page ``params["page"]`` (default 1) of the document in ``data`` -> ``package_at(folder)``'s tensors.
+def run_preprocess(folder: str, data: bytes, params: dict[str, Any], *, measure: bool = True) -> Preprocessed:
+    """Page ``params["page"]`` (default 1) of the document in ``data`` -> ``package_at(folder)``'s tensors,
+    and with ``measure`` the page's blank measure (taken before the handler sees the page).
 
     A ``preprocess_page`` handler gets the page decoded at the package's page size. A ``preprocess``
     handler gets the input's own bytes when the format has one page (PNG, JPEG, ...: no decode here),
@@ -70,18 +72,24 @@ def run_preprocess(folder: str, data: bytes, params: dict[str, Any]) -> Preproce
     package = package_at(folder)
     number = int(params.get("page", 1))
     size_px = package.declaration.page_size_px
-    ink: float | None = None
+    measured: documents.PageMeasure | None = None
     if package.preprocess_page is not None:
         page = documents.decode_page(data, number, size_px=size_px)
-        ink = page.ink
+        measured = page.measure if measure else None
         tensors = _handler_call(package, "preprocess_page", package.preprocess_page, page, params)
     else:
         if documents.may_have_pages(data):
             page = documents.decode_page(data, number, size_px=size_px)
-            ink = page.ink
+            measured = page.measure if measure else None
             data = _png_bytes(page.image)
         tensors = _handler_call(package, "preprocess", package.preprocess, data, params)
-    return Preprocessed(check_inputs(package.declaration, tensors), ink)
+    return Preprocessed(check_inputs(package.declaration, tensors), measured)
+
+
+def measures_pages(package: ModelPackage, data: bytes) -> bool:
+    """Whether ``run_preprocess`` decodes the input's pages for ``package`` (so it can measure them):
+    a ``preprocess_page`` package always, a ``preprocess`` one for TIFF and PDF only."""
+    return package.preprocess_page is not None or documents.may_have_pages(data)
 
 
 def _handler_call(

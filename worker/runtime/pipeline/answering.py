@@ -35,16 +35,13 @@ def parse(
 ) -> Job | Rejection:
     """The job in ``delivery``, validated against the worker's limits and ``offered`` analyses.
 
-    A job that names no analyses asks for ``contracts.DEFAULT_ANALYSES`` (classify, embed: the drawing
-    model's) when the worker offers them, else for every offered analysis.
+    A job that names no analyses asks for the fleet's default (``contracts.default_analyses``).
     """
-    default = contracts.DEFAULT_ANALYSES if set(contracts.DEFAULT_ANALYSES) <= set(offered) else offered
     return contracts.parse_job(
         delivery,
         allowed_buckets=settings.allowed_buckets,
         max_message_bytes=settings.max_message_bytes,
         offered_analyses=offered,
-        default_analyses=default,
     )
 
 
@@ -129,7 +126,7 @@ class Answerer:
             pages=pages,
         )
         created, stored = await self._create_or_read(name, document, job)
-        if stored is not None and not contracts.answers_same_job(stored, request, input_sha256):
+        if stored is not None and not _answers(stored, job, delivery.data, request, input_sha256):
             return await self._conflict(delivery, job, timeline, request, input_sha256)
         status, error_body = _status_of(stored if stored is not None else document, document)
         await self._notify(delivery, job, status=status, error_body=error_body, name=name, request=request)
@@ -146,7 +143,7 @@ class Answerer:
         if stored is None:
             return None
         request = contracts.request_fingerprint(job, delivery.data)
-        if not contracts.answers_same_job(stored, request, None):
+        if not _answers(stored, job, delivery.data, request, None):
             started = time.time()
             timeline = Timeline(delivery.publish_time, delivery.leased_at, started, started)
             return await self._conflict(delivery, job, timeline, request, None)
@@ -216,6 +213,7 @@ class Answerer:
             schema_version=job.schema_version,
             page_count=page_count,
             pages=pages,
+            analyses=job.analyses if isinstance(job, Job) else None,
         )
 
     async def _create_or_read(
@@ -254,6 +252,15 @@ class Answerer:
             fingerprint=request,
         )
         await with_retries(lambda: self._notifier.publish(notification), attempts=self._retries)
+
+
+def _answers(
+    stored: dict[str, Any], job: Job | Rejection, data: bytes, request: str, input_sha256: str | None
+) -> bool:
+    """Whether the stored result answers this job; one stored by a worker of fingerprint version 1 (in
+    flight across an upgrade) is compared with the job's fingerprint under that recipe."""
+    request_v1 = contracts.request_fingerprint(job, data, version=1)
+    return contracts.answers_same_job(stored, request, input_sha256, request_v1=request_v1)
 
 
 def _document_of(data: bytes | None) -> dict[str, Any] | None:

@@ -6,6 +6,14 @@ so interactive work stays ahead for every model.
 Batch work waits for a full batch or ``max_delay_ms`` (``policy.batch_due``), with at most
 ``batch_requests`` requests in flight; interactive work goes at once in a request of its own. While
 interactive work is in the worker (``InteractiveGate``) no new batch request is sent, bounded.
+
+A request only ever holds tensors of one ``Signature`` (every input's shape and dtype): a package whose
+input has a free size (``shape = [1, -1, -1]``) gets pages of several sizes, which cannot be stacked.
+The oldest tensor's signature forms the next request; tensors of other signatures wait their turn in
+arrival order. Whatever goes wrong while a request is formed, sent or unpacked, every tensor in it is
+answered then: a permanent error when the input is at fault (``MODEL_REJECTED`` for a tensor the model
+refuses, tried alone; ``MODEL_OUTPUT_INVALID`` for outputs that do not have a row per tensor), a
+transient one otherwise (the job goes back for another delivery). No future is left pending.
 """
 
 from __future__ import annotations
@@ -30,19 +38,30 @@ from worker.shared import errors
 INTERACTIVE_REQUESTS = 1
 #: What a submitted job's future gives: (its row of every output, inference milliseconds).
 Inferred = tuple[Arrays, float]
+#: What tensors must share to travel in one request: (name, shape, dtype) of every input, by name.
+Signature = tuple[tuple[str, tuple[int, ...], str], ...]
+
+
+def signature_of(inputs: Arrays) -> Signature:
+    """The tensors' request signature: tensors batch together only when theirs are equal.
+
+    Padding to declared size buckets would map a signature to its bucket here, before it keys a queue.
+    """
+    return tuple(sorted((name, tuple(array.shape), array.dtype.str) for name, array in inputs.items()))
 
 
 @dataclass(slots=True)
 class _Pending:
     inputs: Arrays
+    signature: Signature
     interactive: bool
     enqueued: float
     future: asyncio.Future[Inferred]
 
 
 class Batcher(Background):
-    """Micro-batches tensors into Triton requests: full batch or ``max_delay_ms`` for batch work, at once
-    for interactive work, which travels alone.
+    """Micro-batches tensors of one signature into Triton requests: full batch or ``max_delay_ms`` for
+    batch work, at once for interactive work, which travels alone.
 
     Batch work has at most ``batch_requests`` requests in flight; interactive work has a request of its
     own beyond that. The model has one instance more than batch work uses (the package's ``instances``,
@@ -84,12 +103,20 @@ class Batcher(Background):
             future.set_exception(errors.InferenceUnavailable("triton outage"))
             return future
         (self._interactive if interactive else self._batch).append(
-            _Pending(inputs, interactive, time.monotonic(), future)
+            _Pending(inputs, signature_of(inputs), interactive, time.monotonic(), future)
         )
         self._wake.set()
         return future
 
     async def run(self) -> None:
+        try:
+            await self._serve()
+        except BaseException:
+            # A crashed loop (or its close) must not leave a queued tensor's job waiting for its lease.
+            self.fail_queued(errors.InferenceUnavailable("batcher stopped"))
+            raise
+
+    async def _serve(self) -> None:
         while True:
             await self._wake.wait()
             self._wake.clear()
@@ -102,9 +129,10 @@ class Batcher(Background):
                 if hold_s > 0:
                     wait_s = hold_s
                 elif self._batch and self._in_flight[False] < self._batch_requests:
-                    age_ms = (time.monotonic() - self._batch[0].enqueued) * 1000.0
+                    oldest = self._batch[0]
+                    age_ms = (time.monotonic() - oldest.enqueued) * 1000.0
                     if policy.batch_due(
-                        queued=len(self._batch),
+                        queued=sum(1 for p in self._batch if p.signature == oldest.signature),
                         oldest_age_ms=age_ms,
                         max_size=self._max_size,
                         max_delay_ms=self._max_delay_ms,
@@ -119,8 +147,7 @@ class Batcher(Background):
                 self._wake.clear()
 
     def _send(self, queue: collections.deque[_Pending], *, interactive: bool) -> None:
-        items = [queue.popleft() for _ in range(min(len(queue), self._max_size))]
-        items = [p for p in items if not p.future.done()]
+        items = _take(queue, self._max_size)
         self._in_flight[interactive] += 1
         task = asyncio.create_task(self._dispatch(items, interactive=interactive))
         self._tasks.add(task)
@@ -130,27 +157,34 @@ class Batcher(Background):
         try:
             if items:
                 await self._infer_into(items)
+        except BaseException as exc:
+            # The last resort: whatever escaped (a bug, a cancel at close) answers every tensor of the
+            # request now, as transient, instead of leaving its job to its lease.
+            _fail(items, errors.InferenceUnavailable(f"inference request: {type(exc).__name__}"))
+            if not isinstance(exc, Exception):
+                raise
         finally:
             self._in_flight[interactive] -= 1
             self._wake.set()
 
     async def _infer_into(self, items: list[_Pending]) -> None:
-        batch = {
-            name: np.stack([p.inputs[name] for p in items]) if len(items) > 1 else array[np.newaxis]
-            for name, array in items[0].inputs.items()
-        }
         interactive = any(p.interactive for p in items)
         started = time.monotonic()
         try:
+            batch = _stack(items)
             outputs = await with_retries(
                 lambda: self._model.infer(batch, interactive=interactive), attempts=self._retries
             )
+            rows = _unstack(outputs, len(items), model=self._model.name)
         except errors.ModelRejected as exc:
             if len(items) > 1:
                 # One bad tensor must not fail its neighbours: retry each alone.
                 for item in items:
                     await self._infer_into([item])
                 return
+            _fail(items, exc)
+            return
+        except errors.PermanentError as exc:
             _fail(items, exc)
             return
         except errors.TransientError as exc:
@@ -162,15 +196,47 @@ class Batcher(Background):
             return
         self._health.inference_ok()
         elapsed_ms = (time.monotonic() - started) * 1000.0
-        for index, item in enumerate(items):
+        for item, row in zip(items, rows, strict=True):
             if not item.future.done():
-                item.future.set_result(({name: rows[index] for name, rows in outputs.items()}, elapsed_ms))
+                item.future.set_result((row, elapsed_ms))
 
     def fail_queued(self, error: errors.FleetError) -> None:
         """Fail every tensor not yet sent (an outage: their jobs are given back at once)."""
         for queue in (self._interactive, self._batch):
             _fail(list(queue), error)
             queue.clear()
+
+
+def _take(queue: collections.deque[_Pending], max_size: int) -> list[_Pending]:
+    """Up to ``max_size`` live tensors of the oldest one's signature, in arrival order; the rest stay
+    queued in theirs. Tensors whose job gave up (future done) are dropped on the way."""
+    items: list[_Pending] = []
+    kept: list[_Pending] = []
+    wanted: Signature | None = None
+    while queue and len(items) < max_size:
+        pending = queue.popleft()
+        if pending.future.done():
+            continue
+        if wanted is None:
+            wanted = pending.signature
+        (items if pending.signature == wanted else kept).append(pending)
+    queue.extendleft(reversed(kept))
+    return items
+
+
+def _stack(items: list[_Pending]) -> Arrays:
+    """One request's tensors: the items' inputs stacked on a new batch axis (one signature, so they fit)."""
+    if len(items) == 1:
+        return {name: array[np.newaxis] for name, array in items[0].inputs.items()}
+    return {name: np.stack([p.inputs[name] for p in items]) for name in items[0].inputs}
+
+
+def _unstack(outputs: Arrays, count: int, *, model: str) -> list[Arrays]:
+    """Each item's row of every output; outputs without one row per item answer no item."""
+    wrong = {name: len(rows) for name, rows in outputs.items() if len(rows) != count}
+    if wrong:
+        raise errors.ModelOutputInvalid(f"{model} returned {wrong} rows for a request of {count} tensors")
+    return [{name: rows[index] for name, rows in outputs.items()} for index in range(count)]
 
 
 def _fail(items: list[_Pending], error: BaseException) -> None:

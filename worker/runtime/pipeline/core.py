@@ -6,7 +6,8 @@ the ``ModelSet`` (models.py: a ``Batcher`` per model, batching.py), answer throu
 (answering.py), record the outcome (outcomes.py). The ``Settler`` and ``Leases``
 (worker/runtime/intake/) apply decisions and renew leases; the ``OutageMonitor`` (outage.py) waits
 out a Triton outage. Each background component has its own
-``start()``/``close()``; a component that crashes drains the worker with exit code ``INTERNAL``.
+``start()``/``close()``; a component that crashes drains the worker with exit code ``INTERNAL``. The
+``Watchdog`` (watchdog.py) reports jobs held in a stage past its budget.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from worker.runtime.pipeline.outage import Health, OutageMonitor
 from worker.runtime.pipeline.outcomes import Outcomes
 from worker.runtime.pipeline.ports import Ports
 from worker.runtime.pipeline.pulling import Puller
+from worker.runtime.pipeline.watchdog import StageClock, Watchdog
 from worker.runtime.settings import WorkerSettings
 from worker.runtime.telemetry import Metrics, get_logger
 from worker.shared import exit_codes
@@ -70,6 +72,8 @@ class Pipeline:
             model_name=self.models.name,
             model_version=lambda: self.models.version,
         )
+        self.clock = StageClock()
+        self.watchdog = Watchdog(self.clock, self.metrics)
         runner = JobRunner(
             settings,
             ports,
@@ -77,6 +81,7 @@ class Pipeline:
             answerer=self.answerer,
             outcomes=Outcomes(self.metrics, project=settings.project),
             gate=gate,
+            clock=self.clock,
             fetch_concurrency=fetch_concurrency,
         )
         self.dispatcher = Dispatcher(
@@ -102,6 +107,7 @@ class Pipeline:
             self.leases,
             *self.models.components,
             self.outage,
+            self.watchdog,
         )
         for component in components:
             component.start().add_done_callback(self._component_done)

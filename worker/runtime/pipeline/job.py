@@ -28,6 +28,7 @@ from worker.runtime.pipeline.models import ModelSet, Ran
 from worker.runtime.pipeline.outcomes import RETRY, Outcomes
 from worker.runtime.pipeline.ports import InputObject, Ports
 from worker.runtime.pipeline.retries import with_retries
+from worker.runtime.pipeline.watchdog import StageClock
 from worker.runtime.settings import WorkerSettings
 from worker.runtime.telemetry import get_logger
 from worker.shared import contracts, errors
@@ -60,6 +61,7 @@ class JobRunner:
         answerer: Answerer,
         outcomes: Outcomes,
         gate: InteractiveGate,
+        clock: StageClock | None = None,
         fetch_concurrency: int = 8,
     ) -> None:
         self._s = settings
@@ -73,6 +75,7 @@ class JobRunner:
         # batch decodes handed to the pool at once: one queued behind each process, no more
         self._batch_decodes = asyncio.Semaphore(settings.preprocess_processes + 1)
         self._begun: set[str] = set()  # ack ids of jobs that began work (fetching their input)
+        self._clock = clock or StageClock()  # where each job is, for the lease-age watchdog
 
     def has_begun(self, ack_id: str) -> bool:
         """Whether the job began work: a drain lets it finish; one not begun goes back at once."""
@@ -97,6 +100,7 @@ class JobRunner:
             return Nack(delivery.subscription, delivery.ack_id)
         finally:
             self._begun.discard(delivery.ack_id)
+            self._clock.leave(delivery.ack_id)
 
     async def _fail_fast(self, delivery: Delivery, error: errors.PermanentError) -> Decision:
         job = parse(delivery, self._s, self._models.catalog.analyses)
@@ -108,9 +112,14 @@ class JobRunner:
         except (TimeoutError, errors.FleetError):
             return Nack(delivery.subscription, delivery.ack_id)
 
+    def _enter(self, delivery: Delivery, stage: str, job: Job | Rejection | None = None) -> None:
+        job_id = None if job is None else job.job_id
+        self._clock.enter(delivery.ack_id, stage, message_id=delivery.message_id, job_id=job_id)
+
     async def _process(self, delivery: Delivery) -> Decision:
         started = time.time()
         job = parse(delivery, self._s, self._models.catalog.analyses)
+        self._enter(delivery, "fetch", job)
         if job.priority != contracts.INTERACTIVE:
             return await self._process_job(delivery, job, started)
         # Strict priority, bounded: while interactive work is in the worker, batch work starts no new
@@ -127,7 +136,7 @@ class JobRunner:
                 decision = await self._answer_existing(delivery, job)
                 if decision is not None:
                     return decision
-            ran = await self._run(job, delivery.ack_id, read)
+            ran = await self._run(delivery, job, read)
             return await self._answer(
                 delivery,
                 job,
@@ -156,9 +165,10 @@ class JobRunner:
         if job.deadline is not None and time.time() > job.deadline:
             raise errors.DeadlineExceeded("the job's deadline passed before it ran")
 
-    async def _run(self, job: Job, ack_id: str, read: _InputRead) -> Ran:
+    async def _run(self, delivery: Delivery, job: Job, read: _InputRead) -> Ran:
         self._check_deadline(job)
         interactive = job.priority == contracts.INTERACTIVE
+        ack_id = delivery.ack_id
         if interactive:
             # Interactive reads skip the fetch limit that paces the backlog and use their own threads;
             # no new batch request goes to Triton while this job is on its way there.
@@ -170,17 +180,19 @@ class JobRunner:
                 self._begun.add(ack_id)
                 data, read.sha256 = await self._read_input(job, urgent=False)
 
-        pages = await self._pages(job, data, read, interactive=interactive)
+        pages = await self._pages(delivery, job, data, read, interactive=interactive)
 
-        async def decode(step: Step, data: bytes, params: dict[str, Any]) -> Preprocessed:
+        async def decode(step: Step, data: bytes, params: dict[str, Any], *, measure: bool) -> Preprocessed:
+            self._enter(delivery, "preprocess", job)
             folder = str(step.package.folder)
             if interactive:  # its own process: no batch queue
-                decoded = await self._p.preprocess(folder, data, params, urgent=True)
+                decoded = await self._p.preprocess(folder, data, params, urgent=True, measure=measure)
             else:
                 await self._gate.yield_to()
                 async with self._batch_decodes:  # paces pages as it paces jobs
-                    decoded = await self._p.preprocess(folder, data, params)
+                    decoded = await self._p.preprocess(folder, data, params, measure=measure)
             self._check_deadline(job)
+            self._enter(delivery, "infer", job)  # from here the page's tensors wait for the model
             return decoded
 
         return await self._models.run(
@@ -194,7 +206,9 @@ class JobRunner:
             skip_blank=job.schema_version >= 2,  # a version 1 answer is as it always was
         )
 
-    async def _pages(self, job: Job, data: bytes, read: _InputRead, *, interactive: bool) -> tuple[int, ...]:
+    async def _pages(
+        self, delivery: Delivery, job: Job, data: bytes, read: _InputRead, *, interactive: bool
+    ) -> tuple[int, ...]:
         """The page numbers to analyse; a document that may have several is probed in the pool."""
         if not documents.may_have_pages(data):  # PNG, JPEG, ...: one page, no pool round trip
             read.page_count = 1
@@ -202,6 +216,7 @@ class JobRunner:
             if past_the_end:
                 raise errors.PageNotFound(f"page {past_the_end[0]} asked; the input has 1 page")
             return (1,)
+        self._enter(delivery, "probe", job)
         if interactive:
             info = await self._p.preprocess.probe(data, urgent=True)
         else:
@@ -250,6 +265,7 @@ class JobRunner:
         page_count: int | None = None,
     ) -> Decision:
         self._begun.add(delivery.ack_id)  # answering: a drain lets it finish
+        self._enter(delivery, "answer", job)
         inference_ms = ran.inference_ms if ran is not None else 0.0
         timeline = timeline_of(
             delivery, started=started, inference_ms=inference_ms, models=ran.timings if ran else None

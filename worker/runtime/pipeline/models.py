@@ -6,24 +6,29 @@ for all of them (the outage monitor's view). ``ModelSet.run`` takes each analyse
 document through ``catalog.plan``, the pages side by side: steps whose needs are done run side by side
 (preprocess in the pool, inference in the package's batcher, where a page's tensors batch with other
 jobs' and pages', postprocess here), a dependent step after its needs, with their outputs in
-``params["needs"]`` and the page number in ``params["page"]``. With ``skip_blank`` (v2 jobs) a page whose
-first step measured too little ink (``documents.BLANK_INK_FRACTION``) goes to no model: every step of
-the page waits for that measure before it submits. The job gets one entry per page and the per-model
-timings summed over its pages (the result's ``timeline.models``).
+``params["needs"]`` and the page number in ``params["page"]``.
+
+Blank pages (``skip_blank``: v2 jobs): each page is measured once (``documents.blank``: paper only, the
+same measure whichever package decodes the page), in the decode of the first step of the plan that
+decodes pages in the worker (``_measurer``). A package that skips blank pages (``[pages] blank``, the
+default) waits for that measure before it submits, and on a blank page submits nothing: its analyses,
+and those that need them, do not run on that page. A package that analyses blank pages never waits.
+The job gets one entry per page and the per-model timings summed over its pages (``timeline.models``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
-from worker.runtime import documents
+from worker.runtime.documents import PageMeasure
 from worker.runtime.flusher import Background
 from worker.runtime.model_packages import handlers
 from worker.runtime.model_packages.catalog import Catalog, Step
+from worker.runtime.model_packages.declaration import BLANK_SKIP
 from worker.runtime.model_packages.handlers import Preprocessed
 from worker.runtime.pipeline.batching import Batcher
 from worker.runtime.pipeline.gate import InteractiveGate
@@ -33,10 +38,17 @@ from worker.runtime.settings import WorkerSettings
 from worker.shared import errors
 from worker.shared.contracts import PageResult
 
-#: ``(package, input bytes, params) -> (tensors, ink)``: the job runner's preprocess (lane, pool, pacing).
-Decode = Callable[[Step, bytes, dict[str, Any]], Awaitable[Preprocessed]]
 Timing = dict[str, float]
 _T = TypeVar("_T")
+
+
+class Decode(Protocol):
+    """``(step, input bytes, params, measure) -> (tensors, blank measure)``: the job runner's preprocess
+    (lane, pool, pacing); ``measure``: this decode measures the page."""
+
+    def __call__(
+        self, step: Step, data: bytes, params: dict[str, Any], *, measure: bool
+    ) -> Awaitable[Preprocessed]: ...
 
 
 @dataclass
@@ -50,7 +62,7 @@ class Ran:
 
     @property
     def outputs(self) -> dict[str, Any] | None:
-        """The one page's outputs (a version 1 job's ``outputs``); None for several pages or a blank one."""
+        """The one page's outputs (a version 1 job's ``outputs``); None for several pages or none run."""
         return self.pages[0].outputs if len(self.pages) == 1 else None
 
     @property
@@ -67,16 +79,15 @@ class Ran:
 
 @dataclass
 class _PageRun:
-    """One page on its way through the plan: the first step's ink, once decoded; what ran."""
+    """One page on its way through the plan: its blank measure, once decoded; what ran, what did not."""
 
     number: int
-    first: Step
-    skip_blank: bool
-    ink: asyncio.Future[float | None]
+    measurer: Step | None  # the step whose decode measures the page; None: the page is not measured
+    measure: asyncio.Future[PageMeasure | None]
     done: dict[str, Any] = field(default_factory=dict)  # analysis -> output, asked or needed
+    skipped: set[str] = field(default_factory=set)  # analyses that did not run on this blank page
     timings: dict[str, Timing] = field(default_factory=dict)
     inferred: list[str] = field(default_factory=list)  # packages, in the order their steps finished
-    blank: bool = False
 
 
 class ModelSet:
@@ -170,11 +181,18 @@ class ModelSet:
         decode: Decode,
         skip: bool,
     ) -> _PageRun:
-        run = _PageRun(number, plan[0], skip, asyncio.get_running_loop().create_future())
+        measurer = _measurer(plan, data, self.catalog) if skip else None
+        run = _PageRun(number, measurer, asyncio.get_running_loop().create_future())
+        if measurer is None:
+            run.measure.set_result(None)
         page_params = {**params, "page": number}
         pending = list(plan)
-        while pending and not run.blank:
-            level = [s for s in pending if all(n in run.done for a in s.analyses for n in self._needs(a))]
+        while pending:
+            level = [
+                s for s in pending if all(self._settled(run, n) for a in s.analyses for n in self._needs(a))
+            ]
+            if not level:  # cannot happen with a checked catalog; never loop waiting for it
+                raise RuntimeError(f"no step of the plan can run on page {number}")
             pending = [s for s in pending if s not in level]
             await _all(
                 self._step(step, data, page_params, run, interactive=interactive, decode=decode)
@@ -184,6 +202,10 @@ class ModelSet:
 
     def _needs(self, analysis: str) -> tuple[str, ...]:
         return self.catalog.needs[analysis]
+
+    @staticmethod
+    def _settled(run: _PageRun, analysis: str) -> bool:
+        return analysis in run.done or analysis in run.skipped
 
     async def _step(
         self,
@@ -195,20 +217,24 @@ class ModelSet:
         interactive: bool,
         decode: Decode,
     ) -> None:
-        needs = {n: run.done[n] for a in step.analyses for n in self._needs(a)}
+        wanted = [n for a in step.analyses for n in self._needs(a)]
+        if any(n in run.skipped for n in wanted):  # a need did not run on this blank page: nor does this
+            run.skipped.update(step.analyses)
+            return
+        needs = {n: run.done[n] for n in wanted}
         step_params = {**params, "analyses": list(step.analyses), "needs": needs}
         started = time.monotonic()
-        inputs, ink = await decode(step, data, step_params)
+        inputs, measure = await decode(step, data, step_params, measure=step is run.measurer)
         timing = {"preprocess_ms": round((time.monotonic() - started) * 1000.0, 1), "inference_ms": 0.0}
         name = step.package.name
         run.timings[name] = _add(run.timings.get(name), timing)
-        if step is run.first:
-            run.ink.set_result(ink)
-        if run.skip_blank:
-            # the page's blank decision is the first step's ink: no tensor of a blank page is submitted
-            first_ink = await asyncio.shield(run.ink)
-            if first_ink is not None and first_ink < documents.BLANK_INK_FRACTION:
-                run.blank = True
+        if step is run.measurer:
+            run.measure.set_result(measure)
+        if step.package.declaration.blank_pages == BLANK_SKIP:
+            # no tensor of a blank page reaches a package that skips them: wait for the page's measure
+            page = await asyncio.shield(run.measure)
+            if page is not None and page.blank:
+                run.skipped.update(step.analyses)
                 return
         rows, inference_ms = await self.batchers[name].submit(inputs, interactive=interactive)
         run.timings[name]["inference_ms"] = round(run.timings[name]["inference_ms"] + inference_ms, 1)
@@ -235,13 +261,22 @@ def _add(total: Timing | None, timing: Timing) -> Timing:
     return {key: round(total[key] + value, 1) for key, value in timing.items()}
 
 
+def _measurer(plan: tuple[Step, ...], data: bytes, catalog: Catalog) -> Step | None:
+    """The step whose decode measures the page: the first of the plan's first level (steps without needs,
+    which run before anything is submitted) whose package decodes pages in the worker."""
+    first_level = [s for s in plan if not any(catalog.needs[a] for a in s.analyses)]
+    return next((s for s in first_level if handlers.measures_pages(s.package, data)), None)
+
+
 def _page_result(run: _PageRun, analyses: tuple[str, ...]) -> PageResult:
-    ink = run.ink.result() if run.ink.done() else None
+    measure = run.measure.result() if run.measure.done() else None
+    ran = {a: run.done[a] for a in analyses if a in run.done}
     return PageResult(
         number=run.number,
-        blank=run.blank,
-        ink=ink,
-        outputs=None if run.blank else {a: run.done[a] for a in analyses},
+        blank=measure is not None and measure.blank,
+        ink=None if measure is None else measure.content,
+        paper=None if measure is None else measure.paper,
+        outputs=ran or None,
         preprocess_ms=sum(t["preprocess_ms"] for t in run.timings.values()),
         inference_ms=sum(t["inference_ms"] for t in run.timings.values()),
     )

@@ -83,12 +83,20 @@ class Notifier(Protocol):
 
 
 class Preprocessor(Protocol):
-    """A document's page -> one model package's input tensors and the page's ink; a document's pages."""
+    """A document's page -> one model package's input tensors and the page's blank measure; a document's
+    pages."""
 
     async def __call__(
-        self, package_folder: str, data: bytes, params: dict[str, Any], *, urgent: bool = False
+        self,
+        package_folder: str,
+        data: bytes,
+        params: dict[str, Any],
+        *,
+        urgent: bool = False,
+        measure: bool = True,
     ) -> Preprocessed:
-        """Page ``params["page"]`` of ``data``; ``urgent``: interactive work, never queued behind batch."""
+        """Page ``params["page"]`` of ``data``; ``urgent``: interactive work, never queued behind batch;
+        ``measure``: take the page's blank measure too (one package's decode per page does)."""
         ...
 
     async def probe(self, data: bytes, *, urgent: bool = False) -> DocumentInfo:

@@ -19,7 +19,7 @@ import functools
 import multiprocessing
 import os
 from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from worker.runtime.documents import DocumentInfo
 from worker.runtime.model_packages import handlers
@@ -27,14 +27,23 @@ from worker.runtime.model_packages.handlers import Preprocessed
 from worker.runtime.telemetry import Metrics, timed_call
 from worker.shared import errors
 
-#: ``(package folder, input bytes, params) -> (tensors, ink)``: what a pool process runs for one page.
-PreprocessFunc = Callable[[str, bytes, dict[str, Any]], Preprocessed]
 _T = TypeVar("_T")
 
 
-def _apply(func: PreprocessFunc, package_folder: str, params: dict[str, Any], data: bytes) -> Preprocessed:
+class PreprocessFunc(Protocol):
+    """``(package folder, input bytes, params, measure) -> (tensors, blank measure)``: what a pool process
+    runs for one page (``handlers.run_preprocess``)."""
+
+    def __call__(
+        self, folder: str, data: bytes, params: dict[str, Any], *, measure: bool = True
+    ) -> Preprocessed: ...
+
+
+def _apply(
+    func: PreprocessFunc, package_folder: str, params: dict[str, Any], measure: bool, data: bytes
+) -> Preprocessed:
     """``func`` with the job's bytes last: ``timed_call`` hands over the data (a picklable partial)."""
-    return func(package_folder, data, params)
+    return func(package_folder, data, params, measure=measure)
 
 
 class PoolPreprocessor:
@@ -75,9 +84,15 @@ class PoolPreprocessor:
             future.result(timeout=120)
 
     async def __call__(
-        self, package_folder: str, data: bytes, params: dict[str, Any], *, urgent: bool = False
+        self,
+        package_folder: str,
+        data: bytes,
+        params: dict[str, Any],
+        *,
+        urgent: bool = False,
+        measure: bool = True,
     ) -> Preprocessed:
-        call = functools.partial(_apply, self._func, package_folder, params)
+        call = functools.partial(_apply, self._func, package_folder, params, measure)
         return await self._in_pool(call, data, urgent=urgent)
 
     async def probe(self, data: bytes, *, urgent: bool = False) -> DocumentInfo:
@@ -116,9 +131,15 @@ class InlinePreprocessor:
         """Nothing to stop."""
 
     async def __call__(
-        self, package_folder: str, data: bytes, params: dict[str, Any], *, urgent: bool = False
+        self,
+        package_folder: str,
+        data: bytes,
+        params: dict[str, Any],
+        *,
+        urgent: bool = False,
+        measure: bool = True,
     ) -> Preprocessed:
-        call = functools.partial(_apply, self._func, package_folder, params)
+        call = functools.partial(_apply, self._func, package_folder, params, measure)
         return self._inline(call, data)
 
     async def probe(self, data: bytes, *, urgent: bool = False) -> DocumentInfo:
