@@ -328,7 +328,7 @@ def test_replay_ids_stay_valid_job_ids() -> None:
 # --- environment -----------------------------------------------------------------------------------------
 
 
-def test_devstack_env_fills_only_missing_variables(tmp_path: Path) -> None:
+def _devstack_env_file(tmp_path: Path) -> Path:
     env_file = tmp_path / ".devstack" / "env"
     env_file.parent.mkdir()
     env_file.write_text(
@@ -337,17 +337,34 @@ def test_devstack_env_fills_only_missing_variables(tmp_path: Path) -> None:
         "export GOOGLE_CLOUD_PROJECT='local-project'\n"
         "export FLEET_JOBS_TOPIC=fleet-jobs\n"
     )
-    environ = {"GOOGLE_CLOUD_PROJECT": "real-project"}
     (tmp_path / "sub").mkdir()
+    return env_file
+
+
+def test_devstack_env_fills_only_missing_variables(tmp_path: Path) -> None:
+    env_file = _devstack_env_file(tmp_path)
+    environ = {"GOOGLE_CLOUD_PROJECT": "local-project", "FLEET_JOBS_TOPIC": "my-jobs"}
 
     used = sdk.apply_devstack_env(environ, start=tmp_path / "sub")
 
     assert used == env_file
     assert environ == {
-        "GOOGLE_CLOUD_PROJECT": "real-project",
+        "GOOGLE_CLOUD_PROJECT": "local-project",
         "PUBSUB_EMULATOR_HOST": "127.0.0.1:4001",
-        "FLEET_JOBS_TOPIC": "fleet-jobs",
+        "FLEET_JOBS_TOPIC": "my-jobs",
     }
+
+
+def test_a_real_project_in_the_environment_never_takes_a_stale_devstack_env(tmp_path: Path) -> None:
+    # Given a leftover .devstack/env and a shell set up for a real project (ADC, no emulator hosts)
+    _devstack_env_file(tmp_path)
+    environ = {"GOOGLE_CLOUD_PROJECT": "real-project"}
+
+    used = sdk.apply_devstack_env(environ, start=tmp_path / "sub")
+
+    # Then nothing of the file is taken: no emulator host would redirect the real project's jobs
+    assert used is None
+    assert environ == {"GOOGLE_CLOUD_PROJECT": "real-project"}
     settings = sdk.ClientSettings.from_env(environ)
     assert settings.input_bucket == "real-project-fleet-inputs"
     assert sdk.ClientSettings.from_env(environ, project="other").results_bucket == "other-fleet-results"

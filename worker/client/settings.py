@@ -43,15 +43,21 @@ def apply_devstack_env(
 ) -> Path | None:
     """Fill variables missing from the environment from ``.devstack/env``; returns the file used, if any.
 
-    Variables already set win, so a real project (``GOOGLE_CLOUD_PROJECT`` and ADC) is never redirected to a
-    local emulator by a stale file. The google clients read the emulator hosts from the process environment,
-    which is why this writes there rather than into a settings object.
+    Variables already set win. An environment that names another project than the file's
+    (``GOOGLE_CLOUD_PROJECT``: a real project with ADC) does not take the file at all: filling in only the
+    missing names would add the file's emulator hosts and send that project's jobs to a stale local
+    emulator. The google clients read the emulator hosts from the process environment, which is why this
+    writes there rather than into a settings object.
     """
     env = os.environ if environ is None else environ
     path = find_devstack_env(start, env)
     if path is None:
         return None
-    for name, value in environment.read_env_file(path).items():
+    values = environment.read_env_file(path)
+    project = env.get("GOOGLE_CLOUD_PROJECT")
+    if project and project != values.get("GOOGLE_CLOUD_PROJECT", project):
+        return None
+    for name, value in values.items():
         env.setdefault(name, value)
     return path
 
