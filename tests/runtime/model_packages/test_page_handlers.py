@@ -11,6 +11,7 @@ import pytest
 from PIL import Image, ImageDraw
 
 from worker.dev import drawing_documents
+from worker.runtime import documents
 from worker.runtime.model_packages import handlers
 from worker.runtime.model_packages.declaration import PackageInvalid, read_declaration
 from worker.runtime.model_packages.loader import BUNDLED_MODELS_DIR, load_package
@@ -113,3 +114,29 @@ def test_the_page_size_defaults_to_the_first_inputs_image_side_and_is_bounded(tm
     folder = write_package(tmp_path, toml=declaration() + "\n[pages]\nsize_px = 4\n")
     with pytest.raises(PackageInvalid, match=r"pages\.size_px"):
         read_declaration(folder)
+
+
+def test_the_pdf_resolution_and_the_max_side_are_declared_checked_and_reach_the_decode(
+    tmp_path: Path,
+) -> None:
+    # The bundled packages declare neither: their pages decode exactly as before
+    for name in ("drawing_analyzer", "symbol_recognizer"):
+        bundled = read_declaration(BUNDLED_MODELS_DIR / name)
+        assert (bundled.pdf_dpi, bundled.max_side_px) == (None, None)
+    # A package declaring both gets them in its decode
+    toml = declaration() + "\n[pages]\nsize_px = 300\npdf_dpi = 150\nmax_side_px = 2000\n"
+    parsed = read_declaration(write_package(tmp_path, handler=PAGE_HANDLER, toml=toml))
+    assert handlers.page_decode(parsed) == documents.PageDecode(300, pdf_dpi=150.0, max_side_px=2000)
+    # Out of range, of the wrong type, or a key [pages] does not know: refused, naming the field
+    for pages, field in (
+        ("pdf_dpi = 5", r"pages\.pdf_dpi"),
+        ("pdf_dpi = true", r"pages\.pdf_dpi"),
+        ("max_side_px = 8", r"pages\.max_side_px"),
+        ("max_side_px = 2000.5", r"pages\.max_side_px"),
+        ("dpi = 150", r"\[pages\] has unknown keys \['dpi'\]"),
+    ):
+        folder = write_package(
+            tmp_path / str(len(list(tmp_path.iterdir()))), toml=declaration() + f"\n[pages]\n{pages}\n"
+        )
+        with pytest.raises(PackageInvalid, match=field):
+            read_declaration(folder)

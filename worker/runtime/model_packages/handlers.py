@@ -2,13 +2,14 @@
 
 ``run_preprocess`` is what the preprocess pool's processes run for one page of a job's document: a
 spawned process imports the package from its folder on first use (cached per process), decodes the page
-(``documents.decode_page`` at the package's page size) for a ``preprocess_page`` handler, and checks the
-tensors against the declaration there, so a wrong shape or dtype never reaches a batch; it returns them
-with the page's blank measure when asked (``documents.blank``: one package's decode measures a page).
-``probe`` is the pool's ``documents.probe``: parsing an untrusted document's structure runs there, never
-in the event loop's process. ``run_postprocess`` runs in the worker's event loop and checks that the
-outputs are JSON and answer every asked analysis. A handler that misbehaves gets a permanent error code
-for the job (``MODEL_PREPROCESS_FAILED`` / ``MODEL_OUTPUT_INVALID``); the worker's own typed errors
+(``documents.decode_page`` as the package's ``[pages]`` declares: ``page_decode``) for a
+``preprocess_page`` handler, and checks the tensors against the declaration there, so a wrong shape or
+dtype never reaches a batch; it returns them with the page's blank measure when asked
+(``documents.blank``: one package's decode measures a page). ``probe`` is the pool's ``documents.probe``:
+parsing an untrusted document's structure runs there, never in the event loop's process.
+``run_postprocess`` runs in the worker's event loop and checks that the outputs are JSON and answer every
+asked analysis. A handler that misbehaves gets a permanent error code for the job
+(``MODEL_PREPROCESS_FAILED`` / ``MODEL_OUTPUT_INVALID``); the worker's own typed errors
 (``IMAGE_UNDECODABLE`` ...) keep their code.
 """
 
@@ -45,6 +46,11 @@ def warm(folders: tuple[str, ...]) -> None:
         package_at(folder)
 
 
+def page_decode(declaration: Declaration) -> documents.PageDecode:
+    """How the package has pages decoded: its ``[pages]`` ``size_px``, ``pdf_dpi`` and ``max_side_px``."""
+    return documents.PageDecode(declaration.page_size_px, declaration.pdf_dpi, declaration.max_side_px)
+
+
 class Preprocessed(NamedTuple):
     """One page's input tensors for one package, and the page's blank measure when it was asked for.
 
@@ -71,15 +77,14 @@ def run_preprocess(folder: str, data: bytes, params: dict[str, Any], *, measure:
     """
     package = package_at(folder)
     number = int(params.get("page", 1))
-    size_px = package.declaration.page_size_px
     measured: documents.PageMeasure | None = None
     if package.preprocess_page is not None:
-        page = documents.decode_page(data, number, size_px=size_px)
+        page = documents.decode_page(data, number, page_decode(package.declaration))
         measured = page.measure if measure else None
         tensors = _handler_call(package, "preprocess_page", package.preprocess_page, page, params)
     else:
         if documents.may_have_pages(data):
-            page = documents.decode_page(data, number, size_px=size_px)
+            page = documents.decode_page(data, number, page_decode(package.declaration))
             measured = page.measure if measure else None
             data = _png_bytes(page.image)
         tensors = _handler_call(package, "preprocess", package.preprocess, data, params)
