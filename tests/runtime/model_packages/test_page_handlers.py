@@ -71,15 +71,15 @@ def test_a_package_with_only_preprocess_page_gets_each_page_decoded_at_its_size(
     document = drawing_documents.multipage_tiff([sheet(ink=False), sheet(ink=True)])
     blank = handlers.run_preprocess(str(folder), document, {"page": 1})
     drawn = handlers.run_preprocess(str(folder), document, {"page": 2})
-    assert blank.tensors["FEATURES"][0] == 1.0 and drawn.tensors["FEATURES"][0] == 2.0
+    assert blank.page.items[0]["FEATURES"][0] == 1.0 and drawn.page.items[0]["FEATURES"][0] == 2.0
     assert blank.measure is not None and blank.measure.blank and blank.measure.content == 0.0
     assert drawn.measure is not None and not drawn.measure.blank and drawn.measure.content > 0.01
-    assert float(drawn.tensors["FEATURES"][1]) == pytest.approx(drawn.measure.content)
+    assert float(drawn.page.items[0]["FEATURES"][1]) == pytest.approx(drawn.measure.content)
     # and a decode not asked to measure the page returns none (the handler may still read it)
     assert handlers.run_preprocess(str(folder), document, {"page": 2}, measure=False).measure is None
     # and the bytes entry point the tools use (parity, fleet models check) decodes the same page
     via_bytes = package.preprocess(document, {"page": 2})
-    assert list(via_bytes["FEATURES"]) == list(drawn.tensors["FEATURES"])
+    assert list(via_bytes["FEATURES"]) == list(drawn.page.items[0]["FEATURES"])
 
 
 def test_a_bytes_package_gets_a_one_page_inputs_own_bytes_and_a_pages_png_otherwise(tmp_path: Path) -> None:
@@ -87,11 +87,11 @@ def test_a_bytes_package_gets_a_one_page_inputs_own_bytes_and_a_pages_png_otherw
     assert load_package(folder).preprocess_page is None
     single = png(sheet(ink=True))
     own = handlers.run_preprocess(str(folder), single, {"page": 1})
-    assert list(own.tensors["FEATURES"]) == [1.0, float(len(single)), 1.0, 0.0]
+    assert list(own.page.items[0]["FEATURES"]) == [1.0, float(len(single)), 1.0, 0.0]
     assert own.measure is None  # no page decoded here: never taken as blank
     document = drawing_documents.multipage_tiff([sheet(ink=True), sheet(ink=False)])
     second = handlers.run_preprocess(str(folder), document, {"page": 2})
-    assert second.tensors["FEATURES"][0] == 1.0 and second.tensors["FEATURES"][2] == 2.0
+    assert second.page.items[0]["FEATURES"][0] == 1.0 and second.page.items[0]["FEATURES"][2] == 2.0
     assert second.measure is not None and second.measure.blank
 
 
