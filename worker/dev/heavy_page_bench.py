@@ -6,8 +6,10 @@ works on that map. The worker's event loop is its bottleneck (docs/performance.m
 what such a page costs the main process decides how many pages a worker can serve. This bench measures,
 in one process standing for the worker's (``time.process_time``: every thread of it), per page:
 
-- ``handoff``: the page's tensor coming back from a spawned pool process (unpickled here), as the pool's
-  items do today; ``handoff_empty`` is the same round trip without the tensor.
+- ``handoff``: the page's tensor coming back from a spawned pool process through the result pipe
+  (unpickled here); ``handoff_shared_memory``: the same through a shared-memory block, as the worker's
+  pool hands large items back (``pipeline.preprocessors``: written there, copied out here, unlinked);
+  ``handoff_empty``: the round trip without the tensor.
 - ``grpc``: one Triton request of the page through the worker's adapter (``inference.TritonModel``) over
   gRPC, against a tritonserver serving a stand-in graph of the detector's shapes (a channel mean and a
   sigmoid: the server's work is not measured here).
@@ -53,6 +55,9 @@ from onnx import TensorProto, helper, numpy_helper
 
 from worker.dev import ocr_eval, ocr_pipeline
 from worker.dev.devstack.tritonserver import TritonServer
+from worker.runtime.model_packages.handlers import Preprocessed
+from worker.runtime.model_packages.items import PageItems
+from worker.runtime.pipeline import preprocessors
 
 #: The detector's input and output for an A4 page at 150 dpi, landscape (docs/ocr.md "For the runtime").
 HEIGHT: Final = 1248
@@ -135,6 +140,11 @@ def _make_page() -> np.ndarray[Any, Any]:
     return page_tensor()
 
 
+def _make_shipped_page() -> Preprocessed:
+    """The page as a pool process hands it back to the worker (``preprocessors``: in shared memory)."""
+    return preprocessors._shipped(Preprocessed(PageItems(({"x": page_tensor()},)), None))
+
+
 def _nothing() -> None:
     return None
 
@@ -153,6 +163,9 @@ def measure_handoff(count: int) -> dict[str, float]:
     with concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=spawn) as pool:
         return {
             "handoff": cpu_ms_per_call(lambda: pool.submit(_make_page).result(), count),
+            "handoff_shared_memory": cpu_ms_per_call(
+                lambda: preprocessors._received(pool.submit(_make_shipped_page).result()), count
+            ),
             "handoff_empty": cpu_ms_per_call(lambda: pool.submit(_nothing).result(), count),
         }
 

@@ -34,18 +34,20 @@ import os
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from multiprocessing import shared_memory
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import numpy as np
-from tritonclient.grpc import InferInput, InferRequestedOutput, InferResult
 
 from worker.runtime.telemetry import get_logger
+
+if TYPE_CHECKING:  # Triton's client loads with SharedTensors' first request: the pool uses free_bytes only
+    from tritonclient.grpc import InferInput, InferRequestedOutput, InferResult
 
 log = get_logger(__name__)
 
 Arrays = dict[str, np.ndarray[Any, Any]]
 #: ``(inputs, outputs requested) -> Triton's result``: the adapter's one request, errors classified.
-Send = Callable[[list[InferInput], list[InferRequestedOutput]], Awaitable[InferResult]]
+Send = Callable[[list["InferInput"], list["InferRequestedOutput"]], Awaitable["InferResult"]]
 
 #: Prefix of every region's name (Triton's and ``/dev/shm``'s): what a starting worker may clean up.
 PREFIX: Final = "fleet_"
@@ -190,6 +192,8 @@ class SharedTensors:
             slot.outputs = await self._fit(slot.outputs, f"{slot.name}_out", _end(output_layout))
             if slot.outputs is None:
                 output_layout = {}
+        from tritonclient.grpc import InferInput  # noqa: PLC0415 - see the import at the top
+
         tensors = []
         for name, array in inputs.items():
             offset, size = input_layout[name]
@@ -215,6 +219,8 @@ class SharedTensors:
         return self._outputs(slot, result, output_layout, shape_key, rows)
 
     def _requested(self, slot: _Slot, layout: Mapping[str, tuple[int, int]]) -> list[InferRequestedOutput]:
+        from tritonclient.grpc import InferRequestedOutput  # noqa: PLC0415 - see the import at the top
+
         requested = []
         for name in self._names:
             output = InferRequestedOutput(name)
