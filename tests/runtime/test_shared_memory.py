@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -171,3 +173,49 @@ def test_the_next_worker_unregisters_the_regions_of_a_worker_that_died(
 
     # Then the dead worker's registration is gone
     assert asyncio.run(scenario()) == []
+
+
+def test_a_starting_worker_unlinks_the_memory_of_owners_that_died_and_keeps_the_living_ones(
+    triton: TritonServer, declaration: Declaration
+) -> None:
+    # Given an owner killed with its regions and its lock left in /dev/shm (kill -9: no close, and its
+    # resource tracker gone with its process group), and a living owner holding its lock
+    owner_code = (
+        "import fcntl, os, signal, sys, time\n"
+        "owner = sys.argv[1]\n"
+        "fd = os.open(f'/dev/shm/{owner}_lock', os.O_CREAT | os.O_RDWR, 0o600)\n"
+        "fcntl.flock(fd, fcntl.LOCK_EX)\n"
+        "open(f'/dev/shm/{owner}_0_in_abcdef', 'wb').write(b'x' * 4096)\n"
+        "print('ready', flush=True)\n"
+        "time.sleep(600)\n"
+    )
+    dead_owner = f"{shared_memory.PREFIX}{os.getpid()}_deadbeef_gone"
+    live_owner = f"{shared_memory.PREFIX}{os.getpid()}_0badf00d_alive"
+    dead = subprocess.Popen([sys.executable, "-c", owner_code, dead_owner], stdout=subprocess.PIPE, text=True)
+    live = subprocess.Popen([sys.executable, "-c", owner_code, live_owner], stdout=subprocess.PIPE, text=True)
+    try:
+        assert dead.stdout is not None and dead.stdout.readline().strip() == "ready"
+        assert live.stdout is not None and live.stdout.readline().strip() == "ready"
+        dead.kill()
+        dead.wait(timeout=10)
+
+        async def scenario() -> None:
+            model = TritonModel(triton.grpc_url, declaration, timeout_s=30, shared_memory_min_bytes=MIN_BYTES)
+            await model.wait_ready(timeout_s=60)
+            await model.close()
+
+        # When a worker starts
+        asyncio.run(scenario())
+        # Then the dead owner's region and lock are gone, and the living owner's are where they were
+        left = set(os.listdir(shared_memory.SHM_DIR))
+        assert not {f"{dead_owner}_lock", f"{dead_owner}_0_in_abcdef"} & left
+        assert {f"{live_owner}_lock", f"{live_owner}_0_in_abcdef"} <= left
+    finally:
+        for process in (dead, live):
+            process.kill()
+            process.wait(timeout=10)
+            if process.stdout is not None:
+                process.stdout.close()
+        for name in os.listdir(shared_memory.SHM_DIR):
+            if name.startswith((dead_owner, live_owner)):
+                os.unlink(os.path.join(shared_memory.SHM_DIR, name))

@@ -22,14 +22,17 @@ over gRPC as ever.
 Shared memory needs Triton on the same host and IPC namespace (on a VM: the worker's and Triton's
 containers sharing ``/dev/shm``). ``start()`` registers a probe region: when Triton cannot map it, shared
 memory is off for the worker's life and the reason is logged. ``close()`` unregisters and unlinks every
-region; a worker killed before it has its regions unlinked by Python's resource tracker, and the next
-worker to start unregisters from Triton the fleet's regions whose memory no longer exists.
+region. Each owner of regions holds a lock (``flock`` on ``<owner>_lock`` beside them) for its life: a
+worker that starts takes the locks it can (their owners died: killed, OOM) and unlinks those owners'
+regions, then unregisters from Triton every fleet region whose memory no longer exists. A lock, not a
+pid, because a restarted container reuses its pids.
 """
 
 from __future__ import annotations
 
 import collections
 import contextlib
+import fcntl
 import os
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -133,19 +136,24 @@ class SharedTensors:
             collections.OrderedDict()
         )
         self.enabled = False
+        self._lock: int | None = None  # the descriptor holding this owner's lock
 
     async def start(self) -> str | None:
         """Clean up dead workers' regions, probe Triton with a region of our own: None when shared memory
         works, else why not (it stays off)."""
         try:
+            self._lock = _hold_lock(os.path.join(SHM_DIR, f"{self._owner}_lock"))
+            _unlink_dead_owners()
             await self._forget_dead_regions()
             probe = _Region(f"{self._owner}_probe", 4096)
         except Exception as exc:
+            self._release_lock()
             return f"{type(exc).__name__}: {exc}"
         try:
             await self._client.register_system_shared_memory(probe.name, probe.key, probe.size)
             await self._client.unregister_system_shared_memory(probe.name)
         except Exception as exc:
+            self._release_lock()
             return f"Triton cannot map the worker's shared memory: {str(exc)[:200]}"
         finally:
             probe.destroy()
@@ -178,6 +186,15 @@ class SharedTensors:
                         await self._client.unregister_system_shared_memory(region.name)
                 region.destroy()
             slot.inputs = slot.outputs = None
+        self._release_lock()
+
+    def _release_lock(self) -> None:
+        if self._lock is None:
+            return
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(os.path.join(SHM_DIR, f"{self._owner}_lock"))
+        os.close(self._lock)
+        self._lock = None
 
     async def _infer(self, slot: _Slot, inputs: Arrays, send: Send) -> Arrays | None:
         rows = len(next(iter(inputs.values())))
@@ -297,6 +314,37 @@ class SharedTensors:
             if name.startswith(PREFIX) and not os.path.exists(os.path.join(SHM_DIR, key.lstrip("/"))):
                 await self._client.unregister_system_shared_memory(name)
                 log.info("stale shared memory region unregistered", model=self._model, reason=name)
+
+
+def _hold_lock(path: str) -> int:
+    """A descriptor of ``path`` (made) holding its exclusive lock; the kernel drops it when we die."""
+    descriptor = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
+    fcntl.flock(descriptor, fcntl.LOCK_EX)
+    return descriptor
+
+
+def _unlink_dead_owners(directory: str = SHM_DIR) -> list[str]:
+    """Unlink the regions (and the lock) of every owner whose lock nobody holds; their owners' names."""
+    names = os.listdir(directory)
+    dead = []
+    for lock in (n for n in names if n.startswith(PREFIX) and n.endswith("_lock")):
+        owner = lock[: -len("_lock")]
+        try:
+            descriptor = os.open(os.path.join(directory, lock), os.O_RDWR)
+        except FileNotFoundError:
+            continue  # its owner closed meanwhile
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            continue  # alive
+        finally:
+            os.close(descriptor)
+        for name in names:
+            if name.startswith(f"{owner}_"):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(os.path.join(directory, name))
+        dead.append(owner)
+    return dead
 
 
 def _layout(sizes: Mapping[str, int]) -> dict[str, tuple[int, int]]:
