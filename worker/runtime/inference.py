@@ -62,7 +62,12 @@ class TritonModel:
         if shared_memory_min_bytes > 0:
             names = [t.name for t in declaration.outputs]
             self._shared = SharedTensors(
-                self._client, self._model, names, min_bytes=shared_memory_min_bytes, slots=requests_in_flight
+                self._client,
+                self._model,
+                names,
+                min_bytes=shared_memory_min_bytes,
+                slots=requests_in_flight,
+                timeout_s=timeout_s,
             )
 
     @property

@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING, Any, Final
 import numpy as np
 
 from worker.runtime.telemetry import get_logger
+from worker.shared import errors
 
 if TYPE_CHECKING:  # Triton's client loads with SharedTensors' first request: the pool uses free_bytes only
     from tritonclient.grpc import InferInput, InferRequestedOutput, InferResult
@@ -88,7 +89,9 @@ class _Region:
     """One POSIX shared-memory object, registered with Triton under its own name when ``registered``."""
 
     def __init__(self, name: str, size: int) -> None:
-        self.memory = shared_memory.SharedMemory(name=name, create=True, size=size)
+        self.memory: shared_memory.SharedMemory | None = shared_memory.SharedMemory(
+            name=name, create=True, size=size
+        )
         self.name = name
         self.size = size
         self.registered = False
@@ -98,11 +101,19 @@ class _Region:
         return f"/{self.name}"
 
     def view(self, shape: list[int], dtype: Any, offset: int) -> np.ndarray[Any, Any]:
+        if self.memory is None:
+            raise errors.InferenceUnavailable(f"shared memory region {self.name} is gone")
         return np.ndarray(shape, dtype=dtype, buffer=self.memory.buf, offset=offset)
 
     def destroy(self) -> None:
+        """Unmap and unlink (once: a second call does nothing)."""
+        if self.memory is None:
+            return
         self.memory.close()
-        self.memory.unlink()
+        with contextlib.suppress(FileNotFoundError):
+            self.memory.unlink()
+        self.memory = None
+        self.registered = False
 
 
 class _Slot:
@@ -122,9 +133,17 @@ class SharedTensors:
     through them, or answers None to have the caller send it over gRPC."""
 
     def __init__(
-        self, client: Any, model: str, outputs: Sequence[str], *, min_bytes: int, slots: int
+        self,
+        client: Any,
+        model: str,
+        outputs: Sequence[str],
+        *,
+        min_bytes: int,
+        slots: int,
+        timeout_s: float = 30.0,
     ) -> None:
         self._client = client
+        self._timeout_s = timeout_s
         self._model = model
         self._names = list(outputs)  # every request asks for all of them
         self._min_bytes = min_bytes
@@ -150,8 +169,8 @@ class SharedTensors:
             self._release_lock()
             return f"{type(exc).__name__}: {exc}"
         try:
-            await self._client.register_system_shared_memory(probe.name, probe.key, probe.size)
-            await self._client.unregister_system_shared_memory(probe.name)
+            await self._triton("register_system_shared_memory", probe.name, probe.key, probe.size)
+            await self._triton("unregister_system_shared_memory", probe.name)
         except Exception as exc:
             self._release_lock()
             return f"Triton cannot map the worker's shared memory: {str(exc)[:200]}"
@@ -181,10 +200,7 @@ class SharedTensors:
         self.enabled = False
         for slot in self._slots:
             for region in slot.regions():
-                if region.registered:
-                    with contextlib.suppress(Exception):  # Triton gone: nothing of it to free
-                        await self._client.unregister_system_shared_memory(region.name)
-                region.destroy()
+                await self._drop(region)  # Triton gone: nothing of it to free
             slot.inputs = slot.outputs = None
         self._release_lock()
 
@@ -280,7 +296,8 @@ class SharedTensors:
 
     async def _fit(self, region: _Region | None, name: str, size: int) -> _Region | None:
         """``region`` when it holds ``size`` bytes and is registered; else one remade that does (None when
-        /dev/shm has no room for it: the request goes over gRPC)."""
+        /dev/shm has no room for it: the request goes over gRPC). A registration Triton refuses or does
+        not answer is ``InferenceUnavailable``: the request is tried again, the region registered anew."""
         if region is not None and region.size < size:
             await self._drop(region)
             region = None
@@ -292,27 +309,36 @@ class SharedTensors:
         if not region.registered:
             # a registration Triton still holds (it outlived our view of it) is replaced
             with contextlib.suppress(Exception):
-                await self._client.unregister_system_shared_memory(region.name)
-            await self._client.register_system_shared_memory(region.name, region.key, region.size)
+                await self._triton("unregister_system_shared_memory", region.name)
+            await self._triton("register_system_shared_memory", region.name, region.key, region.size)
             region.registered = True
         return region
 
     async def _drop(self, region: _Region) -> None:
+        """Unregister (as far as Triton answers) and unlink a region."""
+        if region.registered:
+            with contextlib.suppress(Exception):
+                await self._triton("unregister_system_shared_memory", region.name)
+        region.destroy()
+
+    async def _triton(self, method: str, *args: Any) -> Any:
+        """One shared-memory call to Triton, within the adapter's timeout; its failure is transient."""
         try:
-            if region.registered:
-                await self._client.unregister_system_shared_memory(region.name)
-        finally:
-            region.destroy()
+            return await getattr(self._client, method)(*args, client_timeout=self._timeout_s)
+        except Exception as exc:
+            raise errors.InferenceUnavailable(f"triton {method}: {str(exc)[:200]}") from exc
 
     async def _forget_dead_regions(self) -> None:
         """Unregister the fleet's regions Triton holds whose memory is gone (their worker died)."""
-        status = await self._client.get_system_shared_memory_status(as_json=True)
+        status = await self._client.get_system_shared_memory_status(
+            as_json=True, client_timeout=self._timeout_s
+        )
         regions = status.get("regions", {})
         listed = regions.values() if isinstance(regions, dict) else regions
         for region in listed:
             name, key = str(region.get("name", "")), str(region.get("key", ""))
             if name.startswith(PREFIX) and not os.path.exists(os.path.join(SHM_DIR, key.lstrip("/"))):
-                await self._client.unregister_system_shared_memory(name)
+                await self._triton("unregister_system_shared_memory", name)
                 log.info("stale shared memory region unregistered", model=self._model, reason=name)
 
 
