@@ -134,7 +134,7 @@ def corpus(counts: Counts = Counts()) -> Iterator[Sample]:
 
 def measure(sample: Sample, size_px: int) -> PageMeasure:
     """The page measured as a package of page size ``size_px`` decodes it."""
-    return documents.decode_page(sample.data, 1, size_px=size_px).measure
+    return documents.decode_page(sample.data, 1, documents.PageDecode(size_px)).measure
 
 
 @dataclass(frozen=True)

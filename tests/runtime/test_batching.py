@@ -81,7 +81,7 @@ def test_pages_of_different_sizes_never_share_a_request_and_each_gets_its_own_ro
     assert model.requests == [(3, 1, 4, 6), (2, 1, 6, 4), (1, 1, 5, 5)]
     # and every job got the row of its own page
     sizes = [(4, 6), (6, 4), (4, 6), (5, 5), (6, 4), (4, 6)]
-    for index, ((rows, _ms), (h, w)) in enumerate(zip(answers, sizes, strict=True)):
+    for index, ((rows, _ms, _started), (h, w)) in enumerate(zip(answers, sizes, strict=True)):
         assert float(rows["SUM"]) == (index + 1) * h * w
         assert tuple(rows["SHAPE"]) == (1, h, w)
 

@@ -68,7 +68,10 @@ def test_a_page_measures_the_same_whichever_package_decodes_it() -> None:
     drawing, _ = render_image(3, "gear")
     for image in (drawing, Image.new("L", drawing.size, 250), Image.new("L", drawing.size, 128)):
         data = free_size.png(image)
-        measures = {documents.decode_page(data, 1, size_px=size).measure for size in (48, 192, 384, 1024)}
+        measures = {
+            documents.decode_page(data, 1, documents.PageDecode(size)).measure
+            for size in (48, 192, 384, 1024)
+        }
         assert len(measures) == 1, measures
 
 

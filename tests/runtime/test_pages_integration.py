@@ -14,7 +14,6 @@ import json
 import time
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import jsonschema
@@ -24,7 +23,7 @@ from worker.dev import drawing_documents, harness
 from worker.dev.drawings import render_image
 from worker.shared import contracts
 
-from .test_worker_integration import Run, wait_started
+from .test_worker_integration import Run, module_run
 
 pytestmark = pytest.mark.integration
 
@@ -74,23 +73,8 @@ def documents(stack: Any, storage_client: Any) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def run(stack: Any, storage_client: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
     """One run of the fleet's topology with one worker, shared by the module's cases."""
-    base = harness.StackEnv(dict(stack.env))
-    publisher = harness.new_publisher()
-    topology = harness.RunTopology.named(harness.new_run_id())
-    topology.create(base)
-    env = harness.stack_for_run(base, topology)
-    collector = harness.NotificationCollector(env, run_id=topology.run_id).start()
-    workdir: Path = tmp_path_factory.mktemp("pages-run")
-    shared = Run(base, topology, env, collector, workdir, publisher, storage_client)
-    try:
-        wait_started(shared.worker("w"))
+    with module_run(stack, storage_client, tmp_path_factory.mktemp("pages-run")) as shared:
         yield shared
-    finally:
-        for slot in shared.workers:
-            slot.stop(timeout_s=30)
-        collector.close()
-        topology.delete(base)
-        publisher.stop()
 
 
 def job(run: Run, key: str, uri: str, **body: Any) -> harness.Message:

@@ -9,6 +9,12 @@ and a bug (an exception nobody classified). The real Pipeline runs a free-size p
 real handlers and decoder (in-process preprocessor); storage, Pub/Sub and Triton are fakes that raise
 on cue. A stage that never returns is answered PROCESSING_TIMEOUT at the job's budget and reported by
 the lease-age watchdog with its stage.
+
+Fan-out boundaries, on a package that gives one item per bar of a page (tests/runtime/model_packages/
+paged.py ``bars``; each page of the document has three): an item's preprocess (an item off its
+declaration, out of its bounds, too many items, a context that does not pickle), an item's batch (Triton
+down, one item refused, a bug), the gather of a page's rows (a row short, a bug), and postprocess with
+its context (the handler failing on it).
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ from PIL import Image
 
 from worker.dev import drawing_documents
 from worker.runtime.model_packages import handlers
+from worker.runtime.model_packages import items as model_items
 from worker.runtime.model_packages.handlers import Preprocessed
 from worker.runtime.model_packages.loader import load_packages
 from worker.runtime.pipeline import batching
@@ -39,7 +46,7 @@ from worker.runtime.telemetry import Metrics
 from worker.shared import contracts, errors
 from worker.shared.contracts import Delivery, Notification
 
-from .model_packages import free_size
+from .model_packages import free_size, paged
 from .test_pipeline import SETTINGS
 from .worker_fakes import FakeNotifier, FakeSource, FakeStore, delivery
 
@@ -170,36 +177,41 @@ class FaultyModel:
 
 
 class World:
-    """The real Pipeline over the faulty ports, serving the page package."""
+    """The real Pipeline over the faulty ports, serving the page package (``serve``) on a 2-page TIFF."""
 
     def __init__(
         self, root: Path, fault: Fault | None, monkeypatch: pytest.MonkeyPatch, **settings: Any
     ) -> None:
-        free_size.write_package(root, "pages", "darkness")
-        (root / "pages" / "handler.py").write_text(textwrap.dedent(HANDLER), encoding="utf-8")
         self.faults = Faults(fault)
-        catalog = load_packages(root)
-        self.model = FaultyModel("pages", self.faults)
         self.source, self.store, self.notifier = (
             TimedSource(),
             FaultyStore(self.faults),
             FaultyNotifier(self.faults),
         )
-        page = free_size.page((300, 200))
-        self.store.objects["in/doc.tif"] = drawing_documents.multipage_tiff(
-            [page, Image.new("L", (300, 200), 128)]
-        )
+        name, self.model, self.store.objects["in/doc.tif"] = self.serve(root)
         self.metrics = Metrics(slots=SETTINGS.pipeline_slots)
         ports = Ports(
             self.source,
             self.store,
             self.store,
-            catalog,
-            {"pages": self.model},
+            load_packages(root),
+            {name: self.model},
             self.notifier,
             FaultyPreprocessor(self.faults),
         )
         self.pipeline = Pipeline(dataclasses.replace(SETTINGS, **settings), ports, metrics=self.metrics)
+        self.patch(monkeypatch)
+
+    def serve(self, root: Path) -> tuple[str, Any, bytes]:
+        """Write the package into ``root``: its name, its model, the document the job reads."""
+        free_size.write_package(root, "pages", "darkness")
+        (root / "pages" / "handler.py").write_text(textwrap.dedent(HANDLER), encoding="utf-8")
+        page = free_size.page((300, 200))
+        document = drawing_documents.multipage_tiff([page, Image.new("L", (300, 200), 128)])
+        return "pages", FaultyModel("pages", self.faults), document
+
+    def patch(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """Faults where the Batcher assembles a request and unpacks its rows."""
         stack, unstack = batching._stack, batching._unstack
 
         def faulty_stack(items: Any) -> Any:
@@ -273,31 +285,157 @@ def test_a_fault_at_any_stage_answers_the_job_or_gives_it_back_within_the_bound(
     params = {"fault": stage} if stage in ("preprocess", "postprocess") else {}
     # When the job runs
     job, took_s = world.run_one(params)
-    # Then its decision came within the bound, before the drain
+    # Then its decision came within the bound, before the drain: given back for another delivery with
+    # no answer published, or answered with its one failed result and notification on the first delivery
     assert took_s < BOUND_S, (stage, took_s)
+    assert_answered_or_given_back(world, job, expected, stage)
+
+
+#: The bars package's handler misbehaves at an item's preprocess, or in postprocess, where params say.
+BARS_HANDLER = paged.BARS_HANDLER.replace(
+    "    return Prepared(items, context=context)\n",
+    "    fault = params.get('fault')\n"
+    "    if fault == 'item_dtype':\n"
+    "        items[1] = {'crop': items[1]['crop'].astype(np.float64)}\n"
+    "    elif fault == 'item_bounds':\n"
+    "        items[1] = {'crop': np.ones((1, 8, 200), dtype=np.float32)}\n"
+    "    elif fault == 'too_many_items':\n"
+    "        items = items * 3\n"
+    "    elif fault == 'context':\n"
+    "        import threading\n"
+    "        context['lock'] = threading.Lock()\n"
+    "    elif fault == 'item_rejected' and params['page'] == 2:\n"
+    "        items[1] = {'crop': -items[1]['crop']}\n"
+    "    return Prepared(items, context=context)\n",
+).replace(
+    '    context = params["context"]\n',
+    '    context = params["context"]\n'
+    "    if params.get('fault') == 'postprocess_context':\n"
+    "        context = context['missing']\n",
+)
+assert BARS_HANDLER.count("fault") == 8, "the faults were not planted in the handler"
+
+
+class FaultyColumns:
+    """The bars graph in numpy (each crop's column sums); raises at ``item_batch``, refuses a request
+    holding a negative crop (INVALID_ARGUMENT), answers a row short at ``gather``."""
+
+    name = "bars"
+    version = "1"
+
+    def __init__(self, faults: Faults) -> None:
+        self.faults = faults
+        self.requests = 0
+
+    async def ready(self) -> bool:
+        return True
+
+    async def infer(self, inputs: dict[str, Any], *, interactive: bool) -> dict[str, Any]:
+        self.requests += 1
+        self.faults.hit("item_batch")
+        crops = inputs["crop"]
+        if float(crops.min()) < 0:
+            raise errors.ModelRejected("INVALID_ARGUMENT: a negative crop")
+        columns = crops.sum(axis=(1, 2)).astype(np.float32)
+        fault = self.faults.fault
+        if (
+            fault is not None
+            and fault.stage == "gather"
+            and isinstance(fault.error, errors.ModelOutputInvalid)
+        ):
+            columns = columns[:-1]
+        return {"columns": columns}
+
+
+class FanOutWorld(World):
+    """The real Pipeline serving ``bars`` over the faulty ports: a 2-page TIFF of 3 bars a page."""
+
+    def serve(self, root: Path) -> tuple[str, Any, bytes]:
+        paged.write_bars(root)
+        (root / "bars" / "handler.py").write_text(BARS_HANDLER, encoding="utf-8")
+        page = paged.bars_page([10, 30, 20])
+        return "bars", FaultyColumns(self.faults), paged.tiff([page, page])
+
+    def patch(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """A fault where a page's rows are gathered for its postprocess."""
+        postprocess_outputs = model_items.postprocess_outputs
+
+        def faulty_gather(declaration: Any, rows: Any) -> Any:
+            fault = self.faults.fault
+            if fault is not None and fault.stage == "gather" and fault.error is BUG:
+                raise BUG
+            return postprocess_outputs(declaration, rows)
+
+        monkeypatch.setattr(model_items, "postprocess_outputs", faulty_gather)
+
+
+#: (stage, injected error or the handler's fault, expected: REDELIVERED or the job's code)
+FAN_OUT_CASES: list[tuple[str, BaseException | str, str]] = [
+    ("item_preprocess", "item_dtype", "MODEL_PREPROCESS_FAILED"),
+    ("item_preprocess", "item_bounds", "TENSOR_OUT_OF_BOUNDS"),
+    ("item_preprocess", "too_many_items", "TOO_MANY_ITEMS"),
+    ("item_preprocess", "context", "MODEL_PREPROCESS_FAILED"),
+    ("item_batch", errors.InferenceUnavailable("injected: Triton down"), REDELIVERED),
+    ("item_batch", "item_rejected", "MODEL_REJECTED"),
+    ("item_batch", BUG, REDELIVERED),
+    ("gather", errors.ModelOutputInvalid("a row short"), "MODEL_OUTPUT_INVALID"),
+    ("gather", BUG, REDELIVERED),
+    ("postprocess", "postprocess_context", "MODEL_OUTPUT_INVALID"),
+]
+
+
+@pytest.mark.parametrize(
+    ("stage", "error", "expected"),
+    FAN_OUT_CASES,
+    ids=[f"{s}-{e if isinstance(e, str) else type(e).__name__}" for s, e, _ in FAN_OUT_CASES],
+)
+def test_a_fault_at_a_fan_out_boundary_answers_the_job_or_gives_it_back_within_the_bound(
+    stage: str,
+    error: BaseException | str,
+    expected: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Given a job of a two-page document of 3 items a page, and a fault where its items cross a boundary
+    injected = None if isinstance(error, str) else Fault(stage, error)
+    world = FanOutWorld(tmp_path / "models", injected, monkeypatch)
+    params = {"fault": error} if isinstance(error, str) else {}
+    # When the job runs
+    job, took_s = world.run_one(params)
+    # Then it is answered or given back within the bound, with one result and one notification at most
+    assert took_s < BOUND_S, (stage, took_s)
+    assert_answered_or_given_back(world, job, expected, stage)
+    if stage == "item_preprocess":  # refused where preprocess runs: no item reached the model
+        assert world.model.requests == 0
+
+
+def assert_answered_or_given_back(world: World, job: Delivery, expected: str, stage: str) -> None:
+    """``REDELIVERED``: nacked with no answer published (one written before the notify failed stays);
+    else one failed result with the code and one notification, acked on the first delivery."""
     if expected == REDELIVERED:
-        # and it went back for another delivery, with no answer published (one written before the
-        # notify failed stays: the redelivery publishes it)
         assert world.source.nacked == [job.ack_id] and not world.source.acked
         assert world.notifier.sent == []
         assert ("results/audit.json" in world.store.results) == (stage == "notify")
-    else:
-        # and it has its one failed result and one notification with the code, on the first delivery
-        assert world.source.acked == [job.ack_id] and not world.source.nacked
-        document = json.loads(world.store.results["results/audit.json"])
-        assert (document["status"], document["error"]["code"]) == ("failed", expected)
-        (note,) = world.notifier.bodies()
-        assert (note["status"], note["error"]["code"]) == (contracts.STATUS_FAILED, expected)
+        return
+    assert world.source.acked == [job.ack_id] and not world.source.nacked
+    document = json.loads(world.store.results["results/audit.json"])
+    assert (document["status"], document["error"]["code"]) == ("failed", expected)
+    (note,) = world.notifier.bodies()
+    assert (note["status"], note["error"]["code"]) == (contracts.STATUS_FAILED, expected)
 
 
+@pytest.mark.parametrize("kind", [World, FanOutWorld], ids=["pages", "fan-out"])
 def test_without_a_fault_the_job_succeeds_with_every_page(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    kind: type[World], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    world = World(tmp_path / "models", None, monkeypatch)
+    world = kind(tmp_path / "models", None, monkeypatch)
     job, took_s = world.run_one()
     assert took_s < BOUND_S and world.source.acked == [job.ack_id]
     document = json.loads(world.store.results["results/audit.json"])
     assert document["status"] == "succeeded" and [p["page"] for p in document["pages"]] == [1, 2]
+    if kind is FanOutWorld:  # every item of every page answered, each row back to its item
+        lines = [p["outputs"]["bars"]["lines"] for p in document["pages"]]
+        assert lines == [paged.bars_expected([10, 30, 20])] * 2
 
 
 def test_a_stage_that_never_returns_is_reported_by_the_watchdog_and_answered_at_the_jobs_budget(

@@ -215,6 +215,28 @@ def make_run(stack: Any, storage_client: Any, tmp_path: Path) -> Iterator[Callab
     publisher.stop()
 
 
+@contextlib.contextmanager
+def module_run(stack: Any, storage_client: Any, workdir: Path, **worker_env: str) -> Iterator[Run]:
+    """One run of the fleet's topology with one started worker (``worker_env``: its extra environment),
+    for the cases of a module to share; everything is removed after."""
+    base = harness.StackEnv(dict(stack.env))
+    publisher = harness.new_publisher()
+    topology = harness.RunTopology.named(harness.new_run_id())
+    topology.create(base)
+    env = harness.stack_for_run(base, topology)
+    collector = harness.NotificationCollector(env, run_id=topology.run_id).start()
+    shared = Run(base, topology, env, collector, workdir, publisher, storage_client)
+    try:
+        wait_started(shared.worker("w", **worker_env))
+        yield shared
+    finally:
+        for slot in shared.workers:
+            slot.stop(timeout_s=30)
+        collector.close()
+        topology.delete(base)
+        publisher.stop()
+
+
 # --- a MetricService served in the test ----------------------------------------------------------------
 class MetricServiceStub:
     """``google.monitoring.v3.MetricService/CreateTimeSeries`` on 127.0.0.1; keeps every request."""

@@ -16,6 +16,7 @@ from worker.models.drawing_analyzer import abstention, model_spec
 from worker.runtime.documents import DocumentInfo, PageMeasure
 from worker.runtime.model_packages.catalog import Catalog
 from worker.runtime.model_packages.handlers import Preprocessed
+from worker.runtime.model_packages.items import PageItems
 from worker.runtime.model_packages.loader import load_package
 from worker.runtime.pipeline.ports import InputObject
 from worker.shared import contracts, errors
@@ -178,7 +179,7 @@ class FakePreprocessor:
             raise errors.ImageUndecodable("not an image")
         value = 2.0 if data == b"poison" else 0.5
         blank = data.startswith(PAGED) and data[len(PAGED) + page - 1 : len(PAGED) + page] == b"."
-        tensors = {"IMAGE": np.full((1, 4, 4), value, dtype=np.float32)}
+        tensors = PageItems(({"IMAGE": np.full((1, 4, 4), value, dtype=np.float32)},))
         if not measure:
             return Preprocessed(tensors, None)
         self.measured.append(page)

@@ -179,12 +179,17 @@ async def _build_worker(settings: WorkerSettings, metrics: Metrics, catalog: Cat
     warm_up = asyncio.create_task(asyncio.to_thread(pre.warm_up))
     await asyncio.sleep(0)  # let the task hand the warm-up to its thread before the imports below
     from worker.runtime import inference, intake, preemption
+    from worker.runtime.pipeline.batching import INTERACTIVE_REQUESTS
     from worker.runtime.pipeline.core import Pipeline
     from worker.runtime.pipeline.ports import Ports
 
     models = {
         package.name: inference.TritonModel(
-            settings.triton_grpc_url, package.declaration, timeout_s=settings.triton_timeout_s
+            settings.triton_grpc_url,
+            package.declaration,
+            timeout_s=settings.triton_timeout_s,
+            shared_memory_min_bytes=settings.triton_shared_memory_min_bytes,
+            requests_in_flight=settings.triton_batch_requests + INTERACTIVE_REQUESTS,
         )
         for package in catalog.packages
     }

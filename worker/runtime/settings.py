@@ -104,6 +104,11 @@ class WorkerSettings:
     instance_name: str = _setting("", "instance name in results and logs (default hostname)")
     triton_outage_exit_s: float = _setting(120.0, "exit non-zero after Triton is down this long (s)")
     triton_timeout_s: float = _setting(30.0, "timeout of each Triton call (s)")
+    triton_shared_memory_min_bytes: int = _setting(
+        1 << 20,
+        "a Triton request whose inputs reach this size has its tensors in system shared memory, when "
+        "Triton can map the worker's (bytes; 0: always gRPC)",
+    )
     triton_ready_timeout_s: float = _setting(120.0, "wait for model readiness at start (s)")
     storage_timeout_s: float = _setting(30.0, "timeout of each GCS call (s)")
     pubsub_timeout_s: float = _setting(30.0, "timeout of each Pub/Sub call (s)")
@@ -136,7 +141,13 @@ class WorkerSettings:
             problems.append("worker_processes must be <= pipeline_slots (the slots are split between them)")
         if not 10 <= self.ack_deadline_s <= 600:
             problems.append("ack_deadline_s must be within 10..600 (Pub/Sub limits)")
-        for name in ("max_batch_delay_ms", "drain_budget_s", "triton_outage_exit_s", "idle_poll_max_ms"):
+        for name in (
+            "max_batch_delay_ms",
+            "drain_budget_s",
+            "triton_outage_exit_s",
+            "idle_poll_max_ms",
+            "triton_shared_memory_min_bytes",
+        ):
             if getattr(self, name) < 0:
                 problems.append(f"{name} must be >= 0")
         if not 0 <= self.batch_preprocess_nice <= 19:

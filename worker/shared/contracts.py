@@ -401,7 +401,8 @@ class Timeline:
 class PageResult:
     """One analysed page of a version 2 result: whether it is blank (paper only) by its measure (``ink``:
     its content fraction, ``paper``: its paper level; None when not measured), the outputs of the
-    analyses that ran on it (None when none did), and its model timings."""
+    analyses that ran on it (None when none did), its model timings, and its frame (``{"width",
+    "height", "unit"}``: the coordinates outputs are given in; None when no page was decoded)."""
 
     number: int
     blank: bool
@@ -410,6 +411,7 @@ class PageResult:
     preprocess_ms: float = 0.0
     inference_ms: float = 0.0
     paper: int | None = None
+    frame: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         document = {
@@ -424,6 +426,8 @@ class PageResult:
         }
         if self.paper is not None:
             document["paper"] = self.paper
+        if self.frame is not None:
+            document["frame"] = self.frame
         return document
 
 

@@ -261,19 +261,32 @@ def test_the_graph_check_refuses_a_free_dim_the_graph_fixes(tmp_path: Path) -> N
         onnx_tools.check_graph(package)
 
 
-def test_the_workers_preprocess_checks_bounds_today(tmp_path: Path) -> None:
-    # Given the detector returning a plain dict (one item, the worker's current contract)
+def test_the_workers_preprocess_checks_bounds_and_pads_items_to_their_buckets_in_the_pool(
+    tmp_path: Path,
+) -> None:
+    # Given the detector returning a plain dict (one item, no context) and the chain's fan-out reader
     handler = shaped.DETECTOR_HANDLER.replace(
         'return Prepared([{"image/x.0": render(spec)}], context={"boxes": spec["boxes"]})',
         'return {"image/x.0": render(spec)}',
     )
     folder = shaped.write_detector(tmp_path, handler=handler)
-    page = b'{"width": 64, "height": 40, "boxes": []}'
+    reader = shaped.write_reader(tmp_path / "r")
+    page = b'{"width": 64, "height": 40, "boxes": [[4, 4, 20, 12], [10, 20, 40, 28], [0, 30, 60, 38]]}'
     # When the worker's pool function preprocesses a page within the bounds, and one below them
-    assert handlers.run_preprocess(str(folder), page, {}).tensors["image/x.0"].shape == (1, 40, 64)
+    done = handlers.run_preprocess(str(folder), page, {})
+    assert [item["image/x.0"].shape for item in done.page.items] == [(1, 40, 64)]
+    assert done.page.context is None and done.measure is None and done.frame is None  # JSON: no page
     with pytest.raises(errors.TensorOutOfBounds, match=r"detector: input image/x\.0 has shape \[1, 4, 64\]"):
         handlers.run_preprocess(str(folder), page.replace(b'"height": 40', b'"height": 4'), {})
-    # and a Prepared is refused by name until the worker batches items
-    prepared = shaped.write_detector(tmp_path / "p")
-    with pytest.raises(errors.ModelPreprocessFailed, match="preprocess returned Prepared, not a dict"):
-        handlers.run_preprocess(str(prepared), page, {})
+    # Then a fan-out's crops come back padded to their buckets (16, 32, 64), the pad the bucket's, with
+    # their widths before the pad and the context
+    regions = {"boxes": [{"box": [4, 4, 20, 12]}, {"box": [10, 20, 40, 28]}, {"box": [0, 30, 60, 38]}]}
+    crops = handlers.run_preprocess(str(reader), page, {"needs": {"regions": regions}}).page
+    assert [item["crop"].shape for item in crops.items] == [(1, 8, 16), (1, 8, 32), (1, 8, 64)]
+    assert [shapes["crop"] for shapes in crops.shapes()] == [[1, 8, 16], [1, 8, 30], [1, 8, 60]]
+    assert float(crops.items[2]["crop"][..., 60:].sum()) == 0.0 and crops.items[2]["crop"].sum() == 8 * 60
+    assert crops.context == [[4, 4, 20, 12], [10, 20, 40, 28], [0, 30, 60, 38]]
+    # and a page past max_items is refused by name, never truncated
+    many = {"boxes": [{"box": [0, 0, 4, 8]}] * 9}
+    with pytest.raises(errors.TooManyItems, match=r"reader: preprocess returned 9 items .* max_items is 8"):
+        handlers.run_preprocess(str(reader), page, {"needs": {"regions": many}})

@@ -164,7 +164,7 @@ def test_a_handler_imports_the_modules_next_to_it_here_and_in_a_spawned_pool_pro
     context = multiprocessing.get_context("spawn")
     with concurrent.futures.ProcessPoolExecutor(1, mp_context=context) as pool:
         done = pool.submit(handlers.run_preprocess, str(folder), b"[1, 1, 1, 1]", {}).result(timeout=120)
-    assert done.tensors["FEATURES"].tolist() == [2.0, 2.0, 2.0, 2.0]
+    assert done.page.items[0]["FEATURES"].tolist() == [2.0, 2.0, 2.0, 2.0]
 
 
 def test_a_second_package_of_the_same_name_gets_its_own_modules(tmp_path: Path) -> None:

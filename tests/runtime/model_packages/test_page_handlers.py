@@ -11,6 +11,7 @@ import pytest
 from PIL import Image, ImageDraw
 
 from worker.dev import drawing_documents
+from worker.runtime import documents
 from worker.runtime.model_packages import handlers
 from worker.runtime.model_packages.declaration import PackageInvalid, read_declaration
 from worker.runtime.model_packages.loader import BUNDLED_MODELS_DIR, load_package
@@ -70,15 +71,15 @@ def test_a_package_with_only_preprocess_page_gets_each_page_decoded_at_its_size(
     document = drawing_documents.multipage_tiff([sheet(ink=False), sheet(ink=True)])
     blank = handlers.run_preprocess(str(folder), document, {"page": 1})
     drawn = handlers.run_preprocess(str(folder), document, {"page": 2})
-    assert blank.tensors["FEATURES"][0] == 1.0 and drawn.tensors["FEATURES"][0] == 2.0
+    assert blank.page.items[0]["FEATURES"][0] == 1.0 and drawn.page.items[0]["FEATURES"][0] == 2.0
     assert blank.measure is not None and blank.measure.blank and blank.measure.content == 0.0
     assert drawn.measure is not None and not drawn.measure.blank and drawn.measure.content > 0.01
-    assert float(drawn.tensors["FEATURES"][1]) == pytest.approx(drawn.measure.content)
+    assert float(drawn.page.items[0]["FEATURES"][1]) == pytest.approx(drawn.measure.content)
     # and a decode not asked to measure the page returns none (the handler may still read it)
     assert handlers.run_preprocess(str(folder), document, {"page": 2}, measure=False).measure is None
     # and the bytes entry point the tools use (parity, fleet models check) decodes the same page
     via_bytes = package.preprocess(document, {"page": 2})
-    assert list(via_bytes["FEATURES"]) == list(drawn.tensors["FEATURES"])
+    assert list(via_bytes["FEATURES"]) == list(drawn.page.items[0]["FEATURES"])
 
 
 def test_a_bytes_package_gets_a_one_page_inputs_own_bytes_and_a_pages_png_otherwise(tmp_path: Path) -> None:
@@ -86,11 +87,11 @@ def test_a_bytes_package_gets_a_one_page_inputs_own_bytes_and_a_pages_png_otherw
     assert load_package(folder).preprocess_page is None
     single = png(sheet(ink=True))
     own = handlers.run_preprocess(str(folder), single, {"page": 1})
-    assert list(own.tensors["FEATURES"]) == [1.0, float(len(single)), 1.0, 0.0]
+    assert list(own.page.items[0]["FEATURES"]) == [1.0, float(len(single)), 1.0, 0.0]
     assert own.measure is None  # no page decoded here: never taken as blank
     document = drawing_documents.multipage_tiff([sheet(ink=True), sheet(ink=False)])
     second = handlers.run_preprocess(str(folder), document, {"page": 2})
-    assert second.tensors["FEATURES"][0] == 1.0 and second.tensors["FEATURES"][2] == 2.0
+    assert second.page.items[0]["FEATURES"][0] == 1.0 and second.page.items[0]["FEATURES"][2] == 2.0
     assert second.measure is not None and second.measure.blank
 
 
@@ -113,3 +114,29 @@ def test_the_page_size_defaults_to_the_first_inputs_image_side_and_is_bounded(tm
     folder = write_package(tmp_path, toml=declaration() + "\n[pages]\nsize_px = 4\n")
     with pytest.raises(PackageInvalid, match=r"pages\.size_px"):
         read_declaration(folder)
+
+
+def test_the_pdf_resolution_and_the_max_side_are_declared_checked_and_reach_the_decode(
+    tmp_path: Path,
+) -> None:
+    # The bundled packages declare neither: their pages decode exactly as before
+    for name in ("drawing_analyzer", "symbol_recognizer"):
+        bundled = read_declaration(BUNDLED_MODELS_DIR / name)
+        assert (bundled.pdf_dpi, bundled.max_side_px) == (None, None)
+    # A package declaring both gets them in its decode
+    toml = declaration() + "\n[pages]\nsize_px = 300\npdf_dpi = 150\nmax_side_px = 2000\n"
+    parsed = read_declaration(write_package(tmp_path, handler=PAGE_HANDLER, toml=toml))
+    assert handlers.page_decode(parsed) == documents.PageDecode(300, pdf_dpi=150.0, max_side_px=2000)
+    # Out of range, of the wrong type, or a key [pages] does not know: refused, naming the field
+    for pages, field in (
+        ("pdf_dpi = 5", r"pages\.pdf_dpi"),
+        ("pdf_dpi = true", r"pages\.pdf_dpi"),
+        ("max_side_px = 8", r"pages\.max_side_px"),
+        ("max_side_px = 2000.5", r"pages\.max_side_px"),
+        ("dpi = 150", r"\[pages\] has unknown keys \['dpi'\]"),
+    ):
+        folder = write_package(
+            tmp_path / str(len(list(tmp_path.iterdir()))), toml=declaration() + f"\n[pages]\n{pages}\n"
+        )
+        with pytest.raises(PackageInvalid, match=field):
+            read_declaration(folder)

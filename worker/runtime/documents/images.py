@@ -24,9 +24,10 @@ without imagecodecs goes through Pillow (``decode_image_pillow``), which composi
 from __future__ import annotations
 
 import io
+import math
 import warnings
 from types import ModuleType
-from typing import Final
+from typing import Final, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -99,33 +100,69 @@ def decode_input(data: bytes, *, size_px: int) -> Image.Image:
     return decode_image(data, size_px=size_px)
 
 
+class Decoded(NamedTuple):
+    """A decoded first frame and the size of the upright image in the file, before any reduction (the
+    page's frame in pixels)."""
+
+    image: Image.Image
+    full_size: tuple[int, int]
+
+
 def decode_image(data: bytes, *, size_px: int) -> Image.Image:
     """Decode the first frame, upright and in mode ``L`` (JPEGs at the smallest DCT scale >= ``size_px``).
 
     Plain 8-bit grayscale/RGB PNGs go through libpng (same pixels as Pillow's decoder, less CPU);
     everything else through Pillow, as ``decode_image_pillow`` does.
     """
-    return _decode(data, size_px=size_px, fast_png=_fast_png is not None)
+    return _decode(data, size_px=size_px, fast_png=_fast_png is not None).image
 
 
 def decode_image_pillow(data: bytes, *, size_px: int) -> Image.Image:
     """``decode_image`` through Pillow alone: every allowed format and mode (the reference path)."""
-    return _decode(data, size_px=size_px, fast_png=False)
+    return _decode(data, size_px=size_px, fast_png=False).image
 
 
-def _decode(data: bytes, *, size_px: int, fast_png: bool) -> Image.Image:
+def decode_bounded(data: bytes, *, size_px: int, max_side_px: int | None) -> Decoded:
+    """``decode_image``, then reduced by the smallest whole factor that brings its longer side within
+    ``max_side_px`` (None: never), with the file's upright size. A JPEG's DCT scaling does what it can of
+    the reduction, never below ``size_px`` on either side."""
+    return _decode(data, size_px=size_px, fast_png=_fast_png is not None, max_side_px=max_side_px)
+
+
+def reduce_within(image: Image.Image, max_side_px: int | None) -> Image.Image:
+    """``image`` reduced by the smallest whole factor that makes its longer side at most ``max_side_px``
+    (Pillow's ``reduce``: each pixel the average of a factor x factor block, so thin lines stay as grey)."""
+    if max_side_px is None or max(image.size) <= max_side_px:
+        return image
+    return image.reduce(math.ceil(max(image.size) / max_side_px))
+
+
+def _draft_size(full: tuple[int, int], size_px: int, max_side_px: int | None) -> tuple[int, int]:
+    """What a JPEG's DCT scaling must keep: both sides >= ``size_px`` and, with ``max_side_px``, the image
+    no smaller than the reduction it is going to get anyway."""
+    if max_side_px is None:
+        return size_px, size_px
+    factor = math.ceil(max(full) / max_side_px)
+    return max(size_px, math.ceil(full[0] / factor)), max(size_px, math.ceil(full[1] / factor))
+
+
+def _decode(data: bytes, *, size_px: int, fast_png: bool, max_side_px: int | None = None) -> Decoded:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image = _open(data)  # the header only: format, size and the pixel limit before any pixel
+            full = image.size
             if fast_png and _is_plain_png(image, data):
-                return _decode_plain_png(data)
+                return Decoded(reduce_within(_decode_plain_png(data), max_side_px), full)
             if image.format in ("JPEG", "MPO"):
                 # Reduce at decode time; draft keeps both sides >= size_px, so quality is unaffected.
-                image.draft("L", (size_px, size_px))
+                image.draft("L", _draft_size(full, size_px, max_side_px))
             image.load()
+            loaded = image.size
             image = ImageOps.exif_transpose(image)
-            return to_gray(image)
+            if image.size != loaded:  # an EXIF orientation that turns the image a quarter
+                full = (full[1], full[0])
+            return Decoded(reduce_within(to_gray(image), max_side_px), full)
     except (ImageTooLarge, ImageUndecodable):
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:

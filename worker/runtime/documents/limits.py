@@ -25,6 +25,10 @@ MAX_PDF_PAGE_POINTS: Final = 14_400.0
 #: in a PDF: drawing model 24/24 labels agree at 1, 2, 4 and 6 (mean tensor difference least at 4,
 #: 0.0052); symbol model's decided sets agree 23/24 at 4, 22/24 at 2 (docs/security.md).
 RENDER_OVERSAMPLE: Final = 4
+#: Longest side a PDF page renders to when its package declares a resolution (``[pages] pdf_dpi``): an A0
+#: sheet (3,370 pt) at 175 dpi, A4 at 700 dpi. 8,192 x 5,793 grey pixels are 47 MB, within the render's
+#: memory budget; the job's pixel budget (``MAX_DOCUMENT_PIXELS``) still counts every page.
+MAX_RENDER_SIDE_PX: Final = 8_192
 #: Most bytes a PDF's non-image streams may decompress to, summed over the file (content streams, forms,
 #: fonts, object streams): PDFium inflates a content stream whole before parsing it.
 MAX_PDF_INFLATED_BYTES: Final = 256 * 1024 * 1024
@@ -32,5 +36,6 @@ MAX_PDF_INFLATED_BYTES: Final = 256 * 1024 * 1024
 #: renders in ~10-60 ms at 1,536 px, so 10 s is two orders of magnitude of headroom, not a real page.
 MAX_RENDER_SECONDS: Final = 10.0
 #: Memory a page's render may add to the process (RLIMIT_AS of the forked child over its size at fork):
-#: the bitmap is at most 1,536 x 1,536 bytes; PDFium's decoded images and fonts fit many times over.
+#: the bundled packages' bitmaps are at most 1,536 x 1,536 bytes, a ``pdf_dpi`` render at most
+#: ``MAX_RENDER_SIDE_PX`` squared (67 MB); PDFium's decoded images and fonts fit beside them.
 MAX_RENDER_MEMORY_BYTES: Final = 512 * 1024 * 1024

@@ -9,9 +9,12 @@ over 14,400 pt -> ``PAGE_TOO_LARGE``). A PDF encrypted with an empty user passwo
 opens without one and is answered.
 
 A page renders so its longer side is ``RENDER_OVERSAMPLE x size_px`` pixels: a resolution derived from the
-model's input size, never a fixed dpi, so the rendered pixels (and the CPU) per page are bounded whatever
-the page's size. Annotations and form fields are not drawn (the drawing is the page content; an
-annotation's appearance is one more stream to trust).
+model's input size, so the rendered pixels (and the CPU) per page are bounded whatever the page's size; a
+package that needs a resolution (an OCR detector: text at its printed size) declares ``pdf_dpi``, bounded by
+``MAX_RENDER_SIDE_PX`` and its ``max_side_px`` (``records.PageDecode``). The page's size in points (its
+visible box, rotation applied, as PDFium reports and renders it) comes back with the image: the page's
+frame. Annotations and form fields are not drawn (the drawing is the page content; an annotation's
+appearance is one more stream to trust).
 
 PDFium is not thread-safe: call this module from one thread per process (the worker's preprocess pool
 runs one task at a time per process).
@@ -19,16 +22,16 @@ runs one task at a time per process).
 
 from __future__ import annotations
 
-import math
 import re
+from typing import NamedTuple
 
 import pypdfium2 as pdfium
 import pypdfium2.raw as pdfium_c
 from PIL import Image
 
 from worker.runtime.documents import pdf_streams, sandbox
-from worker.runtime.documents.limits import MAX_DOCUMENT_PAGES, MAX_PDF_PAGE_POINTS, RENDER_OVERSAMPLE
-from worker.runtime.documents.records import DocumentInfo
+from worker.runtime.documents.limits import MAX_DOCUMENT_PAGES, MAX_PDF_PAGE_POINTS
+from worker.runtime.documents.records import DocumentInfo, PageDecode
 from worker.shared.errors import (
     DocumentEmpty,
     DocumentEncrypted,
@@ -58,16 +61,28 @@ def probe_pdf(data: bytes) -> DocumentInfo:
     return DocumentInfo("pdf", len(sizes), sizes)
 
 
+class Rendered(NamedTuple):
+    """A rendered PDF page and its size in points (visible box, rotation applied: the page's frame)."""
+
+    image: Image.Image
+    size_pt: tuple[float, float]
+
+
 def render_pdf_page(data: bytes, number: int, *, size_px: int) -> Image.Image:
-    """Page ``number`` (1-based), mode ``L``, longer side ``RENDER_OVERSAMPLE * size_px`` pixels.
+    """Page ``number`` (1-based), mode ``L``, longer side ``RENDER_OVERSAMPLE * size_px`` pixels."""
+    return render_page(data, number, PageDecode(size_px)).image
+
+
+def render_page(data: bytes, number: int, decode: PageDecode) -> Rendered:
+    """Page ``number`` (1-based), mode ``L``, at ``decode.pdf_scale`` of its size, with that size in points.
 
     Parsing and drawing run in a forked child bounded in time and memory (``sandbox``).
     """
     pdf_streams.check_inflated_size(data)
-    return sandbox.call_bounded(lambda: _render(data, number, size_px=size_px))
+    return sandbox.call_bounded(lambda: _render(data, number, decode))
 
 
-def _render(data: bytes, number: int, *, size_px: int) -> Image.Image:
+def _render(data: bytes, number: int, decode: PageDecode) -> Rendered:
     document = _open(data)
     try:
         if not 1 <= number <= len(document):
@@ -76,7 +91,7 @@ def _render(data: bytes, number: int, *, size_px: int) -> Image.Image:
         page = document[number - 1]
         try:
             bitmap = page.render(
-                scale=RENDER_OVERSAMPLE * size_px / max(width_pt, height_pt),
+                scale=decode.pdf_scale(width_pt, height_pt),
                 grayscale=True,
                 fill_color=(255, 255, 255, 255),
                 may_draw_forms=False,
@@ -89,13 +104,7 @@ def _render(data: bytes, number: int, *, size_px: int) -> Image.Image:
             page.close()
     finally:
         document.close()
-    return image
-
-
-def rendered_pixels(width_pt: float, height_pt: float, *, size_px: int) -> int:
-    """How many pixels ``render_pdf_page`` makes of a page of this size."""
-    longer = RENDER_OVERSAMPLE * size_px
-    return longer * max(1, math.ceil(longer * min(width_pt, height_pt) / max(width_pt, height_pt)))
+    return Rendered(image, (width_pt, height_pt))
 
 
 def _open(data: bytes) -> pdfium.PdfDocument:

@@ -17,7 +17,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from worker.runtime.documents import images
 from worker.runtime.documents.limits import MAX_DOCUMENT_PAGES
-from worker.runtime.documents.records import DocumentInfo
+from worker.runtime.documents.records import DocumentInfo, PageDecode
 from worker.shared.errors import DocumentTooLarge, ImageTooLarge, ImageUndecodable, PageTooLarge
 
 TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")  # classic and BigTIFF, both byte orders
@@ -42,10 +42,11 @@ def probe_raster(data: bytes) -> DocumentInfo:
     return DocumentInfo(kind, len(sizes), tuple((float(w), float(h)) for w, h in sizes))
 
 
-def decode_raster(data: bytes, number: int, *, size_px: int) -> Image.Image:
-    """Page ``number`` (1-based) upright in mode ``L``; page 1 through ``images.decode_image``."""
+def decode_raster(data: bytes, number: int, decode: PageDecode) -> images.Decoded:
+    """Page ``number`` (1-based) upright in mode ``L``, within ``decode.max_side_px``, with its full upright
+    size (the page's frame); page 1 through ``images.decode_bounded``."""
     if number == 1:
-        return images.decode_image(data, size_px=size_px)
+        return images.decode_bounded(data, size_px=decode.size_px, max_side_px=decode.max_side_px)
     try:
         with _bomb_warnings_as_errors():
             image = _open(data)
@@ -53,7 +54,8 @@ def decode_raster(data: bytes, number: int, *, size_px: int) -> Image.Image:
             _check_pixels(*image.size, number)
             image.load()
             upright = ImageOps.exif_transpose(image)
-            return images.to_gray(upright)
+            gray = images.to_gray(upright)
+            return images.Decoded(images.reduce_within(gray, decode.max_side_px), upright.size)
     except (PageTooLarge, ImageUndecodable):
         raise
     except EOFError as exc:

@@ -43,6 +43,8 @@ is documented in docs/models.md::
     [pages]                       # optional: the size a document's page is decoded at for this package
     size_px = 192                 # default: the larger of the first input's last two sizes
     blank = "skip"                # "skip" (default) or "analyse": whether it sees blank pages
+    pdf_dpi = 150                 # optional: PDF pages render at this resolution (default: 4 x size_px)
+    max_side_px = 2000            # optional: the longest side a decoded page may have
 
     [parity]                      # the engine precision is the fastest within this tolerance
     max_abs_error = 0.001
@@ -73,6 +75,12 @@ DEFAULT_FORMATS: Final = ("PNG", "JPEG", "TIFF", "GIF", "BMP", "WEBP")
 DEFAULT_PAGE_SIZE_PX: Final = 1024
 #: Bounds of ``[pages] size_px``.
 PAGE_SIZE_RANGE_PX: Final = (16, 8192)
+#: Bounds of ``[pages] pdf_dpi`` (a render past ``documents.MAX_RENDER_SIDE_PX`` is smaller anyway).
+PDF_DPI_RANGE: Final = (18, 1200)
+#: Bounds of ``[pages] max_side_px``.
+MAX_SIDE_RANGE_PX: Final = (16, 16384)
+#: The keys ``[pages]`` may have.
+PAGES_KEYS: Final = ("size_px", "blank", "pdf_dpi", "max_side_px")
 #: ``[pages] blank``: a package skips blank pages (no tensor of one reaches it) or analyses them too.
 BLANK_SKIP: Final = "skip"
 BLANK_ANALYSE: Final = "analyse"
@@ -169,6 +177,10 @@ class Declaration:
     blank_pages: str = BLANK_SKIP
     #: The size (pixels, a page's longer side) the worker decodes a document's page at for this package.
     page_size_px: int = DEFAULT_PAGE_SIZE_PX
+    #: ``[pages] pdf_dpi``: PDF pages render at this resolution (None: 4 x ``page_size_px`` a longer side).
+    pdf_dpi: float | None = None
+    #: ``[pages] max_side_px``: the longest side of a decoded page (None: raster pages at full size).
+    max_side_px: int | None = None
     #: ``[fan_out] max_items``: preprocess may return 0..max_items items per page and postprocess gets
     #: the list of their outputs; None: one item per page.
     max_items: int | None = None
@@ -213,6 +225,8 @@ def read_declaration(folder: Path) -> Declaration:
         parity=fields.parity(tuple(a.name for a in analyses)),
         blank_pages=fields.blank_pages(),
         page_size_px=fields.page_size_px(inputs[0]),
+        pdf_dpi=fields.pdf_dpi(),
+        max_side_px=fields.max_side_px(),
         max_items=fields.max_items(),
         source=fields.source(model),
         requirements=fields.names(model.get("requirements", []), "model.requirements"),
@@ -333,17 +347,42 @@ class _Fields:
 
     def blank_pages(self) -> str:
         """``[pages] blank``: ``"skip"`` (default) or ``"analyse"``."""
-        table = self.raw.get("pages", {})
-        value = table.get("blank", BLANK_SKIP) if isinstance(table, dict) else BLANK_SKIP
+        value = self.pages_table().get("blank", BLANK_SKIP)
         if value not in (BLANK_SKIP, BLANK_ANALYSE):
             raise self.fail(f'pages.blank must be "{BLANK_SKIP}" or "{BLANK_ANALYSE}"')
         return str(value)
 
-    def page_size_px(self, first_input: Tensor) -> int:
-        """``[pages] size_px``, else the larger of the first input's last two sizes (its image side)."""
+    def pages_table(self) -> dict[str, Any]:
+        """``[pages]`` (empty when absent); a key it does not know is refused, never ignored."""
         table = self.raw.get("pages", {})
         if not isinstance(table, dict):
             raise self.fail("[pages] must be a table")
+        unknown = sorted(set(table) - set(PAGES_KEYS))
+        if unknown:
+            raise self.fail(f"[pages] has unknown keys {unknown} (it may have {', '.join(PAGES_KEYS)})")
+        return table
+
+    def pdf_dpi(self) -> float | None:
+        """``[pages] pdf_dpi``: a number in ``PDF_DPI_RANGE``, or None."""
+        value = self.pages_table().get("pdf_dpi")
+        if value is None:
+            return None
+        low, high = PDF_DPI_RANGE
+        if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
+            raise self.fail(f"pages.pdf_dpi must be a number in [{low}, {high}]")
+        return float(value)
+
+    def max_side_px(self) -> int | None:
+        """``[pages] max_side_px``: an integer in ``MAX_SIDE_RANGE_PX``, or None."""
+        table = self.pages_table()
+        if "max_side_px" not in table:
+            return None
+        low, high = MAX_SIDE_RANGE_PX
+        return self.integer(table, "pages.max_side_px", default=0, low=low, high=high)
+
+    def page_size_px(self, first_input: Tensor) -> int:
+        """``[pages] size_px``, else the larger of the first input's last two sizes (its image side)."""
+        table = self.pages_table()
         trailing = [n for n in first_input.shape[-2:] if n > 0] if len(first_input.shape) >= 2 else []
         derived = max(trailing) if len(trailing) == 2 else DEFAULT_PAGE_SIZE_PX
         low, high = PAGE_SIZE_RANGE_PX

@@ -2,13 +2,17 @@
 
 ``run_preprocess`` is what the preprocess pool's processes run for one page of a job's document: a
 spawned process imports the package from its folder on first use (cached per process), decodes the page
-(``documents.decode_page`` at the package's page size) for a ``preprocess_page`` handler, and checks the
-tensors against the declaration there, so a wrong shape or dtype never reaches a batch; it returns them
-with the page's blank measure when asked (``documents.blank``: one package's decode measures a page).
-``probe`` is the pool's ``documents.probe``: parsing an untrusted document's structure runs there, never
-in the event loop's process. ``run_postprocess`` runs in the worker's event loop and checks that the
-outputs are JSON and answer every asked analysis. A handler that misbehaves gets a permanent error code
-for the job (``MODEL_PREPROCESS_FAILED`` / ``MODEL_OUTPUT_INVALID``); the worker's own typed errors
+(``documents.decode_page`` as the package's ``[pages]`` declares: ``page_decode``) for a
+``preprocess_page`` handler, checks what the handler returned against the declaration there
+(``items.check_prepared``: one item or a fan-out's 0..max_items, free sizes within their bounds, a context
+that pickles) and pads each item to its bucket (``items.pad_item``), so a wrong shape or dtype never
+reaches a batch and the event loop only stacks; it returns the items with their shapes before the pad,
+the context, the page's frame and, when asked, its blank measure (``documents.blank``: one package's
+decode measures a page). ``probe`` is the pool's ``documents.probe``: parsing an untrusted document's
+structure runs there, never in the event loop's process. ``run_postprocess`` runs in the worker's event
+loop and checks that the outputs are JSON and answer every asked analysis. A handler that misbehaves gets
+a permanent error code for the job (``MODEL_PREPROCESS_FAILED`` / ``MODEL_OUTPUT_INVALID``, and
+``TENSOR_OUT_OF_BOUNDS`` / ``TOO_MANY_ITEMS`` from the checks); the worker's own typed errors
 (``IMAGE_UNDECODABLE`` ...) keep their code.
 """
 
@@ -45,15 +49,22 @@ def warm(folders: tuple[str, ...]) -> None:
         package_at(folder)
 
 
-class Preprocessed(NamedTuple):
-    """One page's input tensors for one package, and the page's blank measure when it was asked for.
+def page_decode(declaration: Declaration) -> documents.PageDecode:
+    """How the package has pages decoded: its ``[pages]`` ``size_px``, ``pdf_dpi`` and ``max_side_px``."""
+    return documents.PageDecode(declaration.page_size_px, declaration.pdf_dpi, declaration.max_side_px)
 
-    ``measure`` is None when not asked, or when no page was decoded: a ``preprocess`` package reading a
-    one-page input's bytes itself (such a page is never taken as blank).
+
+class Preprocessed(NamedTuple):
+    """One page's items for one package (checked, padded to their buckets, with their shapes before the pad)
+    and its context; the page's frame and its blank measure, when known.
+
+    ``measure`` is None when not asked, and ``measure`` and ``frame`` are None when no page was decoded: a
+    ``preprocess`` package reading a one-page input's bytes itself (such a page is never taken as blank).
     """
 
-    tensors: Arrays
+    page: items.PageItems
     measure: documents.PageMeasure | None
+    frame: documents.Frame | None = None
 
 
 def probe(data: bytes) -> documents.DocumentInfo:
@@ -62,28 +73,30 @@ def probe(data: bytes) -> documents.DocumentInfo:
 
 
 def run_preprocess(folder: str, data: bytes, params: dict[str, Any], *, measure: bool = True) -> Preprocessed:
-    """Page ``params["page"]`` (default 1) of the document in ``data`` -> ``package_at(folder)``'s tensors,
-    and with ``measure`` the page's blank measure (taken before the handler sees the page).
+    """Page ``params["page"]`` (default 1) of the document in ``data`` -> ``package_at(folder)``'s items, and
+    with ``measure`` the page's blank measure (taken before the handler sees the page).
 
-    A ``preprocess_page`` handler gets the page decoded at the package's page size. A ``preprocess``
-    handler gets the input's own bytes when the format has one page (PNG, JPEG, ...: no decode here),
-    else (TIFF, PDF) the PNG bytes of the decoded page.
+    A ``preprocess_page`` handler gets the page decoded as the package declares. A ``preprocess`` handler
+    gets the input's own bytes when the format has one page (PNG, JPEG, ...: no decode here), else (TIFF,
+    PDF) the PNG bytes of the decoded page.
     """
     package = package_at(folder)
+    declaration = package.declaration
     number = int(params.get("page", 1))
-    size_px = package.declaration.page_size_px
     measured: documents.PageMeasure | None = None
-    if package.preprocess_page is not None:
-        page = documents.decode_page(data, number, size_px=size_px)
+    frame: documents.Frame | None = None
+    if package.preprocess_page is not None or documents.may_have_pages(data):
+        page = documents.decode_page(data, number, page_decode(declaration))
         measured = page.measure if measure else None
-        tensors = _handler_call(package, "preprocess_page", package.preprocess_page, page, params)
+        frame = page.frame
+    if package.preprocess_page is not None:
+        returned = _handler_call(package, "preprocess_page", package.preprocess_page, page, params)
     else:
-        if documents.may_have_pages(data):
-            page = documents.decode_page(data, number, size_px=size_px)
-            measured = page.measure if measure else None
+        if frame is not None:
             data = _png_bytes(page.image)
-        tensors = _handler_call(package, "preprocess", package.preprocess, data, params)
-    return Preprocessed(check_inputs(package.declaration, tensors), measured)
+        returned = _handler_call(package, "preprocess", package.preprocess, data, params)
+    checked = items.check_prepared(declaration, returned).padded(declaration.inputs)
+    return Preprocessed(checked, measured, frame)
 
 
 def measures_pages(package: ModelPackage, data: bytes) -> bool:
@@ -114,11 +127,6 @@ def _png_bytes(image: Image.Image) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG", compress_level=1)
     return buffer.getvalue()
-
-
-def check_inputs(declaration: Declaration, tensors: object) -> Arrays:
-    """The declared inputs, exactly: a mapping of numpy arrays with the declared dtype, shape and bounds."""
-    return items.check_item(declaration, tensors)
 
 
 def run_postprocess(

@@ -48,14 +48,29 @@ class Prepared:
 
 @dataclass(frozen=True)
 class PageItems:
-    """A page's items for one package, checked against its declaration, with the context."""
+    """A page's items for one package, checked against its declaration, with the context.
+
+    ``unpadded``: each item's input shapes before padding when the items are padded (``padded``); None
+    when they are as preprocess made them.
+    """
 
     items: tuple[Arrays, ...]
     context: Any = None
+    unpadded: tuple[tuple[tuple[str, Shape], ...], ...] | None = None
 
     def shapes(self) -> list[dict[str, list[int]]]:
         """Each item's input shapes before any padding (``params["item_shapes"]``)."""
+        if self.unpadded is not None:
+            return [{name: list(shape) for name, shape in item} for item in self.unpadded]
         return [{name: list(array.shape) for name, array in item.items()} for item in self.items]
+
+    def padded(self, inputs: Sequence[Tensor]) -> PageItems:
+        """The items as they are batched, each padded to its bucket (``pad_item``), keeping their shapes
+        before the pad for postprocess."""
+        unpadded = self.unpadded
+        if unpadded is None:
+            unpadded = tuple(tuple((n, tuple(a.shape)) for n, a in item.items()) for item in self.items)
+        return PageItems(tuple(pad_item(inputs, item) for item in self.items), self.context, unpadded)
 
 
 def check_prepared(declaration: Declaration, returned: object) -> PageItems:

@@ -107,7 +107,7 @@ def load_package(folder: Path) -> ModelPackage:
     preprocess_page = _function(module, "preprocess_page", folder.name, required=False)
     preprocess = _function(module, "preprocess", folder.name, required=preprocess_page is None)
     if preprocess is None:
-        preprocess = functools.partial(_decoded_page, preprocess_page, declaration.page_size_px)
+        preprocess = functools.partial(_decoded_page, preprocess_page, declaration)
     postprocess = _function(module, "postprocess", folder.name)
     package = ModelPackage(
         folder=folder,
@@ -182,11 +182,15 @@ def _forget(package_name: str) -> None:
         del sys.modules[name]
 
 
-def _decoded_page(preprocess_page: PreprocessPage, size_px: int, data: bytes, params: dict[str, Any]) -> Any:
+def _decoded_page(
+    preprocess_page: PreprocessPage, declaration: Declaration, data: bytes, params: dict[str, Any]
+) -> Any:
     """A ``preprocess_page`` package fed bytes: the page decoded by the worker, then the handler's."""
-    from worker.runtime import documents  # noqa: PLC0415 - the decoders (PIL, PDFium) load on first use
+    # the decoders (PIL, PDFium) load on first use
+    from worker.runtime import documents  # noqa: PLC0415
+    from worker.runtime.model_packages.handlers import page_decode  # noqa: PLC0415
 
-    page = documents.decode_page(data, int(params.get("page", 1)), size_px=size_px)
+    page = documents.decode_page(data, int(params.get("page", 1)), page_decode(declaration))
     return preprocess_page(page, params)
 
 

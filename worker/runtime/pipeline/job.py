@@ -21,7 +21,7 @@ from typing import Any
 from worker.runtime import documents
 from worker.runtime.intake import Ack, Decision, Nack
 from worker.runtime.model_packages.catalog import Step
-from worker.runtime.model_packages.handlers import Preprocessed
+from worker.runtime.model_packages.handlers import Preprocessed, page_decode
 from worker.runtime.pipeline.answering import Answerer, parse, timeline_of
 from worker.runtime.pipeline.gate import InteractiveGate
 from worker.runtime.pipeline.models import ModelSet, Ran
@@ -230,8 +230,8 @@ class JobRunner:
                 "page only: send schema_version 2 (fleet submit does) to have every page analysed"
             )
         plan = self._models.catalog.plan(job.analyses)
-        size_px = max(step.package.declaration.page_size_px for step in plan)
-        return documents.select_pages(info, job.pages, size_px=size_px)
+        decodes = [page_decode(step.package.declaration) for step in plan]
+        return documents.select_pages(info, job.pages, decodes=decodes)
 
     async def _read_input(self, job: Job, *, urgent: bool) -> InputObject:
         return await with_retries(

@@ -4,9 +4,16 @@
 share one ``InteractiveGate``, so interactive work stays ahead for every model) and answers readiness
 for all of them (the outage monitor's view). ``ModelSet.run`` takes each analysed page of one job's
 document through ``catalog.plan``, the pages side by side: steps whose needs are done run side by side
-(preprocess in the pool, inference in the package's batcher, where a page's tensors batch with other
-jobs' and pages', postprocess here), a dependent step after its needs, with their outputs in
-``params["needs"]`` and the page number in ``params["page"]``.
+(preprocess in the pool, inference in the package's batcher, postprocess here), a dependent step after
+its needs, with their outputs in ``params["needs"]`` and the page number in ``params["page"]``.
+
+Items: the pool hands back a page's items, checked and padded to their buckets, and its context
+(``handlers.Preprocessed``). Each item is submitted to the package's batcher on its own, so a fan-out
+page's K items (text lines' crops) batch with other pages' and jobs' items of the same signature; the
+rows come back in the items' order and postprocess gets them as the package's kind wants them
+(``items.postprocess_outputs``: one dict, or a fan-out's list, ``[]`` for K = 0 with no inference at
+all) with ``params["context"]`` and ``params["item_shapes"]`` (``items.postprocess_params``). One item
+failing fails its job (its other items still queued are dropped); it never fails another job's items.
 
 Blank pages (``skip_blank``: v2 jobs): each page is measured once (``documents.blank``: paper only, the
 same measure whichever package decodes the page), in the decode of the first step of the plan that
@@ -24,16 +31,17 @@ from collections.abc import Awaitable, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
-from worker.runtime.documents import PageMeasure
+from worker.runtime.documents import Frame, PageMeasure
 from worker.runtime.flusher import Background
-from worker.runtime.model_packages import handlers
+from worker.runtime.model_packages import handlers, items
 from worker.runtime.model_packages.catalog import Catalog, Step
 from worker.runtime.model_packages.declaration import BLANK_SKIP
 from worker.runtime.model_packages.handlers import Preprocessed
-from worker.runtime.pipeline.batching import Batcher
+from worker.runtime.model_packages.items import PageItems
+from worker.runtime.pipeline.batching import Batcher, Inferred
 from worker.runtime.pipeline.gate import InteractiveGate
 from worker.runtime.pipeline.outage import Health
-from worker.runtime.pipeline.ports import Model
+from worker.runtime.pipeline.ports import Arrays, Model
 from worker.runtime.settings import WorkerSettings
 from worker.shared import errors
 from worker.shared.contracts import PageResult
@@ -43,8 +51,8 @@ _T = TypeVar("_T")
 
 
 class Decode(Protocol):
-    """``(step, input bytes, params, measure) -> (tensors, blank measure)``: the job runner's preprocess
-    (lane, pool, pacing); ``measure``: this decode measures the page."""
+    """``(step, input bytes, params, measure) -> (items, blank measure, frame)``: the job runner's
+    preprocess (lane, pool, pacing); ``measure``: this decode measures the page."""
 
     def __call__(
         self, step: Step, data: bytes, params: dict[str, Any], *, measure: bool
@@ -84,6 +92,7 @@ class _PageRun:
     number: int
     measurer: Step | None  # the step whose decode measures the page; None: the page is not measured
     measure: asyncio.Future[PageMeasure | None]
+    frame: Frame | None = None  # the page's own frame, from the first decode of it
     done: dict[str, Any] = field(default_factory=dict)  # analysis -> output, asked or needed
     skipped: set[str] = field(default_factory=set)  # analyses that did not run on this blank page
     timings: dict[str, Timing] = field(default_factory=dict)
@@ -224,22 +233,53 @@ class ModelSet:
         needs = {n: run.done[n] for n in wanted}
         step_params = {**params, "analyses": list(step.analyses), "needs": needs}
         started = time.monotonic()
-        inputs, measure = await decode(step, data, step_params, measure=step is run.measurer)
+        prepared, measure, frame = await decode(step, data, step_params, measure=step is run.measurer)
         timing = {"preprocess_ms": round((time.monotonic() - started) * 1000.0, 1), "inference_ms": 0.0}
         name = step.package.name
         run.timings[name] = _add(run.timings.get(name), timing)
+        if run.frame is None:
+            run.frame = frame
         if step is run.measurer:
             run.measure.set_result(measure)
-        if step.package.declaration.blank_pages == BLANK_SKIP:
+        declaration = step.package.declaration
+        if declaration.blank_pages == BLANK_SKIP:
             # no tensor of a blank page reaches a package that skips them: wait for the page's measure
             page = await asyncio.shield(run.measure)
             if page is not None and page.blank:
                 run.skipped.update(step.analyses)
                 return
-        rows, inference_ms = await self.batchers[name].submit(inputs, interactive=interactive)
+        rows, inference_ms = await self._infer(name, prepared, interactive=interactive)
         run.timings[name]["inference_ms"] = round(run.timings[name]["inference_ms"] + inference_ms, 1)
-        run.done.update(handlers.run_postprocess(step.package, rows, step_params, step.analyses))
+        outputs = items.postprocess_outputs(declaration, rows)
+        post_params = items.postprocess_params(declaration, step_params, prepared)
+        run.done.update(handlers.run_postprocess(step.package, outputs, post_params, step.analyses))
         run.inferred.append(name)
+
+    async def _infer(self, name: str, page: PageItems, *, interactive: bool) -> tuple[list[Arrays], float]:
+        """Each of the page's items through the package's batcher -> their rows in order, and the page's
+        inference milliseconds: from the start of the first request holding one of its items to the end
+        of the last (0 for a page of no items, which makes no request)."""
+        batcher = self.batchers[name]
+        if len(page.items) == 1:  # most pages: one item, awaited directly (no gather, no task)
+            row, inference_ms, _ = await batcher.submit(page.items[0], interactive=interactive)
+            return [row], inference_ms
+        futures = [batcher.submit(item, interactive=interactive) for item in page.items]
+        if not futures:
+            return [], 0.0
+
+        def give_up(done: asyncio.Future[Inferred]) -> None:
+            # One item failed, so the job fails: its items still queued leave the queue now, before the
+            # batcher forms its next request (done-callbacks run before the batcher's wake-up).
+            if not done.cancelled() and done.exception() is not None:
+                for future in futures:
+                    future.cancel()
+
+        for future in futures:
+            future.add_done_callback(give_up)
+        answered = await asyncio.gather(*futures)  # a cancelled job cancels them all
+        first = min(a.started for a in answered)
+        last = max(a.started + a.inference_ms / 1000.0 for a in answered)
+        return [a.row for a in answered], round((last - first) * 1000.0, 1)
 
 
 async def _all(coroutines: Iterable[Coroutine[Any, Any, _T]]) -> list[_T]:
@@ -279,4 +319,5 @@ def _page_result(run: _PageRun, analyses: tuple[str, ...]) -> PageResult:
         outputs=ran or None,
         preprocess_ms=sum(t["preprocess_ms"] for t in run.timings.values()),
         inference_ms=sum(t["inference_ms"] for t in run.timings.values()),
+        frame=None if run.frame is None else run.frame.to_json(),
     )
